@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - install, train a short run on Fashion-MNIST, export the bundle, write sample grids
+#   make test   - install, run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+FASHION_DIR ?= /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data demo test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Fashion-MNIST ships with Debian (package dataset-fashion-mnist, MIT licence).
+data:
+	@test -f $(FASHION_DIR)/train-images-idx3-ubyte.gz || \
+	  { echo "installing dataset-fashion-mnist (Debian package)"; \
+	    $$( [ "$$(id -u)" = 0 ] || echo sudo ) sh -c 'apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist'; }
+
+demo: setup data
+	bash scripts/demo.sh
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs

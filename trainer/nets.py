@@ -1,0 +1,158 @@
+"""The two ConvNets of CoopNets, as in the paper's official code (see docs/architecture.md).
+
+Descriptor f(Y; α): bottom-up ConvNet, Y (N, C, H, W) -> one scalar per image (N,). The last layer has 100
+outputs that are summed, as in the official code. No normalisation layers.
+
+Generator g(X; β): top-down ConvNet, X (N, d) -> Y (N, C, H, W) in [-1, 1] (tanh). BatchNorm + leaky ReLU on
+hidden layers; trained with batch statistics, exported in eval mode with running statistics so that every
+sample is deterministic and independent of the batch it runs in.
+
+Both bodies are plain ``nn.Sequential`` stacks of a few layer kinds (Conv2d, ConvTranspose2d, Linear,
+LeakyReLU, BatchNorm2d, Tanh, Flatten, Unflatten). ``trainer.grads`` walks the same layers backwards to build
+the explicit input gradients that the ONNX graphs need, so adding another layer kind means adding its backward
+there (the export tests fail until it is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ARCHS = ("mnist28", "cifar32", "scene64")
+ARCH_FOR_SIZE = {28: "mnist28", 32: "cifar32", 64: "scene64"}
+LEAK = 0.2  # leaky ReLU slope of the official TF code
+
+
+def arch_for_size(size: int) -> str:
+    """The paper's network for a square image of `size` pixels; ValueError for sizes it has none for."""
+    if size not in ARCH_FOR_SIZE:
+        raise ValueError(
+            f"image size {size} is not supported: use one of {sorted(ARCH_FOR_SIZE)} (28 MNIST net, "
+            "32 CIFAR net, 64 scene net)"
+        )
+    return ARCH_FOR_SIZE[size]
+
+
+def image_size(arch: str) -> int:
+    for size, name in ARCH_FOR_SIZE.items():
+        if name == arch:
+            return size
+    raise ValueError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """What rebuilds both networks: saved in checkpoints and in the bundle manifest."""
+
+    arch: str = "mnist28"
+    channels: int = 1
+    latent_dim: int = 100
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        size = image_size(self.arch)
+        return (self.channels, size, size)
+
+
+def _lrelu() -> nn.LeakyReLU:
+    return nn.LeakyReLU(LEAK)
+
+
+def _up(c_in: int, c_out: int, k: int, s: int, p: int, op: int = 0) -> list[nn.Module]:
+    """A hidden generator layer: transposed conv, BatchNorm, leaky ReLU."""
+    return [nn.ConvTranspose2d(c_in, c_out, k, s, p, output_padding=op), nn.BatchNorm2d(c_out), _lrelu()]
+
+
+class Descriptor(nn.Module):
+    """f(Y): (N, C, H, W) -> (N,). Energy E(Y) = ||Y||^2 / (2 s^2) - f(Y)."""
+
+    def __init__(self, spec: NetSpec):
+        super().__init__()
+        c = spec.channels
+        if spec.arch == "mnist28":
+            layers = [
+                nn.Conv2d(c, 64, 4, 2, 1), _lrelu(),  # (N, 64, 14, 14)
+                nn.Conv2d(64, 128, 4, 2, 1), _lrelu(),  # (N, 128, 7, 7)
+                nn.Conv2d(128, 256, 4, 2, 2), _lrelu(),  # (N, 256, 4, 4)
+                nn.Conv2d(256, 100, 4, 1, 0),  # (N, 100, 1, 1) full-size conv
+            ]
+        elif spec.arch == "cifar32":
+            layers = [
+                nn.Conv2d(c, 64, 5, 2, 1), _lrelu(),  # (N, 64, 15, 15)
+                nn.Conv2d(64, 128, 3, 2, 1), _lrelu(),  # (N, 128, 8, 8)
+                nn.Conv2d(128, 256, 3, 1, 1), _lrelu(),  # (N, 256, 8, 8)
+                nn.Flatten(), nn.Linear(256 * 8 * 8, 100),  # (N, 100)
+            ]
+        elif spec.arch == "scene64":
+            layers = [
+                nn.Conv2d(c, 64, 5, 2, 2), _lrelu(),  # (N, 64, 32, 32)
+                nn.Conv2d(64, 128, 3, 2, 1), _lrelu(),  # (N, 128, 16, 16)
+                nn.Conv2d(128, 256, 3, 1, 1), _lrelu(),  # (N, 256, 16, 16)
+                nn.Conv2d(256, 100, 16, 1, 0),  # (N, 100, 1, 1) VALID full-size conv
+            ]
+        else:
+            raise ValueError(f"unknown architecture {spec.arch!r}: use one of {', '.join(ARCHS)}")
+        self.spec = spec
+        self.body = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.body(y).flatten(1).sum(1)  # (N, 100) -> (N,)
+
+
+class Generator(nn.Module):
+    """g(X): (N, d) -> (N, C, H, W), tanh output in [-1, 1]."""
+
+    def __init__(self, spec: NetSpec):
+        super().__init__()
+        d, c = spec.latent_dim, spec.channels
+        if spec.arch == "mnist28":
+            layers = [
+                *_up(d, 512, 4, 1, 0),  # (N, 512, 4, 4)
+                *_up(512, 256, 4, 2, 2, 1),  # (N, 256, 7, 7)
+                *_up(256, 128, 4, 2, 1),  # (N, 128, 14, 14)
+                nn.ConvTranspose2d(128, c, 4, 2, 1),  # (N, C, 28, 28)
+            ]
+        elif spec.arch == "cifar32":
+            layers = [
+                *_up(d, 256, 4, 1, 0),  # (N, 256, 4, 4)
+                *_up(256, 128, 5, 2, 2, 1),  # (N, 128, 8, 8)
+                *_up(128, 64, 5, 2, 2, 1),  # (N, 64, 16, 16)
+                nn.ConvTranspose2d(64, c, 5, 2, 2, output_padding=1),  # (N, C, 32, 32)
+            ]
+        elif spec.arch == "scene64":
+            layers = [
+                *_up(d, 512, 4, 1, 0),  # (N, 512, 4, 4)
+                *_up(512, 256, 5, 2, 2, 1),  # (N, 256, 8, 8)
+                *_up(256, 128, 5, 2, 2, 1),  # (N, 128, 16, 16)
+                *_up(128, 64, 5, 2, 2, 1),  # (N, 64, 32, 32)
+                nn.ConvTranspose2d(64, c, 5, 2, 2, output_padding=1),  # (N, C, 64, 64)
+            ]
+        else:
+            raise ValueError(f"unknown architecture {spec.arch!r}: use one of {', '.join(ARCHS)}")
+        self.spec = spec
+        self.body = nn.Sequential(nn.Unflatten(1, (d, 1, 1)), *layers, nn.Tanh())
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)  # (N, d) -> (N, C, H, W)
+
+
+def init_weights(module: nn.Module) -> None:
+    """The official initialisation: N(0, 0.01^2) convs, N(0, 0.005^2) transposed convs, zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, 0.005)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def build_nets(spec: NetSpec) -> tuple[Descriptor, Generator]:
+    return Descriptor(spec), Generator(spec)
