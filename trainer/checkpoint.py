@@ -1,0 +1,119 @@
+"""Checkpoints: everything that rebuilds a run, written atomically.
+
+A checkpoint holds both nets, both optimisers (and the fp16 grad scaler), the NetSpec, the resolved TrainConfig,
+the iteration count and every RNG state the loop draws from (the training torch.Generator, and torch's, CUDA's,
+numpy's and Python's global ones), so that `--resume` continues bit-identically on CPU. It is written to a
+temporary file in the same folder and renamed over the old one: a crash mid-write leaves the previous checkpoint
+intact. It loads with `torch.load(weights_only=True)` (no pickled code).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.config import TrainConfig, from_dict
+from trainer.nets import Descriptor, Generator, NetSpec, build_nets
+
+FORMAT = "coopnets.checkpoint"
+VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary sibling, fsync, os.replace."""
+    _atomic(path, lambda fh: fh.write(data))
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def rng_states(train_rng: torch.Generator) -> dict[str, Any]:
+    """Every RNG the training loop may touch, in a form `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "train": train_rng.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any], train_rng: torch.Generator) -> None:
+    train_rng.set_state(states["train"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(path: str | os.PathLike, *, descriptor: Descriptor, generator: Generator,
+                    opt_d: torch.optim.Optimizer, opt_g: torch.optim.Optimizer, config: TrainConfig,
+                    iteration: int, train_rng: torch.Generator, scaler: torch.amp.GradScaler | None = None) -> Path:
+    """Atomically write the run's state after `iteration` completed iterations."""
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "iteration": iteration,
+        "spec": {"arch": descriptor.spec.arch, "channels": descriptor.spec.channels,
+                 "latent_dim": descriptor.spec.latent_dim},
+        "config": config.to_dict(),
+        "descriptor": descriptor.state_dict(),
+        "generator": generator.state_dict(),
+        "opt_d": opt_d.state_dict(),
+        "opt_g": opt_g.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "rng": rng_states(train_rng),
+    }
+    path = Path(path)
+    _atomic(path, lambda fh: torch.save(state, fh))
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint dict; ValueError (one line) if it is missing or not a coopnets checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise ValueError(f"{path} is not a readable coopnets checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a coopnets checkpoint")
+    if state.get("version") != VERSION:
+        raise ValueError(f"{path}: checkpoint version {state.get('version')} is not supported (need {VERSION})")
+    return state
+
+
+def load_models(path: str | os.PathLike) -> tuple[Descriptor, Generator, TrainConfig]:
+    """(descriptor, generator, config) from a checkpoint, on CPU, the generator in eval mode (running BN
+    statistics) as the bundle needs it."""
+    state = load_checkpoint(path)
+    spec = NetSpec(**state["spec"])
+    descriptor, generator = build_nets(spec)
+    descriptor.load_state_dict(state["descriptor"])
+    generator.load_state_dict(state["generator"])
+    descriptor.eval()
+    generator.eval()
+    return descriptor, generator, from_dict(state["config"])

@@ -1,0 +1,312 @@
+"""Cooperative training of the descriptor f(Y; α) and the generator g(X; β) (Xie et al., TPAMI 2018, Alg. 1).
+
+One iteration, as in the paper:
+    1. draft      X̂_i ~ N(0, I_d), Ŷ_i = g(X̂_i) for M̃ chains
+    2. revise     l steps of descriptor Langevin from Ŷ (fresh chains every iteration): Ỹ
+    3. (infer)    optionally, latent Langevin on X̂ to explain Ỹ (off in the paper and by default)
+    4. descriptor minimise mean f(Ỹ) − mean f(Y_data)          (Adam, β1 = 0.5; Ỹ is a constant)
+    5. generator  minimise mean_i ‖Ỹ_i − g(X̂_i)‖² / (2σ²)      (Adam, β1 = 0.5; "MCMC teaching" on the same X̂)
+
+`cooperative_iteration` is that paragraph in code; `train` is the loop around it (data batches, logging,
+sample grids, checkpoints, the divergence guard). The generator trains with BatchNorm batch statistics (running
+statistics tracked) and is exported in eval mode with the running statistics.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer import images
+from trainer.checkpoint import load_checkpoint, save_checkpoint, set_rng_states
+from trainer.config import TrainConfig, from_dict, save_json
+from trainer.langevin import infer_latent, revise, torch_noise
+from trainer.nets import Descriptor, Generator, build_nets
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+GRID_IMAGES = 64  # chains shown in a sample grid
+
+
+class DivergenceError(RuntimeError):
+    """Training left the stable regime; the message says what was seen and what to change."""
+
+
+@dataclass
+class IterStats:
+    """What one iteration measured (all floats; per-image means)."""
+
+    loss_d: float  # mean f(Ỹ) − mean f(Y_data): the energy gap the descriptor closes from below
+    loss_g: float  # mean ‖Ỹ − g(X̂)‖² / (2σ²)
+    f_data: float  # mean f(Y_data)
+    f_revised: float  # mean f(Ỹ)
+    energy_data: float  # mean E(Y_data) = ‖Y‖²/(2s²) − f(Y)
+    energy_revised: float  # mean E(Ỹ)
+    displacement: float  # mean ‖Ỹ − Ŷ‖ per image: how far Langevin moved the drafts
+    max_abs: float  # max |Ỹ| over the batch (divergence shows here first)
+
+
+@dataclass
+class Run:
+    """Everything the loop mutates."""
+
+    config: TrainConfig
+    device: torch.device
+    descriptor: Descriptor
+    generator: Generator
+    opt_d: torch.optim.Adam
+    opt_g: torch.optim.Adam
+    scaler: torch.amp.GradScaler
+    rng: torch.Generator  # latents, Langevin noise
+    iteration: int = 0  # completed iterations
+
+
+# ---- set-up --------------------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def build_run(config: TrainConfig) -> Run:
+    """Fresh nets (official initialisation), Adam optimisers and RNG for `config`, seeded."""
+    device = resolve_device(config.device)
+    if config.amp != "none" and device.type != "cuda":
+        raise ValueError(f"--amp {config.amp}: autocast is CUDA only; use --amp none on {device.type}")
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    descriptor, generator = build_nets(config.net_spec)
+    descriptor.to(device)
+    generator.to(device).train()
+    betas = (config.beta1, 0.999)
+    opt_d = torch.optim.Adam(descriptor.parameters(), lr=config.lr_descriptor, betas=betas)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=betas)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    rng = torch.Generator(device=device)
+    rng.manual_seed(config.seed)
+    return Run(config, device, descriptor, generator, opt_d, opt_g, scaler, rng)
+
+
+def restore_run(run: Run, state: dict) -> None:
+    """Load a checkpoint dict into a freshly built run (same NetSpec)."""
+    run.descriptor.load_state_dict(state["descriptor"])
+    run.generator.load_state_dict(state["generator"])
+    run.opt_d.load_state_dict(state["opt_d"])
+    run.opt_g.load_state_dict(state["opt_g"])
+    if state["scaler"]:
+        run.scaler.load_state_dict(state["scaler"])
+    set_rng_states(state["rng"], run.rng)
+    run.iteration = int(state["iteration"])
+
+
+class _Autocast(nn.Module):
+    """Runs a net under CUDA autocast and returns float32, so Langevin arithmetic stays float32."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=self.dtype):
+            return self.net(x).float()
+
+
+def _nets(run: Run) -> tuple[nn.Module, nn.Module]:
+    if run.config.amp == "none":
+        return run.descriptor, run.generator
+    dtype = torch.bfloat16 if run.config.amp == "bf16" else torch.float16
+    return _Autocast(run.descriptor, dtype), _Autocast(run.generator, dtype)
+
+
+# ---- the algorithm ---------------------------------------------------------------------------------------------
+def cooperative_iteration(run: Run, y_data: torch.Tensor) -> tuple[IterStats, torch.Tensor, torch.Tensor]:
+    """One iteration of cooperative learning on a data batch `y_data` (N, C, H, W) in [-1, 1].
+    Returns the stats, the drafts Ŷ and the revised Ỹ (both (M̃, C, H, W), detached)."""
+    cfg = run.config
+    f, g = _nets(run)
+    noise = torch_noise(run.rng) if cfg.langevin_noise else None
+
+    # 1. Draft: X̂ ~ N(0, I), Ŷ = g(X̂); the graph of g(X̂) is kept for the generator update in step 5
+    x = torch.randn(cfg.num_chains, cfg.latent_dim, generator=run.rng, device=run.device)  # (M̃, d)
+    y_draft = g(x)  # (M̃, C, H, W)
+
+    # 2. Revise: l steps of descriptor Langevin from the drafts, Ỹ
+    y_rev = revise(f, y_draft.detach(), cfg.langevin_steps, cfg.delta, cfg.s, noise)  # (M̃, C, H, W)
+
+    # 3. Infer (optional): move X̂ so that g(X̂) explains Ỹ, then re-draw g(X̂) with the new latents
+    if cfg.infer_latent:
+        x = infer_latent(g, x, y_rev, None, cfg.latent_steps, cfg.latent_step_size, cfg.sigma, noise)
+        y_draft = g(x)  # (M̃, C, H, W)
+
+    # 4. Descriptor: raise f on data relative to revised samples, minimise mean f(Ỹ) − mean f(Y)
+    f_data, f_rev = f(y_data), f(y_rev)  # (N,), (M̃,)
+    loss_d = f_rev.mean() - f_data.mean()
+    run.opt_d.zero_grad(set_to_none=True)
+    run.scaler.scale(loss_d).backward()
+    run.scaler.step(run.opt_d)
+
+    # 5. Generator: regress the revised images on their own latents, minimise mean ‖Ỹ − g(X̂)‖² / (2σ²)
+    loss_g = (y_rev - y_draft.float()).pow(2).flatten(1).sum(1).mean() / (2 * cfg.sigma**2)
+    run.opt_g.zero_grad(set_to_none=True)
+    run.scaler.scale(loss_g).backward()
+    run.scaler.step(run.opt_g)
+    run.scaler.update()
+    run.iteration += 1
+
+    with torch.no_grad():
+        y_draft = y_draft.detach().float()
+        half_sq_norm = lambda y: y.pow(2).flatten(1).sum(1) / (2 * cfg.s**2)  # noqa: E731 - (N,)
+        stats = IterStats(
+            loss_d=loss_d.item(),
+            loss_g=loss_g.item(),
+            f_data=f_data.mean().item(),
+            f_revised=f_rev.mean().item(),
+            energy_data=(half_sq_norm(y_data) - f_data.detach()).mean().item(),
+            energy_revised=(half_sq_norm(y_rev) - f_rev.detach()).mean().item(),
+            displacement=(y_rev - y_draft).flatten(1).norm(dim=1).mean().item(),
+            max_abs=y_rev.abs().max().item(),
+        )
+    return stats, y_draft, y_rev
+
+
+def check_divergence(stats: IterStats, config: TrainConfig, iteration: int) -> None:
+    """Stop on NaN/inf and on magnitudes that only a diverging run reaches (the port's failure mode was huge
+    but finite losses and saturated samples, not NaN)."""
+    advice = "lower --lr-descriptor or --delta; the last good checkpoint is kept"
+    values = asdict(stats)
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise DivergenceError(f"iteration {iteration}: {', '.join(bad)} not finite: training diverged; {advice}")
+    if stats.max_abs > config.guard_max_abs:
+        raise DivergenceError(f"iteration {iteration}: revised samples reached |Y| = {stats.max_abs:.3g} "
+                              f"(> --guard-max-abs {config.guard_max_abs:g}): Langevin diverged; {advice}")
+    if abs(stats.loss_d) > config.guard_energy_gap:
+        raise DivergenceError(f"iteration {iteration}: energy gap mean f(revised) − mean f(data) = "
+                              f"{stats.loss_d:.3g} (> --guard-energy-gap {config.guard_energy_gap:g}): the "
+                              f"descriptor diverged; {advice}")
+
+
+def batch_indices(iteration: int, n_data: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Data indices of iteration `iteration`: epoch e uses a permutation seeded by (seed, e), batches without
+    replacement and the ragged tail dropped. Stateless, so resuming needs no data-loader state."""
+    per_epoch = max(1, n_data // batch_size)
+    epoch, k = divmod(iteration, per_epoch)
+    perm = torch.randperm(n_data, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return perm[k * batch_size : (k + 1) * batch_size] if n_data >= batch_size else perm
+
+
+# ---- the loop ---------------------------------------------------------------------------------------------------
+def train(config: TrainConfig, data: np.ndarray, *, resume: bool = False, progress: bool = True) -> Run:
+    """Train on uint8 `data` (N, C, H, W) into RUN_DIR = config.out; returns the finished run.
+
+    Writes RUN_DIR/config.json, checkpoint.pt (every ckpt_every iterations and at the end), metrics.jsonl,
+    tb/ (TensorBoard scalars) and samples/iter_XXXXXX.png (drafts | revised). With `resume`, continues from
+    RUN_DIR/checkpoint.pt up to config.iterations in total.
+    """
+    from trainer.data import to_tensor
+
+    out = Path(config.out)
+    run = build_run(config)
+    if resume:
+        state = load_checkpoint(out / CHECKPOINT, map_location=run.device)
+        if from_dict(state["config"]).net_spec != config.net_spec:
+            raise ValueError(f"--resume: {out / CHECKPOINT} holds a {state['spec']} model, not {config.net_spec}")
+        restore_run(run, state)
+        log.info("resumed %s at iteration %d", out / CHECKPOINT, run.iteration)
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(config, out / "config.json")
+    y_all = to_tensor(data)  # (N_data, C, H, W), kept on CPU; batches move to the device
+    if tuple(y_all.shape[1:]) != config.net_spec.image_shape:
+        raise ValueError(f"data images are {tuple(y_all.shape[1:])} but the model needs {config.net_spec.image_shape}")
+    writer = _summary_writer(out / "tb")
+
+    def checkpoint() -> None:
+        save_checkpoint(out / CHECKPOINT, descriptor=run.descriptor, generator=run.generator, opt_d=run.opt_d,
+                        opt_g=run.opt_g, config=config, iteration=run.iteration, train_rng=run.rng, scaler=run.scaler)
+
+    bar = _progress(run.iteration, config.iterations, progress)
+    start = time.perf_counter()
+    metrics = (out / "metrics.jsonl").open("a")
+    try:
+        while run.iteration < config.iterations:
+            idx = batch_indices(run.iteration, len(y_all), config.batch_size, config.seed)
+            y_data = y_all[idx].to(run.device)  # (N, C, H, W)
+            stats, y_draft, y_rev = cooperative_iteration(run, y_data)
+            it = run.iteration
+            check_divergence(stats, config, it)
+            bar.update(1)
+            if it % config.log_every == 0 or it == config.iterations:
+                bar.set_postfix(loss_d=f"{stats.loss_d:.3g}", loss_g=f"{stats.loss_g:.3g}", refresh=False)
+                record = {"iteration": it, "seconds": round(time.perf_counter() - start, 2), **asdict(stats)}
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                if writer is not None:
+                    for key, value in asdict(stats).items():
+                        writer.add_scalar(f"train/{key}", value, it)
+            if it % config.sample_every == 0 or it == config.iterations:
+                n = min(GRID_IMAGES, len(y_rev))
+                images.save_side_by_side([y_draft[:n].cpu().numpy(), y_rev[:n].cpu().numpy()],
+                                         out / "samples" / f"iter_{it:06d}.png")
+            if it % config.ckpt_every == 0 or it == config.iterations:
+                checkpoint()
+    finally:
+        bar.close()
+        metrics.close()
+        if writer is not None:
+            writer.close()
+    return run
+
+
+def final_samples(run: Run, out_dir: Path, n: int = GRID_IMAGES) -> dict[str, float]:
+    """Synthesis with the generator in eval mode (running BN statistics, as exported) and, for comparison, in
+    train mode (batch statistics, as during training), from the same latents and the same Langevin noise.
+    Writes samples/final_eval.png and samples/final_train_bn.png (drafts | revised) and returns mean f of the
+    revised images and the mean per-image distance between the two modes' drafts."""
+    cfg = run.config
+    gen = torch.Generator(device=run.device).manual_seed(cfg.seed + 1)
+    x = torch.randn(n, cfg.latent_dim, generator=gen, device=run.device)  # (n, d)
+    noise_state = gen.get_state()
+    result: dict[str, float] = {}
+    drafts = {}
+    for mode in ("eval", "train_bn"):
+        g = copy.deepcopy(run.generator)  # train-mode BN would update the running statistics
+        g.train(mode == "train_bn")
+        with torch.no_grad():
+            y_draft = g(x)  # (n, C, H, W)
+        gen.set_state(noise_state)
+        noise = torch_noise(gen) if cfg.langevin_noise else None
+        y_rev = revise(run.descriptor, y_draft, cfg.langevin_steps, cfg.delta, cfg.s, noise)
+        with torch.no_grad():
+            result[f"f_revised_{mode}"] = run.descriptor(y_rev).mean().item()
+        drafts[mode] = y_draft
+        images.save_side_by_side([y_draft.cpu().numpy(), y_rev.cpu().numpy()], out_dir / f"final_{mode}.png")
+    result["draft_distance_eval_vs_train_bn"] = (drafts["eval"] - drafts["train_bn"]).flatten(1).norm(dim=1).mean().item()
+    return result
+
+
+def _summary_writer(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        log.warning("tensorboard is not installed: no TensorBoard scalars")
+        return None
+    return SummaryWriter(str(path))
+
+
+def _progress(done: int, total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc="coop-train", unit="it", disable=not enabled, dynamic_ncols=True)
+
