@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from trainer.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +99,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def train_classifier(
     train_images: np.ndarray, train_labels: np.ndarray, config: ClassifierConfig, progress: bool = True
 ) -> FeatureNet:
@@ -172,11 +161,11 @@ def load_or_train(
     net = train_classifier(train_images, train_labels, config, progress)
     buf = io.BytesIO()
     torch.save(net.state_dict(), buf)
-    _atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     digest = _sha256_file(path)
     clf = Classifier(net, num_classes, 0.0, digest, path)
     clf.test_accuracy = accuracy(clf, test_images, test_labels)
     meta = {"sha256": digest, "test_accuracy": clf.test_accuracy, "train_images": len(train_images),
             "config": asdict(config), "version": VERSION}  # fmt: skip
-    _atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
     return clf

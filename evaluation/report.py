@@ -1,0 +1,157 @@
+"""Writes what coop-eval measured: `report.md` (Markdown tables), `report.json` (every number, the same),
+and PNG strips of examples. Every file is written atomically (temporary sibling, then rename).
+
+Strips (`completion-<occlusion>.png`): one column per example image, rows top to bottom = original,
+occluded (holes mid-grey), then each method in the table's order. `samples.png`: drafts g(X) | revised,
+same chains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.completion import MethodScores
+from evaluation.metrics import Summary
+from evaluation.synthesis import SetScores
+from trainer.checkpoint import atomic_write_bytes
+from trainer.images import save_grid, save_side_by_side
+
+PSNR_GAP_MODEL, PSNR_GAP_BASELINE = ("coop",), ("mean", "biharmonic", "telea", "ns")
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.{digits}f}"
+
+
+def _ci(s: Summary, digits: int = 2) -> str:
+    return f"{s.mean:.{digits}f} [{s.low:.{digits}f}, {s.high:.{digits}f}]"
+
+
+def synthesis_table(rows: list[SetScores]) -> str:
+    has_inception = any(r.inception_frechet is not None for r in rows)
+    head = ["samples", "N", "FD ↓", "KID ↓", "precision ↑", "recall ↑", "class KL ↓", "min class share",
+            "NN dist. median", "closer than 5% held-out"]  # fmt: skip
+    if has_inception:
+        head.insert(4, "Inception FD ↓")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            r.name,
+            str(r.n),
+            _num(r.frechet, 2),
+            _num(r.kid, 4),
+            _num(r.precision),
+            _num(r.recall),
+            _num(r.class_kl, 4),
+            _num(r.min_class_share),
+            _num(r.nn_median, 2),
+            _num(r.nn_close_fraction),
+        ]
+        if has_inception:
+            cells.insert(4, _num(r.inception_frechet, 2))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def completion_tables(scores: list[MethodScores]) -> str:
+    """One table per occlusion, then the model's margin over the best baseline (PSNR, missing region)."""
+    parts = []
+    for occlusion in dict.fromkeys(s.occlusion for s in scores):
+        rows = [s for s in scores if s.occlusion == occlusion]
+        parts.append(
+            f"**{occlusion}** ({rows[0].missing_fraction:.0%} of the pixels missing, "
+            f"N = {rows[0].psnr_missing.n}; mean [95% interval of the mean])\n"
+        )
+        parts.append("| method | PSNR missing (dB) ↑ | PSNR whole (dB) ↑ | SSIM missing ↑ | SSIM whole ↑ |")
+        parts.append("|---|---|---|---|---|")
+        for s in rows:
+            parts.append(
+                f"| {s.method} | {_ci(s.psnr_missing)} | {_ci(s.psnr_whole)} | "
+                f"{_ci(s.ssim_missing, 3)} | {_ci(s.ssim_whole, 3)} |"
+            )
+        parts.append("")
+    margins = completion_margins(scores)
+    if margins:
+        parts.append(
+            "Margin of `coop` over the best baseline, PSNR on the missing region (positive = model better):\n"
+        )
+        parts.append("| occlusion | coop (dB) | best baseline | its PSNR (dB) | margin (dB) |")
+        parts.append("|---|---|---|---|---|")
+        for m in margins:
+            parts.append(
+                f"| {m['occlusion']} | {m['model']:.2f} | {m['baseline']} | {m['baseline_psnr']:.2f} | "
+                f"{m['margin']:+.2f} |"
+            )
+    return "\n".join(parts)
+
+
+def completion_margins(scores: list[MethodScores]) -> list[dict]:
+    out = []
+    for occlusion in dict.fromkeys(s.occlusion for s in scores):
+        by = {s.method: s.psnr_missing.mean for s in scores if s.occlusion == occlusion}
+        base = {k: v for k, v in by.items() if k in PSNR_GAP_BASELINE}
+        if "coop" in by and base:
+            best = max(base, key=base.get)
+            out.append(
+                {
+                    "occlusion": occlusion,
+                    "model": by["coop"],
+                    "baseline": best,
+                    "baseline_psnr": base[best],
+                    "margin": by["coop"] - base[best],
+                }
+            )
+    return out
+
+
+def markdown(header: dict, synthesis: list[SetScores] | None, completion: list[MethodScores] | None) -> str:
+    lines = ["# coop-eval report", ""]
+    lines += [f"- {k}: {v}" for k, v in header.items()]
+    if synthesis:
+        lines += ["", "## Synthesis", "",
+                  "Each set against the same N held-out images in the feature space of the evaluation "
+                  "classifier; the first row is the floor (real training images). FD = Fréchet distance, "
+                  "KID = kernel distance, class KL = KL(sample class histogram ‖ held-out histogram); "
+                  "NN dist. = pixel L2 to the nearest training image.", "",
+                  synthesis_table(synthesis)]  # fmt: skip
+    if completion:
+        lines += ["", "## Completion", "", completion_tables(completion)]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    out_dir: Path, header: dict, synthesis: list[SetScores] | None, completion: list[MethodScores] | None
+) -> str:
+    """report.md and report.json in `out_dir`; returns the Markdown."""
+    text = markdown(header, synthesis, completion)
+    data = {
+        "header": header,
+        "synthesis": [r.to_dict() for r in synthesis or []],
+        "completion": [s.to_dict() for s in completion or []],
+        "completion_margins": completion_margins(completion or []),
+    }
+    atomic_write_bytes(out_dir / "report.md", text.encode())
+    atomic_write_bytes(out_dir / "report.json", (json.dumps(data, indent=2) + "\n").encode())
+    return text
+
+
+def write_strips(out_dir: Path, examples: dict[str, dict[str, np.ndarray]]) -> list[Path]:
+    """One PNG per occlusion: columns = example images, rows = original, occluded, each method."""
+    paths = []
+    for occlusion, rows in examples.items():
+        k = len(rows["original"])
+        stacked = np.concatenate(list(rows.values()))  # (rows·k, C, H, W)
+        name = occlusion.replace(":", "").replace(".", "")
+        paths.append(save_grid(stacked, out_dir / f"completion-{name}.png", nrow=k))
+    return paths
+
+
+def write_samples(out_dir: Path, drafts: np.ndarray, revised: np.ndarray, count: int = 64) -> Path:
+    """drafts g(X) | revised Ỹ of the same chains, side by side."""
+    return save_side_by_side([drafts[:count], revised[:count]], out_dir / "samples.png")
