@@ -70,11 +70,12 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
 
 # ---- Fashion-MNIST -----------------------------------------------------------------------------------------------
 def find_fashion_mnist(data_dir: str | os.PathLike = "", *, allow_download: bool = True,
-                       base_url: str = FASHION_URL, cache_dir: Path | None = None) -> Path:
+                       base_url: str = FASHION_URL, cache_dir: Path | None = None,
+                       system_dir: Path = DEBIAN_DIR) -> Path:
     """Path of the train-images idx file. An explicit `data_dir` is the only place looked in."""
     name = FASHION_TRAIN[0]
     cache_dir = cache_dir or CACHE_DIR
-    dirs = [Path(data_dir)] if data_dir else [DEBIAN_DIR, cache_dir]
+    dirs = [Path(data_dir)] if data_dir else [system_dir, cache_dir]
     for d in dirs:
         for candidate in (d / name, d / name.removesuffix(".gz")):
             if candidate.is_file():

@@ -1,0 +1,72 @@
+"""Checkpoints: round trip, RNG states, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import checkpoint as ckpt
+from trainer.config import TrainConfig
+from trainer.coop import build_run
+
+
+def _save(run, path, iteration=5):
+    return ckpt.save_checkpoint(path, descriptor=run.descriptor, generator=run.generator, opt_d=run.opt_d,
+                                opt_g=run.opt_g, config=run.config, iteration=iteration, train_rng=run.rng,
+                                scaler=run.scaler)
+
+
+def test_round_trip_and_load_models(tmp_path):
+    run = build_run(TrainConfig(batch_size=4, lr_descriptor=0.003))
+    with torch.no_grad():
+        run.generator(torch.randn(4, 100))  # move the BN running statistics off their initial values
+    path = _save(run, tmp_path / "checkpoint.pt")
+    state = ckpt.load_checkpoint(path)
+    assert state["iteration"] == 5 and state["spec"] == {"arch": "mnist28", "channels": 1, "latent_dim": 100}
+    descriptor, generator, config = ckpt.load_models(path)
+    assert config.lr_descriptor == 0.003 and not generator.training
+    for a, b in zip(generator.state_dict().values(), run.generator.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # includes running_mean / running_var
+    y = torch.rand(2, 1, 28, 28)
+    assert torch.equal(descriptor(y), run.descriptor(y))
+
+
+def test_rng_states_restore_every_stream(tmp_path):
+    run = build_run(TrainConfig(seed=3))
+    path = _save(run, tmp_path / "c.pt")
+    expected = (torch.randn(3, generator=run.rng), torch.randn(3), np.random.rand(3), random.random())
+    ckpt.set_rng_states(ckpt.load_checkpoint(path)["rng"], run.rng)
+    got = (torch.randn(3, generator=run.rng), torch.randn(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+    assert np.array_equal(expected[2], got[2]) and expected[3] == got[3]
+
+
+def test_crash_during_write_leaves_old_checkpoint_intact(tmp_path, monkeypatch):
+    run = build_run(TrainConfig())
+    path = _save(run, tmp_path / "checkpoint.pt", iteration=1)
+    before = path.read_bytes()
+
+    def crash(obj, fh):  # the process dies half-way through writing the new checkpoint
+        fh.write(b"partial checkpoint bytes")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", crash)
+    with pytest.raises(OSError, match="No space left"):
+        _save(run, path, iteration=2)
+    assert path.read_bytes() == before
+    assert ckpt.load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left behind
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        ckpt.load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable coopnets checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"model": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a coopnets checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "other.pt")
