@@ -65,6 +65,8 @@ def kernel_distance(
         raise ValueError(f"KID needs at least 2 samples per set, got {len(a)} and {len(b)}")
     f = a.shape[1]
     rng = np.random.default_rng(seed)
+    if m == len(a) == len(b):
+        subsets = 1  # every subset would be the whole of both sets
     values = []
     for _ in range(subsets):
         x = a[rng.choice(len(a), m, replace=False)]  # (m, F)

@@ -1,0 +1,117 @@
+"""coop-eval end to end on tiny data: a tiny Fashion-MNIST-format dataset written here as idx files, the real
+tiny bundle of tests/conftest.py (trainer.nets exported by trainer.export.export_bundle), a one-epoch
+classifier; and its one-line failures."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+
+import numpy as np
+import pytest
+
+from evaluation.cli import main
+from evaluation.completion import METHODS
+
+OCCLUSIONS = "center:12,random:0.5,left-half,rects"
+
+
+def _write_idx(path, array: np.ndarray, magic: int) -> None:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_tiny_fashion(folder, n_train: int = 200, n_test: int = 60, splits=("train", "t10k")):
+    """10 classes, each a smooth random template plus noise, as idx .gz files (the Fashion-MNIST names)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    coarse = rng.uniform(0, 255, (10, 7, 7))
+    templates = np.kron(coarse, np.ones((4, 4)))  # (10, 28, 28)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        if split not in splits:
+            continue
+        labels = np.arange(n) % 10
+        images = np.clip(templates[labels] + rng.normal(0, 20, (n, 28, 28)), 0, 255)  # (n, 28, 28)
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", images, 0x803)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels, 0x801)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_fashion(tmp_path_factory):
+    return write_tiny_fashion(tmp_path_factory.mktemp("fashion"))
+
+
+def test_coop_eval_end_to_end(serving_bundle, tiny_fashion, tmp_path, capsys):
+    out, cache = tmp_path / "eval", tmp_path / "cache"
+    argv = [str(serving_bundle), "--out", str(out), "--data-dir", str(tiny_fashion), "--cache-dir", str(cache),
+            "--n", "40", "--completion-n", "6", "--classifier-epochs", "2", "--langevin-only-steps", "2",
+            "--occlusions", OCCLUSIONS, "--batch", "16", "--examples", "3", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "feature classifier: test accuracy" in printed and "## Completion" in printed
+
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["name"]: r for r in report["synthesis"]}
+    assert list(rows) == ["real (train) vs held-out: floor", "drafts g(X)", "revised (4 steps)"]
+    for r in rows.values():
+        assert r["n"] == 40 and all(math.isfinite(r[k]) for k in ("frechet", "kid", "class_kl", "nn_median"))
+        assert sum(r["class_histogram"]) == pytest.approx(1.0)
+    # a random tiny generator is far from the data; real training images are not
+    assert rows["drafts g(X)"]["frechet"] > rows["real (train) vs held-out: floor"]["frechet"]
+
+    cells = report["completion"]
+    assert [(c["occlusion"], c["method"]) for c in cells] == [(o, m) for o in OCCLUSIONS.split(",") for m in METHODS]
+    for c in cells:
+        assert c["psnr_missing"]["n"] == 6
+        assert c["psnr_missing"]["low"] <= c["psnr_missing"]["mean"] <= c["psnr_missing"]["high"]
+        assert c["psnr_whole"]["mean"] >= c["psnr_missing"]["mean"]  # observed pixels are exact
+    assert {m["occlusion"] for m in report["completion_margins"]} == set(OCCLUSIONS.split(","))
+    assert "| coop |" in (out / "report.md").read_text()
+    for name in ("samples.png", "completion-center12.png", "completion-random05.png", "completion-left-half.png",
+                 "completion-rects.png"):  # fmt: skip
+        assert (out / name).stat().st_size > 0
+
+    # the classifier is cached with its checksum: a second run reuses it and reports the same numbers
+    meta = next(cache.glob("classifier-*.json"))
+    assert json.loads(meta.read_text())["test_accuracy"] > 0.5
+    assert main([*argv[:2], str(tmp_path / "eval2"), *argv[3:], "--no-completion"]) == 0
+    again = json.loads((tmp_path / "eval2" / "report.json").read_text())
+    assert again["synthesis"] == report["synthesis"]
+    assert len(list(cache.glob("classifier-*.pt"))) == 1
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_missing_dataset_fails_with_one_line(serving_bundle, tmp_path, capsys):
+    argv = [str(serving_bundle), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"), "--no-progress"]
+    assert main([*argv, "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "--data-dir" in _one_line_error(capsys)
+
+    train_only = write_tiny_fashion(tmp_path / "train-only", splits=("train",))
+    assert main([*argv, "--data-dir", str(train_only)]) == 2
+    assert "t10k-images-idx3-ubyte" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [(["--occlusions", "top-half"], "occlusion"), (["--methods", "coop,magic"], "--methods"),
+     (["--n", "0"], "--n"), (["--no-synthesis", "--no-completion"], "nothing to do")],
+)  # fmt: skip
+def test_bad_flags_fail_with_one_line(serving_bundle, tmp_path, capsys, extra, needle):
+    assert main([str(serving_bundle), "--out", str(tmp_path / "o"), *extra]) == 2
+    assert needle in _one_line_error(capsys)
+
+
+def test_bad_model_fails_with_one_line(tmp_path, capsys):
+    assert main([str(tmp_path / "no-bundle")]) == 2
+    assert "does not exist" in _one_line_error(capsys)
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    _one_line_error(capsys)

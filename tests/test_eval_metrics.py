@@ -1,0 +1,138 @@
+"""evaluation.metrics, occlusions and baselines on known cases: identical sets give ~0, shifted sets more,
+PSNR/SSIM of identical images, exact mask fractions, baselines keep observed pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evaluation import metrics
+from evaluation.baselines import all_baselines
+from evaluation.occlusions import DEFAULT_OCCLUSIONS, occlusion_mask, occlusion_masks, parse_occlusion
+
+SHAPE = (1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def feats():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((400, 16)) @ rng.standard_normal((16, 16))  # correlated features (N, F)
+
+
+def test_frechet_identical_is_zero_and_shift_increases_it(feats):
+    assert metrics.frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-6)
+    small = metrics.frechet_distance(feats, feats + 0.5)
+    large = metrics.frechet_distance(feats, feats + 2.0)
+    assert small == pytest.approx(16 * 0.25, rel=1e-6)  # only the means differ: ‖Δμ‖² = F · 0.5²
+    assert large > small > 0
+    assert metrics.frechet_distance(feats, feats * 2) > 1.0  # a covariance change counts too
+
+
+def test_kid_identical_near_zero_and_shift_increases_it():
+    x = np.random.default_rng(4).standard_normal((400, 16))  # unit-scale features, as KID's kernel assumes
+    same, _ = metrics.kernel_distance(x, x, subset_size=200, subsets=10)
+    shifted, _ = metrics.kernel_distance(x, x + 0.5, subset_size=200, subsets=10)
+    further, _ = metrics.kernel_distance(x, x + 1.0, subset_size=200, subsets=10)
+    assert abs(same) < 0.1 * shifted
+    assert further > shifted > 0
+
+
+def test_precision_recall_identical_and_disjoint(feats):
+    assert metrics.precision_recall(feats, feats) == (1.0, 1.0)
+    assert metrics.precision_recall(feats, feats + 1e3) == (0.0, 0.0)
+    # samples covering a quarter of the data: all realistic, low recall
+    part = feats[np.argsort(feats[:, 0])[:100]]
+    precision, recall = metrics.precision_recall(feats, part)
+    assert precision == 1.0 and recall < 0.6
+
+
+def test_class_histogram_kl():
+    uniform = np.eye(10)[np.arange(1000) % 10]  # one-hot "probabilities" (N, 10)
+    hist = metrics.class_histogram(uniform, 10)
+    np.testing.assert_allclose(hist, 0.1)
+    assert metrics.histogram_kl(hist, hist) == pytest.approx(0.0, abs=1e-12)
+    collapsed = metrics.class_histogram(np.eye(10)[np.arange(1000) % 9], 10)  # class 9 never drawn
+    assert collapsed[9] == 0
+    assert metrics.histogram_kl(collapsed, hist) > 0.05
+
+
+def test_memorisation_flags_copies():
+    rng = np.random.default_rng(1)
+    train = rng.uniform(-1, 1, (300, *SHAPE)).astype(np.float32)
+    heldout = rng.uniform(-1, 1, (50, *SHAPE)).astype(np.float32)
+    copies = train[:50] + 0.001
+    np.testing.assert_allclose(metrics.nn_distances(train[:5], train), 0.0, atol=1e-2)
+    ref = metrics.nn_distances(heldout, train)
+    copied = metrics.memorisation(metrics.nn_distances(copies, train), ref)
+    fresh = metrics.memorisation(ref, ref)
+    assert copied.close_fraction == 1.0 and copied.median_nn < 0.1
+    assert fresh.close_fraction <= 0.06 and fresh.median_nn == fresh.reference_median_nn
+
+
+def test_psnr_and_ssim_known_values():
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, (3, *SHAPE)).astype(np.float32)
+    assert np.isinf(metrics.psnr(x, x)).all()
+    np.testing.assert_allclose(metrics.ssim(x, x), 1.0, atol=1e-9)
+    # a constant error of 0.2 on [-1, 1] images: MSE 0.04, PSNR 10·log10(4 / 0.04) = 20 dB
+    np.testing.assert_allclose(metrics.psnr(x + 0.2, x), 20.0, atol=1e-4)
+    # the region counts only its own pixels: error in the hole only
+    mask = np.zeros_like(x)
+    mask[:, :, :14] = 1
+    y = np.where(mask > 0.5, x + 0.2, x)
+    np.testing.assert_allclose(metrics.psnr(y, x, mask), 20.0, atol=1e-4)
+    np.testing.assert_allclose(metrics.psnr(y, x), 10 * np.log10(4 / 0.02), atol=1e-4)
+    np.testing.assert_allclose(metrics.ssim(x, x, mask), 1.0, atol=1e-9)
+    assert (metrics.ssim(y, x, mask) < metrics.ssim(y, x)).all()  # the damage is all inside the region
+
+
+def test_summarise_mean_interval_and_cap():
+    s = metrics.summarise(np.array([10.0, 12.0, 14.0]))
+    assert s.mean == pytest.approx(12.0) and s.n == 3
+    assert s.low == pytest.approx(12 - 1.96 * 2 / np.sqrt(3)) and s.high == pytest.approx(12 + 1.96 * 2 / np.sqrt(3))
+    assert metrics.summarise(np.array([np.inf, 20.0])).mean == pytest.approx(60.0)  # inf capped at 100 dB
+
+
+@pytest.mark.parametrize(
+    "name, fraction",
+    [("center:12", 144 / 784), ("center:16", 256 / 784), ("random:0.5", 0.5), ("random:0.75", 588 / 784),
+     ("left-half", 0.5)],
+)  # fmt: skip
+def test_occlusion_fractions_exact(name, fraction):
+    masks = occlusion_masks(name, SHAPE, range(20))  # (20, 1, 28, 28)
+    assert masks.dtype == np.float32 and set(np.unique(masks)) <= {0.0, 1.0}
+    np.testing.assert_allclose(masks.reshape(20, -1).mean(1), fraction)
+
+
+def test_occlusion_geometry_and_per_image_seeds():
+    center = occlusion_mask("center:12", SHAPE, 0)[0]
+    assert center[8:20, 8:20].all() and center.sum() == 144
+    assert occlusion_mask("left-half", (3, 28, 28), 0)[:, :, :14].all()  # every channel alike
+    rects = occlusion_masks("rects", SHAPE, range(50))
+    frac = rects.reshape(50, -1).mean(1)
+    assert (frac > 0).all() and (frac < 0.75).all()
+    # image i's mask depends on its seed only, not on the batch it is in
+    np.testing.assert_array_equal(occlusion_masks("random:0.5", SHAPE, [7, 8])[1], occlusion_mask("random:0.5",
+                                  SHAPE, 8))  # fmt: skip
+    assert not np.array_equal(occlusion_mask("random:0.5", SHAPE, 1), occlusion_mask("random:0.5", SHAPE, 2))
+    assert set(DEFAULT_OCCLUSIONS) >= {"center:12", "center:16", "random:0.5", "random:0.75", "left-half", "rects"}
+
+
+@pytest.mark.parametrize("bad", ["center", "center:40", "random:1.5", "random:x", "top-half", "rects:3"])
+def test_occlusion_bad_names(bad):
+    with pytest.raises(ValueError, match="occlusion"):
+        parse_occlusion(bad, 28, 28)
+
+
+def test_baselines_keep_observed_pixels_and_fill_smooth_images():
+    rng = np.random.default_rng(3)
+    images = rng.uniform(-1, 1, (4, *SHAPE)).astype(np.float32)
+    masks = occlusion_masks("center:12", SHAPE, range(4))
+    ramp = np.broadcast_to(np.linspace(-0.8, 0.8, 28, dtype=np.float32), (2, 1, 28, 28)).copy()  # (2, 1, 28, 28)
+    for name, baseline in all_baselines(np.zeros(SHAPE, np.float32)).items():
+        out = baseline(images, masks)
+        assert out.shape == images.shape and out.dtype == np.float32 and np.isfinite(out).all(), name
+        np.testing.assert_array_equal(out[masks < 0.5], images[masks < 0.5])  # observed pixels untouched
+        if name in ("biharmonic", "telea", "ns"):  # a smooth ramp is recovered closely
+            filled = baseline(ramp, masks[:2])
+            assert metrics.psnr(filled, ramp, masks[:2]).min() > 25, name
