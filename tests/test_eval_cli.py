@@ -46,7 +46,8 @@ def tiny_fashion(tmp_path_factory):
 
 def test_coop_eval_end_to_end(serving_bundle, tiny_fashion, tmp_path, capsys):
     out, cache = tmp_path / "eval", tmp_path / "cache"
-    argv = [str(serving_bundle), "--out", str(out), "--data-dir", str(tiny_fashion), "--cache-dir", str(cache),
+    argv = [str(serving_bundle), "--out", str(out), "--data-dir", str(tiny_fashion),
+            "--cache-dir", str(cache),
             "--n", "40", "--completion-n", "6", "--classifier-epochs", "2", "--langevin-only-steps", "2",
             "--occlusions", OCCLUSIONS, "--batch", "16", "--examples", "3", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
@@ -63,15 +64,16 @@ def test_coop_eval_end_to_end(serving_bundle, tiny_fashion, tmp_path, capsys):
     assert rows["drafts g(X)"]["frechet"] > rows["real (train) vs held-out: floor"]["frechet"]
 
     cells = report["completion"]
-    assert [(c["occlusion"], c["method"]) for c in cells] == [(o, m) for o in OCCLUSIONS.split(",") for m in METHODS]
+    expected = [(o, m) for o in OCCLUSIONS.split(",") for m in METHODS]
+    assert [(c["occlusion"], c["method"]) for c in cells] == expected
     for c in cells:
         assert c["psnr_missing"]["n"] == 6
         assert c["psnr_missing"]["low"] <= c["psnr_missing"]["mean"] <= c["psnr_missing"]["high"]
         assert c["psnr_whole"]["mean"] >= c["psnr_missing"]["mean"]  # observed pixels are exact
     assert {m["occlusion"] for m in report["completion_margins"]} == set(OCCLUSIONS.split(","))
     assert "| coop |" in (out / "report.md").read_text()
-    for name in ("samples.png", "completion-center12.png", "completion-random05.png", "completion-left-half.png",
-                 "completion-rects.png"):  # fmt: skip
+    strips = ("center12", "random05", "left-half", "rects")
+    for name in ("samples.png", *(f"completion-{s}.png" for s in strips)):
         assert (out / name).stat().st_size > 0
 
     # the classifier is cached with its checksum: a second run reuses it and reports the same numbers
@@ -90,7 +92,7 @@ def _one_line_error(capsys) -> str:
 
 
 def test_missing_dataset_fails_with_one_line(serving_bundle, tmp_path, capsys):
-    argv = [str(serving_bundle), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"), "--no-progress"]
+    argv = [str(serving_bundle), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]
     assert main([*argv, "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "--data-dir" in _one_line_error(capsys)
 
