@@ -14,9 +14,17 @@ from trainer.coop import build_run
 
 
 def _save(run, path, iteration=5):
-    return ckpt.save_checkpoint(path, descriptor=run.descriptor, generator=run.generator, opt_d=run.opt_d,
-                                opt_g=run.opt_g, config=run.config, iteration=iteration, train_rng=run.rng,
-                                scaler=run.scaler)
+    return ckpt.save_checkpoint(
+        path,
+        descriptor=run.descriptor,
+        generator=run.generator,
+        opt_d=run.opt_d,
+        opt_g=run.opt_g,
+        config=run.config,
+        iteration=iteration,
+        train_rng=run.rng,
+        scaler=run.scaler,
+    )
 
 
 def test_round_trip_and_load_models(tmp_path):

@@ -23,7 +23,9 @@ from trainer.coop import (
     train,
 )
 
-TINY = dict(batch_size=4, langevin_steps=2, iterations=3, log_every=1, sample_every=2, ckpt_every=2, export=False)
+TINY = dict(
+    batch_size=4, langevin_steps=2, iterations=3, log_every=1, sample_every=2, ckpt_every=2, export=False
+)
 
 
 def tiny_data(n: int = 12, seed: int = 0) -> np.ndarray:
@@ -91,12 +93,16 @@ def test_batch_indices_are_an_epoch_without_replacement():
     seen = torch.cat([batch_indices(i, 12, 4, seed=3) for i in range(3)])
     assert sorted(seen.tolist()) == list(range(12))
     assert torch.equal(batch_indices(1, 12, 4, seed=3), batch_indices(1, 12, 4, seed=3))
-    assert not torch.equal(batch_indices(3, 12, 4, seed=3), batch_indices(0, 12, 4, seed=3))  # next epoch reshuffles
+    assert not torch.equal(
+        batch_indices(3, 12, 4, seed=3), batch_indices(0, 12, 4, seed=3)
+    )  # next epoch reshuffles
 
 
 def _params(run):
-    return {**{f"d.{k}": v for k, v in run.descriptor.state_dict().items()},
-            **{f"g.{k}": v for k, v in run.generator.state_dict().items()}}
+    return {
+        **{f"d.{k}": v for k, v in run.descriptor.state_dict().items()},
+        **{f"g.{k}": v for k, v in run.generator.state_dict().items()},
+    }
 
 
 def test_resume_is_bit_identical(tmp_path):
@@ -104,8 +110,9 @@ def test_resume_is_bit_identical(tmp_path):
     straight = train(TrainConfig(**{**TINY, "iterations": 3}, out=str(tmp_path / "a")), data, progress=False)
     stopped = TrainConfig(**{**TINY, "iterations": 2}, out=str(tmp_path / "b"))
     train(stopped, data, progress=False)
-    resumed = train(TrainConfig(**{**TINY, "iterations": 3}, out=str(tmp_path / "b")), data, resume=True,
-                    progress=False)
+    resumed = train(
+        TrainConfig(**{**TINY, "iterations": 3}, out=str(tmp_path / "b")), data, resume=True, progress=False
+    )
     assert resumed.iteration == straight.iteration == 3
     a, b = _params(straight), _params(resumed)
     for key in a:
@@ -113,7 +120,13 @@ def test_resume_is_bit_identical(tmp_path):
     for opt_a, opt_b in [(straight.opt_d, resumed.opt_d), (straight.opt_g, resumed.opt_g)]:
         for sa, sb in zip(opt_a.state.values(), opt_b.state.values(), strict=True):
             assert torch.equal(sa["exp_avg"], sb["exp_avg"])
-    for name in ("config.json", CHECKPOINT, "metrics.jsonl", "samples/iter_000002.png", "samples/iter_000003.png"):
+    for name in (
+        "config.json",
+        CHECKPOINT,
+        "metrics.jsonl",
+        "samples/iter_000002.png",
+        "samples/iter_000003.png",
+    ):
         assert (tmp_path / "b" / name).is_file(), name
 
 
@@ -129,17 +142,28 @@ def test_seeded_runs_are_reproducible(tmp_path):
 
 
 def _stats(**kw) -> IterStats:
-    base = dict(loss_d=-10.0, loss_g=1.0, f_data=5.0, f_revised=-5.0, energy_data=1.0, energy_revised=2.0,
-                displacement=0.1, max_abs=0.9)
+    base = dict(
+        loss_d=-10.0,
+        loss_g=1.0,
+        f_data=5.0,
+        f_revised=-5.0,
+        energy_data=1.0,
+        energy_revised=2.0,
+        displacement=0.1,
+        max_abs=0.9,
+    )
     return IterStats(**{**base, **kw})
 
 
-@pytest.mark.parametrize(("field", "value", "words"), [
-    ("loss_d", float("nan"), "not finite"),
-    ("max_abs", float("inf"), "not finite"),
-    ("max_abs", 50.0, "revised samples reached"),
-    ("loss_d", -3e9, "energy gap"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("loss_d", float("nan"), "not finite"),
+        ("max_abs", float("inf"), "not finite"),
+        ("max_abs", 50.0, "revised samples reached"),
+        ("loss_d", -3e9, "energy gap"),
+    ],
+)
 def test_divergence_guard_watches_magnitudes(field, value, words):
     cfg = TrainConfig()
     check_divergence(_stats(), cfg, 7)  # a healthy iteration passes
@@ -154,7 +178,13 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     train(TrainConfig(**{**TINY, "iterations": 2}, out=str(tmp_path)), data, progress=False)
     before = (tmp_path / CHECKPOINT).read_bytes()
     with pytest.raises(DivergenceError, match="iteration 3"):
-        train(TrainConfig(**{**TINY, "iterations": 4, "guard_energy_gap": 1e-9, "ckpt_every": 1},
-                          out=str(tmp_path)), data, resume=True, progress=False)
+        train(
+            TrainConfig(
+                **{**TINY, "iterations": 4, "guard_energy_gap": 1e-9, "ckpt_every": 1}, out=str(tmp_path)
+            ),
+            data,
+            resume=True,
+            progress=False,
+        )
     assert (tmp_path / CHECKPOINT).read_bytes() == before
     assert load_checkpoint(tmp_path / CHECKPOINT)["iteration"] == 2

@@ -86,8 +86,11 @@ def test_download_verifies_checksum(tmp_path):
 
 def test_not_found_and_not_downloadable_names_apt_package_and_flag(tmp_path):
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist.*--data-dir"):
-        find_fashion_mnist(base_url=(tmp_path / "offline").as_uri() + "/", cache_dir=tmp_path / "cache",
-                           system_dir=tmp_path / "no-debian-package")
+        find_fashion_mnist(
+            base_url=(tmp_path / "offline").as_uri() + "/",
+            cache_dir=tmp_path / "cache",
+            system_dir=tmp_path / "no-debian-package",
+        )
 
 
 def test_digits_resized():

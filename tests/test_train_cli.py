@@ -1,4 +1,4 @@
-"""coop-train / coop-export: config precedence, one-line errors with exit codes, a dry run, a tiny real run."""
+"""coop-train / coop-export: config precedence, one-line errors and exit codes, a dry run, a tiny run."""
 
 from __future__ import annotations
 
@@ -14,7 +14,18 @@ import pytest
 from trainer.cli import export_main, train_main
 from trainer.config import TrainConfig, resolve
 
-TINY = ["--batch-size", "4", "--langevin-steps", "2", "--log-every", "1", "--sample-every", "2", "--ckpt-every", "2"]
+TINY = [
+    "--batch-size",
+    "4",
+    "--langevin-steps",
+    "2",
+    "--log-every",
+    "1",
+    "--sample-every",
+    "2",
+    "--ckpt-every",
+    "2",
+]
 
 
 @pytest.fixture
@@ -26,9 +37,14 @@ def npz(tmp_path) -> Path:
 
 def test_config_file_then_flags_override_defaults(tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('lr_descriptor = 0.002\nlangevin-steps = 7\nlangevin_noise = false\nbatch_size = 16\n')
+    toml.write_text("lr_descriptor = 0.002\nlangevin-steps = 7\nlangevin_noise = false\nbatch_size = 16\n")
     cfg = resolve({"langevin_steps": 3}, str(toml))
-    assert (cfg.lr_descriptor, cfg.langevin_steps, cfg.langevin_noise, cfg.batch_size) == (0.002, 3, False, 16)
+    assert (cfg.lr_descriptor, cfg.langevin_steps, cfg.langevin_noise, cfg.batch_size) == (
+        0.002,
+        3,
+        False,
+        16,
+    )
     assert cfg.num_chains == 16 and cfg.resolved_arch == "mnist28"
     assert resolve({}).to_dict() == TrainConfig().to_dict()
     toml.write_text("lr_descriptr = 0.1\n")
@@ -36,16 +52,19 @@ def test_config_file_then_flags_override_defaults(tmp_path):
         resolve({}, str(toml))
 
 
-@pytest.mark.parametrize(("argv", "words"), [
-    (["--dataset", "cifar10"], "--dataset: unknown dataset 'cifar10'"),
-    (["--data-dir", "/nonexistent/fashion"], "--data-dir: /nonexistent/fashion does not exist"),
-    (["--image-size", "30"], "--image-size: 30 is not supported"),
-    (["--delta", "-0.002"], "--delta: must be > 0"),
-    (["--s", "0"], "--s: must be > 0"),
-    (["--arch", "scene64"], "--arch: scene64 makes 64px images"),
-    (["--amp", "fp8"], "--amp: unknown autocast mode"),
-    (["--batch-size", "x"], "invalid int value"),
-])
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--dataset", "cifar10"], "--dataset: unknown dataset 'cifar10'"),
+        (["--data-dir", "/nonexistent/fashion"], "--data-dir: /nonexistent/fashion does not exist"),
+        (["--image-size", "30"], "--image-size: 30 is not supported"),
+        (["--delta", "-0.002"], "--delta: must be > 0"),
+        (["--s", "0"], "--s: must be > 0"),
+        (["--arch", "scene64"], "--arch: scene64 makes 64px images"),
+        (["--amp", "fp8"], "--amp: unknown autocast mode"),
+        (["--batch-size", "x"], "invalid int value"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(argv, words, capsys, tmp_path):
     try:
         code = train_main([*argv, "--out", str(tmp_path / "run"), "--dry-run"])
@@ -66,8 +85,12 @@ def test_resume_without_checkpoint_and_bad_checkpoint(tmp_path, capsys):
 
 def test_dry_run_writes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    assert train_main(["--dataset", "digits", "--out", str(out), "--dry-run", "--image-size", "32",
-                       "--channels", "3"]) == 0
+    assert (
+        train_main(
+            ["--dataset", "digits", "--out", str(out), "--dry-run", "--image-size", "32", "--channels", "3"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert '"resolved' not in printed and "dry run ok: 1797 images (3, 32, 32), arch cifar32" in printed
     assert not out.exists()
@@ -84,8 +107,14 @@ def test_tiny_run_resume_and_outputs(tmp_path, npz, capsys):
     assert saved["iterations"] == 3 and saved["batch_size"] == 4 and saved["dataset"] == f"npz:{npz}"
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["iteration"] for x in lines] == [1, 2, 3]
-    for name in ("checkpoint.pt", "samples/iter_000002.png", "samples/iter_000003.png", "samples/final_eval.png",
-                 "samples/final_train_bn.png", "train.log"):
+    for name in (
+        "checkpoint.pt",
+        "samples/iter_000002.png",
+        "samples/iter_000003.png",
+        "samples/final_eval.png",
+        "samples/final_train_bn.png",
+        "train.log",
+    ):
         assert (out / name).is_file(), name
     assert any((out / "tb").iterdir())
 
@@ -94,10 +123,26 @@ def test_train_exports_bundle_and_coop_export_cli(tmp_path, npz):
     pytest.importorskip("trainer.export")
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-c", "import sys; from trainer.cli import train_main; "
-                           "sys.exit(train_main())", "--dataset", f"npz:{npz}", "--out", str(out),
-                           "--iterations", "1", *TINY, "--langevin-steps", "3"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from trainer.cli import train_main; sys.exit(train_main())",
+            "--dataset",
+            f"npz:{npz}",
+            "--out",
+            str(out),
+            "--iterations",
+            "1",
+            *TINY,
+            "--langevin-steps",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert manifest["langevin"] == {"s": 0.016, "delta": 0.002, "steps": 3, "sigma": 0.3, "noise": True}

@@ -1,10 +1,10 @@
 """Checkpoints: everything that rebuilds a run, written atomically.
 
-A checkpoint holds both nets, both optimisers (and the fp16 grad scaler), the NetSpec, the resolved TrainConfig,
-the iteration count and every RNG state the loop draws from (the training torch.Generator, and torch's, CUDA's,
-numpy's and Python's global ones), so that `--resume` continues bit-identically on CPU. It is written to a
-temporary file in the same folder and renamed over the old one: a crash mid-write leaves the previous checkpoint
-intact. It loads with `torch.load(weights_only=True)` (no pickled code).
+A checkpoint holds both nets, both optimisers (and the fp16 grad scaler), the NetSpec, the resolved
+TrainConfig, the iteration count and every RNG state the loop draws from (the training torch.Generator, and
+torch's, CUDA's, numpy's and Python's global ones), so that `--resume` continues bit-identically on CPU. It
+is written to a temporary file in the same folder and renamed over the old one: a crash mid-write leaves the
+previous checkpoint intact. It loads with `torch.load(weights_only=True)` (no pickled code).
 """
 
 from __future__ import annotations
@@ -67,16 +67,28 @@ def set_rng_states(states: dict[str, Any], train_rng: torch.Generator) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_checkpoint(path: str | os.PathLike, *, descriptor: Descriptor, generator: Generator,
-                    opt_d: torch.optim.Optimizer, opt_g: torch.optim.Optimizer, config: TrainConfig,
-                    iteration: int, train_rng: torch.Generator, scaler: torch.amp.GradScaler | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    descriptor: Descriptor,
+    generator: Generator,
+    opt_d: torch.optim.Optimizer,
+    opt_g: torch.optim.Optimizer,
+    config: TrainConfig,
+    iteration: int,
+    train_rng: torch.Generator,
+    scaler: torch.amp.GradScaler | None = None,
+) -> Path:
     """Atomically write the run's state after `iteration` completed iterations."""
     state = {
         "format": FORMAT,
         "version": VERSION,
         "iteration": iteration,
-        "spec": {"arch": descriptor.spec.arch, "channels": descriptor.spec.channels,
-                 "latent_dim": descriptor.spec.latent_dim},
+        "spec": {
+            "arch": descriptor.spec.arch,
+            "channels": descriptor.spec.channels,
+            "latent_dim": descriptor.spec.latent_dim,
+        },
         "config": config.to_dict(),
         "descriptor": descriptor.state_dict(),
         "generator": generator.state_dict(),
@@ -102,7 +114,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a coopnets checkpoint")
     if state.get("version") != VERSION:
-        raise ValueError(f"{path}: checkpoint version {state.get('version')} is not supported (need {VERSION})")
+        raise ValueError(
+            f"{path}: checkpoint version {state.get('version')} is not supported (need {VERSION})"
+        )
     return state
 
 

@@ -45,8 +45,13 @@ def _setup_logging(run_dir: Path | None) -> None:
 
 def langevin_manifest(config: TrainConfig) -> dict:
     """The bundle's Langevin defaults: those the descriptor was trained with."""
-    return {"s": config.s, "delta": config.delta, "steps": config.langevin_steps, "sigma": config.sigma,
-            "noise": config.langevin_noise}
+    return {
+        "s": config.s,
+        "delta": config.delta,
+        "steps": config.langevin_steps,
+        "sigma": config.sigma,
+        "noise": config.langevin_noise,
+    }
 
 
 def export_run(descriptor, generator, config: TrainConfig, out_dir: Path) -> Path:
@@ -55,19 +60,31 @@ def export_run(descriptor, generator, config: TrainConfig, out_dir: Path) -> Pat
 
     descriptor.cpu().eval()
     generator.cpu().eval()
-    return export_bundle(descriptor, generator, out_dir, langevin=langevin_manifest(config),
-                         training=config.to_dict())
+    return export_bundle(
+        descriptor, generator, out_dir, langevin=langevin_manifest(config), training=config.to_dict()
+    )
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="coop-train", description="Cooperative training of a descriptor and a generator "
-                     "(CoopNets); exports an ONNX bundle to RUN_DIR/bundle at the end.")
-    parser.add_argument("--config", metavar="FILE.toml", help="TOML file of TrainConfig fields (flags override it)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue RUN_DIR/checkpoint.pt (its config; flags given here override) up to "
-                        "--iterations in total")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check the config, data and nets, print the resolved config, write nothing")
+    parser = _Parser(
+        prog="coop-train",
+        description="Cooperative training of a descriptor and a generator "
+        "(CoopNets); exports an ONNX bundle to RUN_DIR/bundle at the end.",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE.toml", help="TOML file of TrainConfig fields (flags override it)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue RUN_DIR/checkpoint.pt (its config; flags given here override) up to "
+        "--iterations in total",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config, data and nets, print the resolved config, write nothing",
+    )
     add_config_flags(parser)
     args = vars(parser.parse_args(argv))
     config_file, resume, dry_run = args.pop("config"), args.pop("resume"), args.pop("dry_run")
@@ -83,10 +100,17 @@ def train_main(argv: list[str] | None = None) -> int:
             file_overrides = load_toml(config_file) if config_file else {}
             config = from_dict({**state["config"], **file_overrides, **args}).validate()
             if config.iterations <= state["iteration"]:
-                return _fail(f"--iterations {config.iterations}: the checkpoint is already at iteration "
-                             f"{state['iteration']}; pass a larger total")
-        data = load_images(config.dataset, size=config.image_size, channels=config.channels,
-                           data_dir=config.data_dir, max_images=config.max_images)
+                return _fail(
+                    f"--iterations {config.iterations}: the checkpoint is already at iteration "
+                    f"{state['iteration']}; pass a larger total"
+                )
+        data = load_images(
+            config.dataset,
+            size=config.image_size,
+            channels=config.channels,
+            data_dir=config.data_dir,
+            max_images=config.max_images,
+        )
         if len(data) == 0:
             return _fail(f"--dataset {config.dataset}: no images")
         if dry_run:
@@ -95,13 +119,21 @@ def train_main(argv: list[str] | None = None) -> int:
             run = build_run(config)
             n_params = sum(p.numel() for p in [*run.descriptor.parameters(), *run.generator.parameters()])
             print(json.dumps(config.to_dict(), indent=2))
-            print(f"dry run ok: {len(data)} images {tuple(data.shape[1:])}, arch {config.resolved_arch}, "
-                  f"{n_params} parameters, device {run.device}")
+            print(
+                f"dry run ok: {len(data)} images {tuple(data.shape[1:])}, arch {config.resolved_arch}, "
+                f"{n_params} parameters, device {run.device}"
+            )
             return 0
         out = Path(config.out)
         _setup_logging(out)
-        log.info("training %s on %s (%d images) for %d iterations into %s", config.resolved_arch,
-                 config.dataset, len(data), config.iterations, out)
+        log.info(
+            "training %s on %s (%d images) for %d iterations into %s",
+            config.resolved_arch,
+            config.dataset,
+            len(data),
+            config.iterations,
+            out,
+        )
         started = time.perf_counter()
         run = train(config, data, resume=resume, progress=True)
         log.info("trained to iteration %d in %.1f s", run.iteration, time.perf_counter() - started)
@@ -121,7 +153,9 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="coop-export", description="Export a coop-train checkpoint as an ONNX model bundle.")
+    parser = _Parser(
+        prog="coop-export", description="Export a coop-train checkpoint as an ONNX model bundle."
+    )
     parser.add_argument("checkpoint", help="RUN_DIR/checkpoint.pt")
     parser.add_argument("out_dir", help="bundle directory to write (atomically)")
     args = parser.parse_args(argv)

@@ -1,8 +1,9 @@
 """TrainConfig: the one configuration of `coop-train`, its command-line flags and its TOML file.
 
-Precedence, lowest first: the dataclass defaults below, `--config FILE.toml` (top-level keys = field names), then
-command-line flags. Flags are generated from the fields (improved-diffusion's `add_dict_to_argparser` style):
-`lr_descriptor` is `--lr-descriptor` (or `--lr_descriptor`), booleans are `--langevin-noise / --no-langevin-noise`.
+Precedence, lowest first: the dataclass defaults below, `--config FILE.toml` (top-level keys = field
+names), then command-line flags. Flags are generated from the fields (improved-diffusion's
+`add_dict_to_argparser` style): `lr_descriptor` is `--lr-descriptor` (or `--lr_descriptor`), booleans are
+`--langevin-noise / --no-langevin-noise`.
 The resolved config is saved as RUN_DIR/config.json, in every checkpoint and in the bundle manifest.
 
 Defaults are the paper's (TPAMI 2018, MNIST net) except where docs/training.md records a measured reason.
@@ -111,7 +112,15 @@ class TrainConfig:
         for name in ("delta", "s", "sigma", "lr_descriptor", "lr_generator", "latent_step_size"):
             if not getattr(self, name) > 0:
                 bad(name, f"must be > 0, got {getattr(self, name)}")
-        for name in ("iterations", "batch_size", "channels", "latent_dim", "log_every", "sample_every", "ckpt_every"):
+        for name in (
+            "iterations",
+            "batch_size",
+            "channels",
+            "latent_dim",
+            "log_every",
+            "sample_every",
+            "ckpt_every",
+        ):
             if getattr(self, name) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("chains", "langevin_steps", "latent_steps", "max_images"):
@@ -125,8 +134,11 @@ class TrainConfig:
             if self.arch not in ARCHS:
                 bad("arch", f"unknown architecture {self.arch!r}: use auto or one of {', '.join(ARCHS)}")
             if image_size(self.arch) != self.image_size:
-                bad("arch", f"{self.arch} makes {image_size(self.arch)}px images but --image-size is "
-                    f"{self.image_size}: use --arch auto")
+                bad(
+                    "arch",
+                    f"{self.arch} makes {image_size(self.arch)}px images but --image-size is "
+                    f"{self.image_size}: use --arch auto",
+                )
         kind = self.dataset.split(":", 1)[0]
         if self.dataset not in ("fashion-mnist", "digits") and kind not in ("folder", "npz"):
             bad("dataset", f"unknown dataset {self.dataset!r}: use one of {', '.join(DATASET_KINDS)}")
@@ -141,7 +153,7 @@ class TrainConfig:
         return self
 
 
-# ---- flags and files --------------------------------------------------------------------------------------------
+# ---- flags and files -----------------------------------------------------------------------------
 def _flag_type(field: dataclasses.Field) -> type:
     return {"int": int, "float": float, "str": str, "bool": bool}[str(field.type)]
 
@@ -156,14 +168,19 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = f"{HELP.get(f.name, f.name.replace('_', ' '))} (default: {default!r})"
         kind = _flag_type(f)
         if kind is bool:
-            parser.add_argument(names[0], dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                names[0],
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
         else:
             parser.add_argument(*names, dest=f.name, type=kind, default=argparse.SUPPRESS, help=help_text)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Top-level keys of a TOML file as TrainConfig overrides; ValueError for unreadable files or unknown keys."""
+    """Top-level keys of a TOML file as TrainConfig overrides; ValueError if unreadable or unknown keys."""
     path = Path(path)
     try:
         with path.open("rb") as fh:

@@ -5,11 +5,11 @@ One iteration, as in the paper:
     2. revise     l steps of descriptor Langevin from Ŷ (fresh chains every iteration): Ỹ
     3. (infer)    optionally, latent Langevin on X̂ to explain Ỹ (off in the paper and by default)
     4. descriptor minimise mean f(Ỹ) − mean f(Y_data)          (Adam, β1 = 0.5; Ỹ is a constant)
-    5. generator  minimise mean_i ‖Ỹ_i − g(X̂_i)‖² / (2σ²)      (Adam, β1 = 0.5; "MCMC teaching" on the same X̂)
+    5. generator  minimise mean_i ‖Ỹ_i − g(X̂_i)‖² / (2σ²)      (Adam, β1 = 0.5; "MCMC teaching", same X̂)
 
 `cooperative_iteration` is that paragraph in code; `train` is the loop around it (data batches, logging,
-sample grids, checkpoints, the divergence guard). The generator trains with BatchNorm batch statistics (running
-statistics tracked) and is exported in eval mode with the running statistics.
+sample grids, checkpoints, the divergence guard). The generator trains with BatchNorm batch statistics
+(running statistics tracked) and is exported in eval mode with the running statistics.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Run:
     iteration: int = 0  # completed iterations
 
 
-# ---- set-up --------------------------------------------------------------------------------------------------
+# ---- set-up --------------------------------------------------------------------------------------
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -130,7 +130,7 @@ def _nets(run: Run) -> tuple[nn.Module, nn.Module]:
     return _Autocast(run.descriptor, dtype), _Autocast(run.generator, dtype)
 
 
-# ---- the algorithm ---------------------------------------------------------------------------------------------
+# ---- the algorithm -------------------------------------------------------------------------------
 def cooperative_iteration(run: Run, y_data: torch.Tensor) -> tuple[IterStats, torch.Tensor, torch.Tensor]:
     """One iteration of cooperative learning on a data batch `y_data` (N, C, H, W) in [-1, 1].
     Returns the stats, the drafts Ŷ and the revised Ỹ (both (M̃, C, H, W), detached)."""
@@ -188,14 +188,20 @@ def check_divergence(stats: IterStats, config: TrainConfig, iteration: int) -> N
     values = asdict(stats)
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
-        raise DivergenceError(f"iteration {iteration}: {', '.join(bad)} not finite: training diverged; {advice}")
+        raise DivergenceError(
+            f"iteration {iteration}: {', '.join(bad)} not finite: training diverged; {advice}"
+        )
     if stats.max_abs > config.guard_max_abs:
-        raise DivergenceError(f"iteration {iteration}: revised samples reached |Y| = {stats.max_abs:.3g} "
-                              f"(> --guard-max-abs {config.guard_max_abs:g}): Langevin diverged; {advice}")
+        raise DivergenceError(
+            f"iteration {iteration}: revised samples reached |Y| = {stats.max_abs:.3g} "
+            f"(> --guard-max-abs {config.guard_max_abs:g}): Langevin diverged; {advice}"
+        )
     if abs(stats.loss_d) > config.guard_energy_gap:
-        raise DivergenceError(f"iteration {iteration}: energy gap mean f(revised) − mean f(data) = "
-                              f"{stats.loss_d:.3g} (> --guard-energy-gap {config.guard_energy_gap:g}): the "
-                              f"descriptor diverged; {advice}")
+        raise DivergenceError(
+            f"iteration {iteration}: energy gap mean f(revised) − mean f(data) = "
+            f"{stats.loss_d:.3g} (> --guard-energy-gap {config.guard_energy_gap:g}): the "
+            f"descriptor diverged; {advice}"
+        )
 
 
 def batch_indices(iteration: int, n_data: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -207,7 +213,7 @@ def batch_indices(iteration: int, n_data: int, batch_size: int, seed: int) -> to
     return perm[k * batch_size : (k + 1) * batch_size] if n_data >= batch_size else perm
 
 
-# ---- the loop ---------------------------------------------------------------------------------------------------
+# ---- the loop ------------------------------------------------------------------------------------
 def train(config: TrainConfig, data: np.ndarray, *, resume: bool = False, progress: bool = True) -> Run:
     """Train on uint8 `data` (N, C, H, W) into RUN_DIR = config.out; returns the finished run.
 
@@ -222,19 +228,32 @@ def train(config: TrainConfig, data: np.ndarray, *, resume: bool = False, progre
     if resume:
         state = load_checkpoint(out / CHECKPOINT, map_location=run.device)
         if from_dict(state["config"]).net_spec != config.net_spec:
-            raise ValueError(f"--resume: {out / CHECKPOINT} holds a {state['spec']} model, not {config.net_spec}")
+            raise ValueError(
+                f"--resume: {out / CHECKPOINT} holds a {state['spec']} model, not {config.net_spec}"
+            )
         restore_run(run, state)
         log.info("resumed %s at iteration %d", out / CHECKPOINT, run.iteration)
     out.mkdir(parents=True, exist_ok=True)
     save_json(config, out / "config.json")
     y_all = to_tensor(data)  # (N_data, C, H, W), kept on CPU; batches move to the device
     if tuple(y_all.shape[1:]) != config.net_spec.image_shape:
-        raise ValueError(f"data images are {tuple(y_all.shape[1:])} but the model needs {config.net_spec.image_shape}")
+        raise ValueError(
+            f"data images are {tuple(y_all.shape[1:])} but the model needs {config.net_spec.image_shape}"
+        )
     writer = _summary_writer(out / "tb")
 
     def checkpoint() -> None:
-        save_checkpoint(out / CHECKPOINT, descriptor=run.descriptor, generator=run.generator, opt_d=run.opt_d,
-                        opt_g=run.opt_g, config=config, iteration=run.iteration, train_rng=run.rng, scaler=run.scaler)
+        save_checkpoint(
+            out / CHECKPOINT,
+            descriptor=run.descriptor,
+            generator=run.generator,
+            opt_d=run.opt_d,
+            opt_g=run.opt_g,
+            config=config,
+            iteration=run.iteration,
+            train_rng=run.rng,
+            scaler=run.scaler,
+        )
 
     bar = _progress(run.iteration, config.iterations, progress)
     start = time.perf_counter()
@@ -257,8 +276,10 @@ def train(config: TrainConfig, data: np.ndarray, *, resume: bool = False, progre
                         writer.add_scalar(f"train/{key}", value, it)
             if it % config.sample_every == 0 or it == config.iterations:
                 n = min(GRID_IMAGES, len(y_rev))
-                images.save_side_by_side([y_draft[:n].cpu().numpy(), y_rev[:n].cpu().numpy()],
-                                         out / "samples" / f"iter_{it:06d}.png")
+                images.save_side_by_side(
+                    [y_draft[:n].cpu().numpy(), y_rev[:n].cpu().numpy()],
+                    out / "samples" / f"iter_{it:06d}.png",
+                )
             if it % config.ckpt_every == 0 or it == config.iterations:
                 checkpoint()
     finally:
@@ -292,7 +313,9 @@ def final_samples(run: Run, out_dir: Path, n: int = GRID_IMAGES) -> dict[str, fl
             result[f"f_revised_{mode}"] = run.descriptor(y_rev).mean().item()
         drafts[mode] = y_draft
         images.save_side_by_side([y_draft.cpu().numpy(), y_rev.cpu().numpy()], out_dir / f"final_{mode}.png")
-    result["draft_distance_eval_vs_train_bn"] = (drafts["eval"] - drafts["train_bn"]).flatten(1).norm(dim=1).mean().item()
+    result["draft_distance_eval_vs_train_bn"] = (
+        (drafts["eval"] - drafts["train_bn"]).flatten(1).norm(dim=1).mean().item()
+    )
     return result
 
 
@@ -308,5 +331,6 @@ def _summary_writer(path: Path):
 def _progress(done: int, total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=done, desc="coop-train", unit="it", disable=not enabled, dynamic_ncols=True)
-
+    return tqdm(
+        total=total, initial=done, desc="coop-train", unit="it", disable=not enabled, dynamic_ncols=True
+    )

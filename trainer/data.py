@@ -2,13 +2,14 @@
 
 Sources (the `--dataset` spec):
     fashion-mnist   the train split's idx(.gz) files, looked up in --data-dir, else Debian's
-                    /usr/share/datasets/fashion-mnist/ (package dataset-fashion-mnist), else ~/.cache/coopnets;
+                    /usr/share/datasets/fashion-mnist/ (package dataset-fashion-mnist), else
+                    ~/.cache/coopnets;
                     where none is found the official file is downloaded into the cache with its md5 checked
     digits          scikit-learn's 8x8 digits (bundled with sklearn), resized to the model size
-    folder:PATH     every readable image under PATH, centre-cropped to a square and resized; unreadable files are
-                    skipped with a warning
-    npz:PATH        an array of images in an .npz (key `images`, `x`, or the only array) or .npy: uint8 or float,
-                    (N, H, W), (N, H, W, C) or (N, C, H, W)
+    folder:PATH     every readable image under PATH, centre-cropped to a square and resized;
+                    unreadable files are skipped with a warning
+    npz:PATH        an array of images in an .npz (key `images`, `x`, or the only array) or .npy:
+                    uint8 or float,                    (N, H, W), (N, H, W, C) or (N, C, H, W)
 Every source ends as uint8 (N, C, H, W) with the configured channel count (grey <-> RGB converted) and size.
 The test split (t10k-*) is never read: it is held out for evaluation.
 """
@@ -43,9 +44,10 @@ class DataError(ValueError):
     """A dataset problem the user can fix; the message says how."""
 
 
-# ---- public entry points ---------------------------------------------------------------------------------------
-def load_images(spec: str, *, size: int, channels: int, data_dir: str | os.PathLike = "",
-                max_images: int = 0) -> np.ndarray:
+# ---- public entry points -------------------------------------------------------------------------
+def load_images(
+    spec: str, *, size: int, channels: int, data_dir: str | os.PathLike = "", max_images: int = 0
+) -> np.ndarray:
     """The images of dataset `spec` as uint8 (N, C, H, W) with C = `channels`, H = W = `size`."""
     kind, _, arg = spec.partition(":")
     if spec == "fashion-mnist":
@@ -57,7 +59,9 @@ def load_images(spec: str, *, size: int, channels: int, data_dir: str | os.PathL
     elif kind == "npz" and arg:
         pixels = _npz(Path(arg))
     else:
-        raise DataError(f"--dataset: unknown dataset {spec!r}: use fashion-mnist, digits, folder:PATH or npz:PATH")
+        raise DataError(
+            f"--dataset: unknown dataset {spec!r}: use fashion-mnist, digits, folder:PATH or npz:PATH"
+        )
     if max_images:
         pixels = pixels[:max_images]
     return _fit(pixels, size, channels)
@@ -68,10 +72,15 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     return torch.tensor(pixels, dtype=torch.float32) / 127.5 - 1.0  # copies: idx arrays are read-only
 
 
-# ---- Fashion-MNIST -----------------------------------------------------------------------------------------------
-def find_fashion_mnist(data_dir: str | os.PathLike = "", *, allow_download: bool = True,
-                       base_url: str = FASHION_URL, cache_dir: Path | None = None,
-                       system_dir: Path = DEBIAN_DIR) -> Path:
+# ---- Fashion-MNIST -------------------------------------------------------------------------------
+def find_fashion_mnist(
+    data_dir: str | os.PathLike = "",
+    *,
+    allow_download: bool = True,
+    base_url: str = FASHION_URL,
+    cache_dir: Path | None = None,
+    system_dir: Path = DEBIAN_DIR,
+) -> Path:
     """Path of the train-images idx file. An explicit `data_dir` is the only place looked in."""
     name = FASHION_TRAIN[0]
     cache_dir = cache_dir or CACHE_DIR
@@ -83,15 +92,18 @@ def find_fashion_mnist(data_dir: str | os.PathLike = "", *, allow_download: bool
     if data_dir:
         if not Path(data_dir).is_dir():
             raise DataError(f"--data-dir: {data_dir} does not exist; point it at the folder holding {name}")
-        raise DataError(f"--data-dir: no {name} in {data_dir}; point it at the folder holding the Fashion-MNIST "
-                        "idx files")
+        raise DataError(
+            f"--data-dir: no {name} in {data_dir}; point it at the folder holding the Fashion-MNIST idx files"
+        )
     if allow_download:
         try:
             return download(base_url + name, cache_dir / name, FASHION_TRAIN[1])
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             log.warning("could not download Fashion-MNIST: %s", e)
-    raise DataError("Fashion-MNIST not found and not downloadable: run `sudo apt-get install dataset-fashion-mnist` "
-                    "or pass --data-dir FOLDER with train-images-idx3-ubyte.gz")
+    raise DataError(
+        "Fashion-MNIST not found and not downloadable: run `sudo apt-get install dataset-fashion-mnist` "
+        "or pass --data-dir FOLDER with train-images-idx3-ubyte.gz"
+    )
 
 
 def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
@@ -106,8 +118,10 @@ def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
                 digest.update(chunk)
                 out.write(chunk)
         if digest.hexdigest() != md5:
-            raise DataError(f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}; "
-                            f"delete {dest.parent} and retry, or pass --data-dir")
+            raise DataError(
+                f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}; "
+                f"delete {dest.parent} and retry, or pass --data-dir"
+            )
         os.replace(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -121,19 +135,25 @@ def read_idx_images(path: Path) -> np.ndarray:
         with opener(path, "rb") as fh:
             raw = fh.read()
     except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read ({e}); re-install dataset-fashion-mnist or fix --data-dir") from None
+        raise DataError(
+            f"{path}: cannot read ({e}); re-install dataset-fashion-mnist or fix --data-dir"
+        ) from None
     if len(raw) < 16:
         raise DataError(f"{path}: too short for an idx image file")
     magic, n, h, w = (int.from_bytes(raw[i : i + 4], "big") for i in range(0, 16, 4))
     if magic != IDX_IMAGES_MAGIC:
-        raise DataError(f"{path}: idx magic number 0x{magic:08x} is not 0x{IDX_IMAGES_MAGIC:08x} "
-                        "(uint8 images): not an idx image file")
+        raise DataError(
+            f"{path}: idx magic number 0x{magic:08x} is not 0x{IDX_IMAGES_MAGIC:08x} "
+            "(uint8 images): not an idx image file"
+        )
     if len(raw) != 16 + n * h * w:
-        raise DataError(f"{path}: header says {n}x{h}x{w} images but the file has {len(raw) - 16} pixel bytes")
+        raise DataError(
+            f"{path}: header says {n}x{h}x{w} images but the file has {len(raw) - 16} pixel bytes"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, h, w)
 
 
-# ---- other sources -----------------------------------------------------------------------------------------------
+# ---- other sources -------------------------------------------------------------------------------
 def _digits() -> np.ndarray:
     from sklearn.datasets import load_digits
 
@@ -159,7 +179,9 @@ def _folder(root: Path, size: int, channels: int, max_images: int) -> np.ndarray
         if max_images and len(out) >= max_images:
             break
     if not out:
-        raise DataError(f"--dataset folder:{root}: no readable images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise DataError(
+            f"--dataset folder:{root}: no readable images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     arr = np.stack(out)  # (N, H, W) or (N, H, W, 3)
     return arr[:, None] if arr.ndim == 3 else arr.transpose(0, 3, 1, 2)  # (N, C, H, W)
 
@@ -181,8 +203,10 @@ def _npz(path: Path) -> np.ndarray:
     elif arr.ndim == 4 and arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
         arr = arr.transpose(0, 3, 1, 2)  # NHWC -> (N, C, H, W)
     elif not (arr.ndim == 4 and arr.shape[1] in (1, 3, 4)):
-        raise DataError(f"--dataset npz:{path}: array of shape {arr.shape} is not (N, H, W), (N, H, W, C) or "
-                        "(N, C, H, W) with C in 1, 3, 4")
+        raise DataError(
+            f"--dataset npz:{path}: array of shape {arr.shape} is not (N, H, W), (N, H, W, C) or "
+            "(N, C, H, W) with C in 1, 3, 4"
+        )
     if arr.shape[1] == 4:
         arr = arr[:, :3]  # drop alpha
     if arr.dtype == np.uint8:
@@ -210,16 +234,20 @@ def _square_resize(img: Image.Image, size: int) -> np.ndarray:
 
 
 def _fit(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """uint8 (N, C0, H0, W0) -> (N, channels, size, size): grey <-> RGB, centre crop and resize where needed."""
+    """uint8 (N, C0, H0, W0) -> (N, channels, size, size): grey <-> RGB, centre crop and resize."""
     n, c, h, w = pixels.shape
     if c != channels:
         if c == 1:
             pixels = np.repeat(pixels, channels, axis=1)  # grey -> RGB
         elif channels == 1:
-            lum = pixels[:, 0] * 0.299 + pixels[:, 1] * 0.587 + pixels[:, 2] * 0.114  # ITU-R 601, as Pillow's "L"
+            lum = (
+                pixels[:, 0] * 0.299 + pixels[:, 1] * 0.587 + pixels[:, 2] * 0.114
+            )  # ITU-R 601, as Pillow's "L"
             pixels = np.rint(lum).astype(np.uint8)[:, None]
         else:
-            raise DataError(f"cannot convert {c}-channel images to {channels} channels; use --channels 1 or 3")
+            raise DataError(
+                f"cannot convert {c}-channel images to {channels} channels; use --channels 1 or 3"
+            )
     if (h, w) != (size, size):  # each channel plane on its own, so any channel count works
         planes = [_square_resize(Image.fromarray(plane), size) for plane in pixels.reshape(-1, h, w)]
         pixels = np.stack(planes).reshape(n, channels, size, size)  # (N, C, H, W)

@@ -1,8 +1,8 @@
 """Image arrays <-> uint8 pixels and PNG sample grids (numpy + Pillow only).
 
-The trainer and the evaluation code share these; serving/ and clients/ keep their own PNG code so that they never
-import the trainer. Images are float `(N, C, H, W)` in [-1, 1] (uint8 pixels map by p / 127.5 - 1) or already
-uint8 `(N, C, H, W)`; C is 1 (grey) or 3 (RGB).
+The trainer and the evaluation code share these; serving/ and clients/ keep their own PNG code so that they
+never import the trainer. Images are float `(N, C, H, W)` in [-1, 1] (uint8 pixels map by p / 127.5 - 1)
+or already uint8 `(N, C, H, W)`; C is 1 (grey) or 3 (RGB).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def from_uint8(pixels: np.ndarray) -> np.ndarray:
 
 
 def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
-    """Tile `(N, C, H, W)` images into one `(H', W', C)` uint8 array, `nrow` images per row (default: square)."""
+    """Tile `(N, C, H, W)` images into one `(H', W', C)` uint8 array, `nrow` per row (default: square)."""
     pixels = to_uint8(images)  # (N, C, H, W)
     if pixels.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {pixels.shape}")
@@ -82,5 +82,5 @@ def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = No
 
 
 def save_side_by_side(panels: list[np.ndarray], path: str | os.PathLike, nrow: int | None = None) -> Path:
-    """Several image batches (e.g. drafts Ŷ and revised Ỹ of the same chains) as grids side by side in one PNG."""
+    """Several image batches (e.g. drafts Ŷ and revised Ỹ of the same chains) side by side in one PNG."""
     return save_png(side_by_side([grid(p, nrow) for p in panels]), path)
