@@ -197,7 +197,8 @@ class Engine:
         # 3. fill the hole with the generator's guess
         y = np.where(mask > 0.5, self.generate(z), y_obs).astype(np.float32)  # (N, C, H, W)
         # 4. descriptor Langevin on the missing pixels, observed ones clamped
-        y = self.refine(y, mask, rngs, refine_steps, refine_step_size, noise, should_stop=should_stop)
+        steps = self.completion.refine_steps if refine_steps is None else refine_steps
+        y = self.refine(y, mask, rngs, steps, refine_step_size, noise, should_stop=should_stop)
         return Samples(images=y, energy=self.energy(y))
 
 

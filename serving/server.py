@@ -153,6 +153,16 @@ def load_token(path: str) -> str:
     return token
 
 
+class HealthServicer(health.HealthServicer):
+    """grpc.health.v1 with List, which grpcio-health-checking 1.85 leaves unimplemented."""
+
+    def List(self, request, context):
+        with self._lock:
+            statuses = {name: health_pb2.HealthCheckResponse(status=status)
+                        for name, status in self._server_status.items()}
+        return health_pb2.HealthListResponse(statuses=statuses)
+
+
 class TokenInterceptor(grpc.ServerInterceptor):
     """Every RPC except grpc.health.v1 must carry `authorization: Bearer <token>`; otherwise UNAUTHENTICATED."""
 
@@ -233,7 +243,7 @@ def serve(cfg: ServeConfig) -> int:
     )
     service = CoopNetsService(limits, metrics)
     pb_grpc.add_CoopNetsServicer_to_server(service, server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -267,9 +277,9 @@ def serve(cfg: ServeConfig) -> int:
              time.perf_counter() - t0)
     service.attach(engine)
     if not stop.is_set():
+        log.info("health SERVING: bundle %s (sha256 %s)", bundle.path, bundle.digest[:12])
         for name in ("", SERVICE_NAME):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("health SERVING: bundle %s (sha256 %s)", bundle.path, bundle.digest[:12])
 
     while not stop.wait(0.5):
         pass

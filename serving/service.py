@@ -252,6 +252,11 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
                                             on_snapshot=lambda t, y: events.put(("snapshot", t, y)),
                                             should_stop=stop.is_set)
                     events.put(("final", steps, out))
+                except Cancelled as e:  # counted here: the RPC thread may be gone already
+                    self.metrics.cancelled.labels("SynthesizeStream", "running").inc()
+                    log.info("SynthesizeStream stopped after %d Langevin steps: the client cancelled or its "
+                             "deadline passed", e.steps_done)
+                    events.put(("error", 0, e))
                 except BaseException as e:  # handed to the RPC thread, which maps it to a status
                     events.put(("error", 0, e))
 
@@ -275,12 +280,9 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
             context.abort_with_status(_status(e))
         except Cancelled as e:
             code = _ended_code(context)
-            self.metrics.cancelled.labels("SynthesizeStream", "running").inc()
-            log.info("SynthesizeStream stopped after %d Langevin steps: %s", e.steps_done, code.name)
             context.abort(code, f"stopped after {e.steps_done} steps")
-        except GeneratorExit:  # the client went away between messages
+        except GeneratorExit:  # the client went away between messages; the worker stops at its next step
             code = _ended_code(context)
-            self.metrics.cancelled.labels("SynthesizeStream", "running").inc()
             raise
         finally:
             self.metrics.observe("SynthesizeStream", code.name, time.perf_counter() - start)
