@@ -100,6 +100,8 @@ def test_tiny_run_resume_and_outputs(tmp_path, npz, capsys):
     out = tmp_path / "run"
     common = ["--dataset", f"npz:{npz}", "--out", str(out), "--no-export", *TINY]
     assert train_main([*common, "--iterations", "2"]) == 0
+    assert train_main([*common, "--iterations", "3"]) == 2  # never overwrites a run without --resume
+    assert "already holds a run" in capsys.readouterr().err
     assert train_main([*common, "--iterations", "2", "--resume"]) == 2  # already there
     assert "already at iteration 2" in capsys.readouterr().err
     assert train_main([*common, "--iterations", "3", "--resume"]) == 0

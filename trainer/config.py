@@ -82,7 +82,7 @@ class TrainConfig:
     sample_every: int = 100
     ckpt_every: int = 100
     guard_max_abs: float = 10.0
-    guard_energy_gap: float = 1e5
+    guard_energy_gap: float = 1e8
     export: bool = True
     out: str = "runs/coop"
 
