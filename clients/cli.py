@@ -72,8 +72,9 @@ def _run(prog: str, fn: Callable[[], int]) -> int:
         msg = str(e)
     except grpc.RpcError as e:
         msg = f"{e.code().name}: {e.details()}"
-        if e.code() == grpc.StatusCode.UNAVAILABLE:
-            msg += " (is coop-serve running at that address, with matching TLS settings?)"
+        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            msg += " (is coop-serve running at that address, with matching TLS settings? raise --timeout " \
+                   "for long requests)"
     except (OSError, ValueError) as e:  # unreadable files, bad images, bundle problems
         msg = str(e)
     print(f"{prog}: {msg}", file=sys.stderr)

@@ -1,0 +1,113 @@
+"""coop-client and coop-complete against the session's real server, and coop-complete --bundle locally."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TOKEN
+from PIL import Image as PILImage
+
+from clients.cli import client_main, complete_main
+from serving.codec import encode_png
+
+
+@pytest.fixture()
+def token_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    return str(path)
+
+
+@pytest.fixture()
+def inputs(tmp_path, coop_server, client):
+    """Two 28x28 grey PNGs (generator drafts) to complete."""
+    images = client.synthesize(count=2, seed=30, steps=0).images
+    paths = []
+    for i, image in enumerate(images):
+        path = tmp_path / f"item{i}.png"
+        path.write_bytes(encode_png(image))
+        paths.append(str(path))
+    return paths
+
+
+def _pixels(path) -> np.ndarray:
+    return np.asarray(PILImage.open(path))
+
+
+def test_synth_writes_a_grid_and_single_pngs(coop_server, client, token_file, tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert client_main(["synth", "--server", coop_server.address, "--token-file", token_file, "--count", "4",
+                        "--seed", "3", "--steps", "2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "seed_3.png", "seed_4.png", "seed_5.png",
+                                                      "seed_6.png"]
+    assert _pixels(out / "grid.png").shape == (2 + 2 * 30, 2 + 2 * 30)  # 2x2 tiles of 28 + 2 pixels padding
+    png = client.synthesize(count=1, seed=4, steps=2, png=True).images[0]
+    assert np.array_equal(_pixels(out / "seed_4.png"), np.rint((png[0] + 1) * 127.5).astype(np.uint8))
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_info_prints_model_info_as_json(coop_server, token_file, capsys):
+    assert client_main(["info", "--server", coop_server.address, "--token-file", token_file]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["imageShape"] == [1, 28, 28] and info["device"] == "cpu"
+
+
+def test_energy_command(coop_server, token_file, inputs, capsys):
+    assert client_main(["energy", "--server", coop_server.address, "--token-file", token_file, *inputs]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(inputs[0])
+
+
+def test_complete_through_the_server_and_locally_agree(coop_server, serving_bundle, token_file, inputs,
+                                                       tmp_path):
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    common = [*inputs, "--occlude", "center:14", "--seed", "5", "--out"]
+    assert complete_main([*common, str(remote), "--server", coop_server.address, "--token-file", token_file]) == 0
+    assert complete_main([*common, str(local), "--bundle", str(serving_bundle), "--device", "cpu"]) == 0
+    for path in inputs:
+        stem = path.rsplit("/", 1)[1][:-4]
+        rec = _pixels(remote / f"{stem}_recovered.png")
+        original = _pixels(path)
+        assert rec.shape == (28, 28)
+        assert np.array_equal(rec[:7], original[:7])  # observed rows unchanged
+        assert np.array_equal(rec, _pixels(local / f"{stem}_recovered.png"))
+        strip = _pixels(remote / f"{stem}_strip.png")
+        assert strip.shape == (28, 3 * 28 + 2 * 8)  # original | occluded | recovered
+        assert np.array_equal(strip[:, :28], original)
+        assert (strip[7:21, 36 + 7 : 36 + 21] == 0).all()  # the hole, shown black
+
+
+def test_complete_with_a_mask_png(coop_server, token_file, inputs, tmp_path):
+    mask = np.zeros((28, 28), np.uint8)
+    mask[:, 14:] = 255  # white = missing
+    PILImage.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    assert complete_main([inputs[0], "--mask", str(tmp_path / "mask.png"), "--server", coop_server.address,
+                          "--token-file", token_file, "--out", str(out)]) == 0
+    rec, original = _pixels(out / "item0_recovered.png"), _pixels(inputs[0])
+    assert np.array_equal(rec[:, :14], original[:, :14]) and not np.array_equal(rec[:, 14:], original[:, 14:])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["missing.png", "--occlude", "center:14", "--bundle", "B", "--out", "O"], "does not exist"),
+    (["IN", "--occlude", "middle:3", "--bundle", "B", "--out", "O"], "unknown occlusion"),
+    (["IN", "--occlude", "center:14", "--bundle", "/nonexistent", "--out", "O"], "not a model bundle"),
+    (["IN", "--occlude", "center:14", "--server", "SERVER", "--out", "O"], "UNAUTHENTICATED"),
+    (["IN", "--occlude", "center:99", "--server", "SERVER", "--token-file", "TOKEN", "--out", "O"],
+     "INVALID_ARGUMENT"),
+])
+def test_complete_errors_are_one_line(coop_server, serving_bundle, token_file, inputs, tmp_path, capsys, argv,
+                                      message):
+    subs = {"B": str(serving_bundle), "O": str(tmp_path / "o"), "IN": inputs[0], "SERVER": coop_server.address,
+            "TOKEN": token_file}
+    assert complete_main([subs.get(a, a) for a in argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("coop-complete: ") and message in err[0], err
+
+
+def test_client_error_for_an_unreachable_server(capsys, tmp_path):
+    assert client_main(["synth", "--server", "127.0.0.1:1", "--timeout", "2", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("coop-client: ") and "is coop-serve running" in err[0]
