@@ -182,7 +182,7 @@ def run(config: EvalConfig) -> str:
     """The whole evaluation; returns the Markdown report (also written to config.out)."""
     from evaluation import report
     from evaluation.classifier import ClassifierConfig, load_or_train
-    from evaluation.completion import baseline_methods, evaluate_completion, model_methods
+    from evaluation.completion import baseline_runners, evaluate_completion, model_runners
     from evaluation.data import load_split
     from evaluation.synthesis import draw, evaluate_synthesis
 
@@ -244,20 +244,10 @@ def run(config: EvalConfig) -> str:
         if config.completion:
             m = min(config.completion_n, len(test.labels))
             images = test.images[np.random.default_rng(config.seed + 1).permutation(len(test.images))[:m]]
-            methods = {
-                **model_methods(engine, config.langevin_only_steps),
-                **baseline_methods(train.images.mean(0)),
-            }
-            methods = {name: methods[name] for name in config.method_list}
-            result = evaluate_completion(
-                images,
-                config.occlusion_list,
-                methods,
-                config.seed,
-                config.batch,
-                config.examples,
-                config.progress,
-            )
+            runners = {**model_runners(engine, config.langevin_only_steps),
+                       **baseline_runners(train.images.mean(0))}  # fmt: skip
+            result = evaluate_completion(images, config.occlusion_list, runners, config.method_list,
+                                         config.seed, config.batch, config.examples, config.progress)
             completion = result.scores
             report.write_strips(out, result.examples)
 

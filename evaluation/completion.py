@@ -33,9 +33,8 @@ MODEL_METHODS = ("coop", "latent-only", "langevin-only")
 BASELINE_METHODS = ("mean", "biharmonic", "telea", "ns")
 METHODS = MODEL_METHODS + BASELINE_METHODS
 
-Method = Callable[
-    [np.ndarray, np.ndarray, list[int]], np.ndarray
-]  # (images, masks 1 = missing, seeds) -> images
+# (images, masks 1 = missing, seeds) -> {method name: completed images}; one runner may give several methods
+Runner = Callable[[np.ndarray, np.ndarray, list[int]], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -54,45 +53,45 @@ class MethodScores:
         return asdict(self)
 
 
-def model_methods(engine: Engine, langevin_only_steps: int) -> dict[str, Method]:
+def model_runners(engine: Engine, langevin_only_steps: int) -> dict[tuple[str, ...], Runner]:
     """The engine-backed methods. Seeds are per image: image i's latent and noise come from
-    default_rng(seed_i)."""
+    default_rng(seed_i).
 
-    def coop(images, masks, seeds):
-        return engine.complete(images, masks, seeds).images
+    `coop` and `latent-only` share one latent inference (the expensive part: L generator-gradient calls),
+    run step by step as Engine.complete runs it: infer X, fill the hole with g(X) (= latent-only), refine
+    (= coop). tests/test_eval_completion.py holds `coop` equal to Engine.complete."""
 
-    def latent_only(images, masks, seeds):
-        return engine.complete(images, masks, seeds, refine_steps=0).images
+    def latent_then_refine(images, masks, seeds):
+        rngs = rngs_for(seeds)
+        z = engine.infer_latent(images, masks, rngs)  # (N, d)
+        filled = np.where(masks > 0.5, engine.generate(z), images).astype(np.float32)  # (N, C, H, W)
+        refined = engine.refine(filled, masks, rngs, engine.completion.refine_steps)  # (N, C, H, W)
+        return {"latent-only": filled, "coop": refined}
 
     def langevin_only(images, masks, seeds):
         rngs = rngs_for(seeds)
-        noise = np.stack(
-            [r.uniform(-1, 1, engine.image_shape).astype(np.float32) for r in rngs]
-        )  # (N, C, H, W)
-        start = np.where(masks > 0.5, noise, images).astype(np.float32)
-        return engine.refine(start, masks, rngs, steps=langevin_only_steps)
+        noise = np.stack([r.uniform(-1, 1, engine.image_shape).astype(np.float32) for r in rngs])
+        start = np.where(masks > 0.5, noise, images).astype(np.float32)  # (N, C, H, W) hole = noise
+        return {"langevin-only": engine.refine(start, masks, rngs, steps=langevin_only_steps)}
 
-    return {"coop": coop, "latent-only": latent_only, "langevin-only": langevin_only}
+    return {("coop", "latent-only"): latent_then_refine, ("langevin-only",): langevin_only}
 
 
-def baseline_methods(mean_image: np.ndarray) -> dict[str, Method]:
-    return {
-        name: (lambda images, masks, seeds, f=f: f(images, masks))
-        for name, f in all_baselines(mean_image).items()
-    }
+def baseline_runners(mean_image: np.ndarray) -> dict[tuple[str, ...], Runner]:
+    return {(name,): (lambda images, masks, seeds, f=f, name=name: {name: f(images, masks)})
+            for name, f in all_baselines(mean_image).items()}  # fmt: skip
 
 
-def run_method(
-    method: Method, images: np.ndarray, masks: np.ndarray, seeds: list[int], batch: int
-) -> np.ndarray:
-    out = [method(images[i : i + batch], masks[i : i + batch], seeds[i : i + batch])
-           for i in range(0, len(images), batch)]  # fmt: skip
-    return np.clip(np.concatenate(out), -1, 1)  # as a PNG of the result would be
+def run_batched(runner: Runner, images: np.ndarray, masks: np.ndarray, seeds: list[int],
+                batch: int) -> dict[str, np.ndarray]:  # fmt: skip
+    parts = [runner(images[i : i + batch], masks[i : i + batch], seeds[i : i + batch])
+             for i in range(0, len(images), batch)]  # fmt: skip
+    # clipped to [-1, 1], as a PNG of the result would be
+    return {name: np.clip(np.concatenate([p[name] for p in parts]), -1, 1) for name in parts[0]}
 
 
-def score(
-    occlusion: str, method: str, completed: np.ndarray, originals: np.ndarray, masks: np.ndarray
-) -> MethodScores:
+def score(occlusion: str, method: str, completed: np.ndarray, originals: np.ndarray,
+          masks: np.ndarray) -> MethodScores:  # fmt: skip
     return MethodScores(
         occlusion=occlusion,
         method=method,
@@ -107,38 +106,36 @@ def score(
 @dataclass
 class CompletionResult:
     scores: list[MethodScores]
-    examples: dict[
-        str, dict[str, np.ndarray]
-    ]  # occlusion -> {"original", "occluded", method...} (k, C, H, W)
+    examples: dict[str, dict[str, np.ndarray]]  # occlusion -> {"original", "occluded", method: (k, C, H, W)}
 
 
 def evaluate_completion(
     images: np.ndarray,
     occlusions: list[str],
-    methods: dict[str, Method],
+    runners: dict[tuple[str, ...], Runner],
+    methods: list[str],
     seed: int,
     batch: int = 250,
     examples: int = 8,
     progress: bool = True,
 ) -> CompletionResult:
-    """Every method on every occlusion of `images` (N, C, H, W), image i with seed `seed + i` (its mask and,
-    for
-    the model, its latent and noise)."""
+    """Every method in `methods` on every occlusion of `images` (N, C, H, W), image i with seed `seed + i`
+    (its mask and, for the model, its latent and noise). Rows are listed in `methods` order."""
     seeds = [seed + i for i in range(len(images))]
     scores, shown = [], {}
-    jobs = [(o, m) for o in occlusions for m in methods]
-    bar = tqdm(total=len(jobs), desc="completion", disable=not progress)
+    todo = {names: run for names, run in runners.items() if set(names) & set(methods)}
+    bar = tqdm(total=len(occlusions) * len(todo), desc="completion", disable=not progress)
     for occlusion in occlusions:
         masks = occlusion_masks(occlusion, images.shape[1:], seeds)  # (N, C, H, W), 1 = missing
-        occluded = np.where(masks > 0.5, 0.0, images).astype(
-            np.float32
-        )  # holes mid-grey, for the strips only
+        occluded = np.where(masks > 0.5, 0.0, images).astype(np.float32)  # holes mid-grey (strips only)
         shown[occlusion] = {"original": images[:examples], "occluded": occluded[:examples]}
-        for name, method in methods.items():
-            bar.set_postfix_str(f"{occlusion} {name}")
-            completed = run_method(method, images, masks, seeds, batch)
-            scores.append(score(occlusion, name, completed, images, masks))
-            shown[occlusion][name] = completed[:examples]
+        completed = {}
+        for names, runner in todo.items():
+            bar.set_postfix_str(f"{occlusion} {'+'.join(names)}")
+            completed.update(run_batched(runner, images, masks, seeds, batch))
             bar.update()
+        for name in methods:
+            scores.append(score(occlusion, name, completed[name], images, masks))
+            shown[occlusion][name] = completed[name][:examples]
     bar.close()
     return CompletionResult(scores, shown)

@@ -137,3 +137,21 @@ def test_baselines_keep_observed_pixels_and_fill_smooth_images():
         if name in ("biharmonic", "telea", "ns"):  # a smooth ramp is recovered closely
             filled = baseline(ramp, masks[:2])
             assert metrics.psnr(filled, ramp, masks[:2]).min() > 25, name
+
+
+def test_classifier_cache_is_checked(tmp_path):
+    from evaluation.classifier import ClassifierConfig, load_or_train
+
+    rng = np.random.default_rng(5)
+    labels = np.arange(60) % 3
+    images = (np.eye(3)[labels] @ rng.uniform(-1, 1, (3, 784))).reshape(60, 1, 28, 28).astype(np.float32)
+    config = ClassifierConfig(epochs=1, batch_size=20)
+    first = load_or_train(images, labels, images, labels, tmp_path, config, progress=False)
+    again = load_or_train(images, labels, images, labels, tmp_path, config, progress=False)
+    assert again.sha256 == first.sha256 and again.test_accuracy == first.test_accuracy
+    feats, probs = again.features_and_probs(images[:4])
+    assert feats.shape == (4, 128) and probs.shape == (4, 3)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    first.path.write_bytes(b"tampered")  # a cache file that fails its checksum is retrained, not loaded
+    retrained = load_or_train(images, labels, images, labels, tmp_path, config, progress=False)
+    assert retrained.sha256 != "" and retrained.path.read_bytes() != b"tampered"
