@@ -3,6 +3,7 @@
     coop-client synth --server 127.0.0.1:50051 --count 16 --seed 0 --out samples/   # grid.png + seed_<s>.png
     coop-client info --server 127.0.0.1:50051                                          # ModelInfo as JSON
     coop-client energy --server 127.0.0.1:50051 a.png b.png                            # E(Y) per image
+    coop-client health --server 127.0.0.1:50051 --wait 60                              # exit 0 once SERVING
     coop-complete shirt.png --occlude center:14 --server 127.0.0.1:50051 --out rec/
     coop-complete shirt.png --mask hole.png --bundle runs/demo/bundle --out rec/       # local ONNX Runtime
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +107,22 @@ def _info(args) -> int:
     return 0
 
 
+def _health(args) -> int:
+    """Prints the grpc.health.v1 status; with --wait S polls until SERVING for up to S seconds."""
+    deadline = time.monotonic() + args.wait
+    with _client(args) as c:
+        while True:
+            try:
+                status = c.health(timeout=2.0)
+            except grpc.RpcError as e:
+                status = e.code().name
+            if status == "SERVING" or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
 def _energy(args) -> int:
     with _client(args) as c:
         energy = c.energy([Path(p) for p in args.images])
@@ -127,11 +145,14 @@ def client_main(argv: list[str] | None = None) -> int:
     synth.add_argument("--out", required=True, help="output directory")
     info = sub.add_parser("info", help="print ModelInfo as JSON")
     _connection_flags(info)
+    health = sub.add_parser("health", help="print the health status (exit 0 only when SERVING)")
+    _connection_flags(health)
+    health.add_argument("--wait", type=float, default=0.0, help="poll up to this many seconds for SERVING")
     energy = sub.add_parser("energy", help="print the descriptor energy of PNG images (lower = more typical)")
     _connection_flags(energy)
     energy.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
-    fn = {"synth": _synth, "info": _info, "energy": _energy}[args.command]
+    fn = {"synth": _synth, "info": _info, "health": _health, "energy": _energy}[args.command]
     return _run("coop-client", lambda: fn(args))
 
 

@@ -25,3 +25,43 @@ echo "  ONNX model bundle    $RUN/bundle/manifest.json"
 echo "  sample grids         $RUN/samples/final_eval.png (exported model: eval-mode generator + Langevin)"
 echo "                       $RUN/samples/iter_*.png (drafts | revised during training)"
 echo "  scalars              $RUN/metrics.jsonl, TensorBoard: $BIN/tensorboard --logdir $RUN/tb"
+
+# ---- serving (owned by the serving engineer): the bundle through gRPC -------------------------------------------
+# coop-serve on a free loopback port, wait for health SERVING, synthesize and complete through gRPC, stop it.
+SERVE="$RUN/serve"
+mkdir -p "$SERVE"
+rm -f "$SERVE/port.json"
+"$BIN/coop-serve" --bundle "$RUN/bundle" --port 0 --port-file "$SERVE/port.json" --metrics-port 0 \
+  >"$SERVE/stdout.log" 2>"$SERVE/server.log" &
+SERVER_PID=$!
+trap 'kill -TERM "$SERVER_PID" 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do
+  [[ -s "$SERVE/port.json" ]] && break
+  kill -0 "$SERVER_PID" 2>/dev/null || { echo "coop-serve failed:"; cat "$SERVE/server.log"; exit 1; }
+  sleep 0.1
+done
+ADDR="127.0.0.1:$("$BIN/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["port"])' "$SERVE/port.json")"
+"$BIN/coop-client" health --server "$ADDR" --wait 120 >/dev/null
+echo
+echo "coop-serve is SERVING on $ADDR ($(grep -o 'sessions on [a-z]*' "$SERVE/server.log" | head -1))"
+"$BIN/coop-client" synth --server "$ADDR" --count 16 --seed 0 --out "$RUN/served"
+# four held-out Fashion-MNIST test images (never trained on) as PNGs to occlude and complete
+"$BIN/python" - "${FASHION_DIR:-/usr/share/datasets/fashion-mnist}/t10k-images-idx3-ubyte.gz" "$RUN/completion_inputs" <<'PY'
+import gzip, sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+raw = gzip.open(sys.argv[1]).read()
+images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
+out = Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
+for i in range(4):
+    Image.fromarray(images[i]).save(out / f"test{i}.png")
+PY
+"$BIN/coop-complete" "$RUN"/completion_inputs/test*.png --occlude center:14 --server "$ADDR" --out "$RUN/completed"
+kill -TERM "$SERVER_PID"
+wait "$SERVER_PID"
+trap - EXIT
+echo "served through gRPC:"
+echo "  synthesized          $RUN/served/grid.png, $RUN/served/seed_*.png"
+echo "  completed            $RUN/completed/test*_strip.png (original | occluded | recovered)"
+echo "  server log           $SERVE/server.log"

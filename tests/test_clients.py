@@ -111,3 +111,8 @@ def test_client_error_for_an_unreachable_server(capsys, tmp_path):
     assert client_main(["synth", "--server", "127.0.0.1:1", "--timeout", "2", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("coop-client: ") and "is coop-serve running" in err[0]
+
+
+def test_health_command(coop_server, capsys):
+    assert client_main(["health", "--server", coop_server.address, "--wait", "5"]) == 0  # no token needed
+    assert capsys.readouterr().out.strip() == "SERVING"
