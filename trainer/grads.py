@@ -127,6 +127,22 @@ def input_vjp(body: nn.Sequential, acts: list[torch.Tensor], g: torch.Tensor) ->
     return g
 
 
+def kink_margin(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per input (N,): the smallest |input| of any leaky ReLU in `net.body`, relative to that layer's RMS.
+
+    Where it is ~0 the input gradient jumps (the ReLU's slope switches between 1 and the leak), so two float32
+    implementations of the same forward (ORT, PyTorch) can land on different sides and give gradients that
+    differ by far more than rounding. Gradient comparisons are only meaningful away from such kinks."""
+    margin = torch.full((x.shape[0],), float("inf"))
+    with torch.no_grad():
+        acts = forward_saving(net.body, x)
+    for layer, a in zip(net.body, acts[:-1], strict=True):
+        if isinstance(layer, nn.LeakyReLU):
+            rel = a.abs().flatten(1) / a.pow(2).mean().sqrt().clamp_min(1e-30)  # (N, units)
+            margin = torch.minimum(margin, rel.min(1).values)
+    return margin
+
+
 def _checked_body(net: nn.Module, probe: torch.Tensor, head: Callable) -> nn.Sequential:
     """`net.body` after checking every layer, and that net(x) really is head(body(x)) (the part of the forward
     outside the Sequential is written out here, so a change to the net's forward must fail loudly)."""

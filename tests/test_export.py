@@ -1,0 +1,257 @@
+"""The model bundle: every graph against PyTorch autograd in ONNX Runtime, masks, manifest, sha256, atomicity.
+
+Nets get larger random weights and random BatchNorm running statistics (`perturbed_nets`) so that activations
+and gradients are O(1), not the near-zero of the official initialisation, and a wrong backward cannot hide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from trainer import grads
+from trainer.export import (
+    DEFAULT_COMPLETION,
+    BundleError,
+    ExportError,
+    export_bundle,
+    verify_bundle,
+)
+from trainer.grads import DescriptorWithGrad, GeneratorGrad, UnsupportedLayerError, kink_margin
+from trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy_grad
+from trainer.nets import NetSpec, build_nets
+
+LANGEVIN = {"s": 0.016, "delta": 0.002, "steps": 15, "sigma": 0.3, "noise": True}
+SPECS = [NetSpec("mnist28", 1, 100), NetSpec("cifar32", 3, 100), NetSpec("scene64", 3, 16)]
+GRAPHS = ("generator", "descriptor", "langevin_step", "generator_grad")
+
+
+def perturbed_nets(spec: NetSpec, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """Descriptor and generator (eval mode) with weights ~ N(0, 1/fan_in), nonzero biases and random BatchNorm
+    affine parameters and running statistics."""
+    torch.manual_seed(seed)
+    descriptor, generator = build_nets(spec)
+    for m in [*descriptor.modules(), *generator.modules()]:
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, m.weight[0].numel() ** -0.5)
+            nn.init.normal_(m.bias, 0.0, 0.1)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0.0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.normal_(m.bias, 0.0, 0.1)
+    return descriptor.eval(), generator.eval()
+
+
+def rel_err(got: np.ndarray, want: torch.Tensor) -> float:
+    want = want.detach().numpy()
+    assert got.shape == want.shape
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+@pytest.fixture(scope="module", params=SPECS, ids=[s.arch for s in SPECS])
+def exported(request, tmp_path_factory):
+    """(descriptor, generator, bundle dir, {graph: ORT session}) for one architecture."""
+    descriptor, generator = perturbed_nets(request.param)
+    out = export_bundle(descriptor, generator, tmp_path_factory.mktemp("b") / "bundle", langevin=LANGEVIN,
+                        training={"lr": 0.007})
+    sessions = {g: ort.InferenceSession(str(out / f"{g}.onnx"), providers=["CPUExecutionProvider"])
+                for g in GRAPHS}
+    return descriptor, generator, out, sessions
+
+
+def random_inputs(spec: NetSpec, n: int, seed: int, descriptor=None, generator=None) -> dict[str, np.ndarray]:
+    """Fresh random inputs at batch n. Given the nets, z and y are the n of 16n draws farthest from a
+    leaky-ReLU kink (trainer.grads.kink_margin), where a gradient is defined to float32 precision."""
+    rng = np.random.default_rng(seed)
+    shape = (n, *spec.image_shape)
+    z = torch.from_numpy(rng.standard_normal((16 * n, spec.latent_dim), dtype=np.float32))
+    y = torch.from_numpy(rng.uniform(-1, 1, (16 * n, *spec.image_shape)).astype(np.float32))
+    return {
+        "z": smoothest(generator, z, n).numpy(),
+        "y": smoothest(descriptor, y, n).numpy(),
+        "noise": rng.standard_normal(shape, dtype=np.float32),
+        "mask": (rng.random(shape) < 0.5).astype(np.float32),
+        "delta": np.array(LANGEVIN["delta"], np.float32),
+        "s": np.array(LANGEVIN["s"], np.float32),
+        "sigma": np.array(LANGEVIN["sigma"], np.float32),
+    }
+
+
+def smoothest(net: nn.Module | None, candidates: torch.Tensor, n: int) -> torch.Tensor:
+    if net is None:
+        return candidates[:n]
+    return candidates[kink_margin(net, candidates).argsort(descending=True)[:n]]
+
+
+def run(session: ort.InferenceSession, x: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return session.run(None, {i.name: x[i.name] for i in session.get_inputs()})
+
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_every_graph_matches_pytorch_autograd(exported, n):
+    descriptor, generator, _, sessions = exported
+    x = random_inputs(descriptor.spec, n, seed=100 + n, descriptor=descriptor, generator=generator)
+    t = {k: torch.from_numpy(v) for k, v in x.items()}
+
+    (y_gen,) = run(sessions["generator"], x)
+    with torch.no_grad():
+        assert rel_err(y_gen, generator(t["z"])) < 1e-4
+
+    f, grad = run(sessions["descriptor"], x)
+    f_ref, grad_ref = descriptor_score_and_grad(descriptor, t["y"])
+    assert rel_err(f, f_ref) < 1e-4
+    assert rel_err(grad, grad_ref) < 1e-4
+    assert np.abs(grad).max() > 1e-2  # the perturbed nets give gradients worth comparing
+
+    y_next, f_step = run(sessions["langevin_step"], x)
+    y_next_ref = descriptor_step(t["y"], grad_ref, t["noise"], t["mask"], LANGEVIN["delta"], LANGEVIN["s"])
+    assert rel_err(y_next, y_next_ref) < 1e-4
+    assert rel_err(y_next - x["y"], y_next_ref - t["y"]) < 1e-4  # the step itself, not just y + tiny
+    assert rel_err(f_step, f_ref) < 1e-4
+
+    grad_z, y_gen2, u = run(sessions["generator_grad"], x)
+    grad_z_ref = latent_energy_grad(generator, t["z"], t["y"], t["mask"], LANGEVIN["sigma"])
+    with torch.no_grad():
+        resid = (1 - t["mask"]) * (t["y"] - generator(t["z"]))
+        u_ref = resid.pow(2).flatten(1).sum(1) / (2 * LANGEVIN["sigma"] ** 2) + 0.5 * t["z"].pow(2).sum(1)
+    assert rel_err(grad_z, grad_z_ref) < 1e-4
+    assert rel_err(y_gen2, generator(t["z"]).detach()) < 1e-4
+    assert rel_err(u, u_ref) < 1e-4
+
+
+def test_masked_pixels_semantics(exported):
+    """mask = 0 (observed) pixels come out of a Langevin step bit-identical; mask = 1 (missing) pixels of y do
+    not pull on z in the generator gradient."""
+    descriptor, _, _, sessions = exported
+    x = random_inputs(descriptor.spec, 4, seed=7)
+    y_next, _ = run(sessions["langevin_step"], x)
+    observed = x["mask"] == 0
+    assert np.array_equal(y_next[observed], x["y"][observed])
+    assert np.all(y_next[~observed] != x["y"][~observed])
+
+    grad_z, _, u = run(sessions["generator_grad"], x)
+    x2 = dict(x, y=np.where(x["mask"] == 1, -x["y"], x["y"]))  # change only the missing pixels
+    grad_z2, _, u2 = run(sessions["generator_grad"], x2)
+    assert np.array_equal(grad_z, grad_z2) and np.array_equal(u, u2)
+
+    all_missing = dict(x, mask=np.ones_like(x["mask"]))  # nothing observed: only the prior, ∂U/∂z = z
+    grad_z, _, u = run(sessions["generator_grad"], all_missing)
+    np.testing.assert_allclose(grad_z, x["z"], rtol=1e-6)
+    np.testing.assert_allclose(u, 0.5 * (x["z"] ** 2).sum(1), rtol=1e-5)
+
+
+def test_manifest_and_sha256(exported):
+    descriptor, _, out, _ = exported
+    spec = descriptor.spec
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert verify_bundle(out) == manifest
+    assert manifest["format"] == "coopnets.bundle" and manifest["format_version"] == 1
+    assert manifest["net"] == {"arch": spec.arch, "channels": spec.channels, "latent_dim": spec.latent_dim}
+    assert manifest["image"] == {"shape": list(spec.image_shape), "value_range": [-1.0, 1.0]}
+    assert manifest["latent_dim"] == spec.latent_dim
+    assert manifest["langevin"] == LANGEVIN
+    assert manifest["completion"] == DEFAULT_COMPLETION
+    assert manifest["opset"] == 18
+    assert manifest["training"] == {"lr": 0.007}
+    assert set(manifest["versions"]) >= {"coopnets", "torch", "onnx", "onnxruntime"}
+    image, latent = ["N", *spec.image_shape], ["N", spec.latent_dim]
+    io = {g: {d: [(v["name"], v["shape"]) for v in manifest["graphs"][g][d]] for d in ("inputs", "outputs")}
+          for g in GRAPHS}
+    assert io["generator"] == {"inputs": [("z", latent)], "outputs": [("y", image)]}
+    assert io["descriptor"] == {"inputs": [("y", image)], "outputs": [("f", ["N"]), ("grad", image)]}
+    assert io["langevin_step"] == {
+        "inputs": [("y", image), ("noise", image), ("mask", image), ("delta", []), ("s", [])],
+        "outputs": [("y_next", image), ("f", ["N"])],
+    }
+    assert io["generator_grad"] == {
+        "inputs": [("z", latent), ("y", image), ("mask", image), ("sigma", [])],
+        "outputs": [("grad_z", latent), ("y_gen", image), ("u", ["N"])],
+    }
+    assert all(v["dtype"] == "float32" for g in GRAPHS for d in ("inputs", "outputs")
+               for v in manifest["graphs"][g][d])
+    assert sorted(manifest["files"]) == sorted(f"{g}.onnx" for g in GRAPHS)
+    for file, meta in manifest["files"].items():
+        data = (out / file).read_bytes()
+        assert meta == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def test_verify_bundle_rejects_damage(tmp_path):
+    descriptor, generator = perturbed_nets(SPECS[0])
+    out = export_bundle(descriptor, generator, tmp_path / "bundle", langevin=LANGEVIN)
+    data = bytearray((out / "descriptor.onnx").read_bytes())
+    data[len(data) // 2] ^= 1
+    (out / "descriptor.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="descriptor.onnx does not match its sha256"):
+        verify_bundle(out)
+    (out / "descriptor.onnx").unlink()
+    with pytest.raises(BundleError, match="descriptor.onnx is missing"):
+        verify_bundle(out)
+    (out / "manifest.json").write_text("{")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        verify_bundle(out)
+    with pytest.raises(BundleError, match="no manifest.json"):
+        verify_bundle(tmp_path)
+
+
+def test_atomic_replacement(tmp_path, monkeypatch):
+    """A new bundle replaces the old one only once it verified; a failed export leaves the old one and no
+    temporary directories; a directory that is not a bundle is never replaced."""
+    descriptor, generator = perturbed_nets(SPECS[0])
+    out = export_bundle(descriptor, generator, tmp_path / "bundle", langevin=LANGEVIN, training={"run": 1})
+    first = verify_bundle(out)
+
+    # a wrong backward (tanh' = 1) passes onnx.checker but not the comparison with autograd
+    monkeypatch.setitem(grads._BACKWARD, nn.Tanh, lambda m, x, y, g: g)
+    with pytest.raises(ExportError, match="generator_grad.onnx: output grad_z differs from PyTorch"):
+        export_bundle(descriptor, generator, out, langevin=LANGEVIN, training={"run": 2})
+    assert verify_bundle(out) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+    monkeypatch.undo()
+
+    export_bundle(descriptor, generator, out, langevin=LANGEVIN, training={"run": 3})
+    assert verify_bundle(out)["training"] == {"run": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="exists and is not a model bundle"):
+        export_bundle(descriptor, generator, precious, langevin=LANGEVIN)
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_unsupported_layer_raises(tmp_path):
+    descriptor, generator = perturbed_nets(SPECS[0])
+    descriptor.body.insert(1, nn.ReLU())
+    with pytest.raises(UnsupportedLayerError, match="layer ReLU has no explicit backward"):
+        DescriptorWithGrad(descriptor)
+    with pytest.raises(UnsupportedLayerError, match="ReLU"):
+        export_bundle(descriptor, generator, tmp_path / "bundle", langevin=LANGEVIN)
+    assert list(tmp_path.iterdir()) == []
+
+    with pytest.raises(UnsupportedLayerError, match="BatchNorm2d must be in eval mode"):
+        GeneratorGrad(generator.train())
+
+
+def test_bad_arguments(tmp_path):
+    descriptor, generator = perturbed_nets(SPECS[0])
+    with pytest.raises(ValueError, match="langevin settings lack delta"):
+        export_bundle(descriptor, generator, tmp_path / "b", langevin={k: v for k, v in LANGEVIN.items()
+                                                                          if k != "delta"})
+    _, other = perturbed_nets(SPECS[1])
+    with pytest.raises(ValueError, match="descriptor and generator disagree"):
+        export_bundle(descriptor, other, tmp_path / "b", langevin=LANGEVIN)
+
+
+def test_dynamo_exporter_gives_an_equivalent_bundle(tmp_path):
+    """The alternative exporter (torch.export based) passes the same verification."""
+    descriptor, generator = perturbed_nets(NetSpec("mnist28", 1, 8))
+    out = export_bundle(descriptor, generator, tmp_path / "bundle", langevin=LANGEVIN, exporter="dynamo")
+    assert verify_bundle(out)["exporter"] == "dynamo"
