@@ -1,4 +1,5 @@
-"""Synthesis latency at count 1, 16, 64 with the bundle's default Langevin steps: the engine called directly and
+"""Synthesis latency at count 1, 16, 64 with the bundle's default Langevin steps: the engine called directly
+and
 the same request through coop-serve (gRPC, loopback), side by side, median of several runs.
 
     .venv/bin/python bench/synth_latency.py --bundle runs/demo/bundle [--runs 5] [--device cpu] [--threads 0]
@@ -38,10 +39,32 @@ class BenchConfig:
 def start_server(cfg: BenchConfig, workdir: Path) -> tuple[subprocess.Popen, str]:
     port_file = workdir / "port.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--bundle", cfg.bundle, "--port", "0", "--port-file",
-         str(port_file), "--device", cfg.device, "--threads", str(cfg.threads), "--max-batch", str(max(cfg.counts)),
-         "--max-count", str(max(cfg.counts)), "--max-delay-ms", "0", "--log-level", "warning"],
-        cwd=ROOT, stdout=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "serving.server",
+            "--bundle",
+            cfg.bundle,
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--device",
+            cfg.device,
+            "--threads",
+            str(cfg.threads),
+            "--max-batch",
+            str(max(cfg.counts)),
+            "--max-count",
+            str(max(cfg.counts)),
+            "--max-delay-ms",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
     while not port_file.exists():
         if proc.poll() is not None:
             raise SystemExit("coop-serve failed to start (see its stderr above)")
@@ -85,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(30)
 
     lv = engine.langevin
-    print(f"bundle {cfg.bundle} ({engine.bundle.arch}, {engine.image_shape}), {lv.steps} Langevin steps, "
-          f"noise {lv.noise}, device {engine.sessions.device}, threads {cfg.threads or 'all'}, "
-          f"median of {cfg.runs} runs")
+    print(
+        f"bundle {cfg.bundle} ({engine.bundle.arch}, {engine.image_shape}), {lv.steps} Langevin steps, "
+        f"noise {lv.noise}, device {engine.sessions.device}, threads {cfg.threads or 'all'}, "
+        f"median of {cfg.runs} runs"
+    )
     print(f"{'count':>5} | {'engine (ms)':>11} | {'gRPC (ms)':>9} | {'gRPC ms/image':>13}")
     print(f"{'-' * 5}-+-{'-' * 11}-+-{'-' * 9}-+-{'-' * 13}")
     for n, d, g in rows:

@@ -62,8 +62,14 @@ def _client(args) -> CoopNetsClient:
         if path and not Path(path).is_file():
             raise CliError(f"--{name.replace('_', '-')} {path!r} does not exist")
     token = _read_text(args.token_file, "--token-file") if args.token_file else None
-    return CoopNetsClient(args.server, token=token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                          tls_key=args.tls_key, timeout=args.timeout)
+    return CoopNetsClient(
+        args.server,
+        token=token,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        timeout=args.timeout,
+    )
 
 
 def _run(prog: str, fn: Callable[[], int]) -> int:
@@ -75,8 +81,10 @@ def _run(prog: str, fn: Callable[[], int]) -> int:
     except grpc.RpcError as e:
         msg = f"{e.code().name}: {e.details()}"
         if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            msg += " (is coop-serve running at that address, with matching TLS settings? raise --timeout " \
-                   "for long requests)"
+            msg += (
+                " (is coop-serve running at that address, with matching TLS settings? raise --timeout "
+                "for long requests)"
+            )
     except (OSError, ValueError) as e:  # unreadable files, bad images, bundle problems
         msg = str(e)
     print(f"{prog}: {msg}", file=sys.stderr)
@@ -85,18 +93,22 @@ def _run(prog: str, fn: Callable[[], int]) -> int:
 
 # ---- coop-client ------------------------------------------------------------------------------------------
 
+
 def _synth(args) -> int:
     if args.count < 1:
         raise CliError("--count must be >= 1")
     with _client(args) as c:
-        out = c.synthesize(count=args.count, seed=args.seed, steps=args.steps, step_size=args.step_size,
-                           noise=args.noise)
+        out = c.synthesize(
+            count=args.count, seed=args.seed, steps=args.steps, step_size=args.step_size, noise=args.noise
+        )
     out_dir = Path(args.out)
     save_grid(out.images, out_dir / "grid.png")
-    for image, seed in zip(out.images, out.seeds):
+    for image, seed in zip(out.images, out.seeds, strict=True):
         save_image(image, out_dir / f"seed_{seed}.png")
-    print(f"wrote {out_dir / 'grid.png'} and {len(out.seeds)} images seed_{out.seeds[0]}.png.. "
-          f"(mean energy {float(out.energy.mean()):.3f})")
+    print(
+        f"wrote {out_dir / 'grid.png'} and {len(out.seeds)} images seed_{out.seeds[0]}.png.. "
+        f"(mean energy {float(out.energy.mean()):.3f})"
+    )
     return 0
 
 
@@ -126,7 +138,7 @@ def _health(args) -> int:
 def _energy(args) -> int:
     with _client(args) as c:
         energy = c.energy([Path(p) for p in args.images])
-    for path, e in zip(args.images, energy):
+    for path, e in zip(args.images, energy, strict=True):
         print(f"{path}\t{e:.4f}")
     return 0
 
@@ -140,8 +152,12 @@ def client_main(argv: list[str] | None = None) -> int:
     synth.add_argument("--seed", type=int, default=0, help="image i uses seed S + i")
     synth.add_argument("--steps", type=int, help="Langevin steps (default: the bundle's)")
     synth.add_argument("--step-size", type=float, help="Langevin step size δ (default: the bundle's)")
-    synth.add_argument("--noise", action=argparse.BooleanOptionalAction, default=None,
-                       help="Langevin noise on/off (default: the bundle's)")
+    synth.add_argument(
+        "--noise",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Langevin noise on/off (default: the bundle's)",
+    )
     synth.add_argument("--out", required=True, help="output directory")
     info = sub.add_parser("info", help="print ModelInfo as JSON")
     _connection_flags(info)
@@ -158,13 +174,20 @@ def client_main(argv: list[str] | None = None) -> int:
 
 # ---- coop-complete -----------------------------------------------------------------------------------------
 
+
 def _complete_remote(args, inputs: list[Path]) -> list[Recovered]:
     mask = Path(args.mask).read_bytes() if args.mask else None
     out = []
     with _client(args) as c:
         for i, path in enumerate(inputs):
-            r = c.complete(path.read_bytes(), mask=mask, occlusion=args.occlude, seed=args.seed + i,
-                           latent_steps=args.latent_steps, refine_steps=args.refine_steps)
+            r = c.complete(
+                path.read_bytes(),
+                mask=mask,
+                occlusion=args.occlude,
+                seed=args.seed + i,
+                latent_steps=args.latent_steps,
+                refine_steps=args.refine_steps,
+            )
             out.append(Recovered(r.recovered, r.occluded))
     return out
 
@@ -189,7 +212,9 @@ def _complete_local(args, inputs: list[Path]) -> list[Recovered]:
         masks = np.stack([mask] * len(inputs))  # (N, C, H, W)
     else:
         masks = np.stack([occlusion_mask(args.occlude, shape, s) for s in seeds])  # (N, C, H, W)
-    out = engine.complete(images, masks, seeds, latent_steps=args.latent_steps, refine_steps=args.refine_steps)
+    out = engine.complete(
+        images, masks, seeds, latent_steps=args.latent_steps, refine_steps=args.refine_steps
+    )
     occluded = np.where(masks > 0.5, -1.0, images).astype(np.float32)
     return [Recovered(out.images[i], occluded[i]) for i in range(len(inputs))]
 
@@ -207,7 +232,7 @@ def _complete(args) -> int:
     out_dir = Path(args.out)
     from serving.codec import decode_png
 
-    for path, r in zip(inputs, results):
+    for path, r in zip(inputs, results, strict=True):
         original = decode_png(path.read_bytes(), r.recovered.shape, str(path))  # (C, H, W)
         save_image(r.recovered, out_dir / f"{path.stem}_recovered.png")
         save_strip([original, r.occluded, r.recovered], out_dir / f"{path.stem}_strip.png")
@@ -218,7 +243,8 @@ def _complete(args) -> int:
 def complete_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="coop-complete",
-        description="Recover occluded images (white mask pixels = missing) through coop-serve or locally.")
+        description="Recover occluded images (white mask pixels = missing) through coop-serve or locally.",
+    )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG images of the model's size")
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--mask", help="PNG mask, white = missing (applied to every input)")
@@ -229,7 +255,9 @@ def complete_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="input i uses seed S + i")
     parser.add_argument("--latent-steps", type=int, help="latent inference steps (default: the bundle's)")
-    parser.add_argument("--refine-steps", type=int, help="descriptor refinement steps (default: the bundle's)")
+    parser.add_argument(
+        "--refine-steps", type=int, help="descriptor refinement steps (default: the bundle's)"
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"), help="with --bundle")
     parser.add_argument("--token-file", help="file with the bearer token the server expects")
     parser.add_argument("--tls-ca", help="PEM CA that signed the server certificate (enables TLS)")

@@ -71,11 +71,22 @@ def bad_request_fields(err: grpc.RpcError) -> list[str]:
 
 
 def _service_config(retries: int) -> str:
-    return json.dumps({"methodConfig": [{
-        "name": [{"service": "coopnets.v1.CoopNets"}],
-        "retryPolicy": {"maxAttempts": max(2, retries + 1), "initialBackoff": "0.2s", "maxBackoff": "5s",
-                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
-    }]})
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [{"service": "coopnets.v1.CoopNets"}],
+                    "retryPolicy": {
+                        "maxAttempts": max(2, retries + 1),
+                        "initialBackoff": "0.2s",
+                        "maxBackoff": "5s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
 
 
 class CoopNetsClient:
@@ -94,16 +105,20 @@ class CoopNetsClient:
     ):
         """`target` host:port. TLS when tls_ca is given (plus tls_cert/tls_key for mTLS); `token` is sent as
         `authorization: Bearer <token>`. `timeout` is the default deadline of every call, in seconds."""
-        options = [("grpc.max_receive_message_length", max_message_mb << 20),
-                   ("grpc.max_send_message_length", max_message_mb << 20),
-                   ("grpc.enable_retries", 1), ("grpc.service_config", _service_config(retries))]
+        options = [
+            ("grpc.max_receive_message_length", max_message_mb << 20),
+            ("grpc.max_send_message_length", max_message_mb << 20),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", _service_config(retries)),
+        ]
         if tls_server_name:
             options.append(("grpc.ssl_target_name_override", tls_server_name))
         if tls_ca:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=Path(tls_ca).read_bytes(),
                 private_key=Path(tls_key).read_bytes() if tls_key else None,
-                certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None)
+                certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None,
+            )
             self.channel = grpc.secure_channel(target, creds, options=options)
         else:
             self.channel = grpc.insecure_channel(target, options=options)
@@ -154,43 +169,85 @@ class CoopNetsClient:
             lp.noise = noise
         return lp
 
-    def synthesize(self, count: int = 1, seed: int = 0, steps: int | None = None, step_size: float | None = None,
-                   noise: bool | None = None, png: bool = False, timeout: float | None = None) -> Samples:
+    def synthesize(
+        self,
+        count: int = 1,
+        seed: int = 0,
+        steps: int | None = None,
+        step_size: float | None = None,
+        noise: bool | None = None,
+        png: bool = False,
+        timeout: float | None = None,
+    ) -> Samples:
         """`count` images, image i from seed + i; None = the bundle's defaults. png=True asks for 8-bit PNGs
         (clipped) instead of exact float32 tensors."""
-        req = pb.SynthesizeRequest(count=count, seed=seed, langevin=self._langevin(steps, step_size, noise),
-                                   format=pb.IMAGE_FORMAT_PNG if png else pb.IMAGE_FORMAT_TENSOR)
+        req = pb.SynthesizeRequest(
+            count=count,
+            seed=seed,
+            langevin=self._langevin(steps, step_size, noise),
+            format=pb.IMAGE_FORMAT_PNG if png else pb.IMAGE_FORMAT_TENSOR,
+        )
         resp = self._call(self.stub.Synthesize, req, timeout)
-        return Samples(images=np.stack([self._decode(g.image) for g in resp.images]),
-                       energy=np.array([g.energy for g in resp.images], dtype=np.float32),
-                       seeds=[g.seed for g in resp.images])
+        return Samples(
+            images=np.stack([self._decode(g.image) for g in resp.images]),
+            energy=np.array([g.energy for g in resp.images], dtype=np.float32),
+            seeds=[g.seed for g in resp.images],
+        )
 
-    def synthesize_stream(self, count: int = 1, seed: int = 0, steps: int | None = None,
-                          step_size: float | None = None, noise: bool | None = None, snapshot_every: int = 0,
-                          timeout: float | None = None) -> Iterator[StreamEvent]:
+    def synthesize_stream(
+        self,
+        count: int = 1,
+        seed: int = 0,
+        steps: int | None = None,
+        step_size: float | None = None,
+        noise: bool | None = None,
+        snapshot_every: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[StreamEvent]:
         """Yields snapshots every `snapshot_every` steps, then one final event per image. Stop iterating (or
         call .cancel() on the underlying call via `synthesize_stream_call`) to cancel the work."""
         call = self.synthesize_stream_call(count, seed, steps, step_size, noise, snapshot_every, timeout)
         try:
             for ev in call:
-                yield StreamEvent(index=ev.image.index, seed=ev.image.seed, step=ev.step, final=ev.final,
-                                  image=self._decode(ev.image.image), energy=ev.image.energy if ev.final else None)
+                yield StreamEvent(
+                    index=ev.image.index,
+                    seed=ev.image.seed,
+                    step=ev.step,
+                    final=ev.final,
+                    image=self._decode(ev.image.image),
+                    energy=ev.image.energy if ev.final else None,
+                )
         finally:
             call.cancel()
 
-    def synthesize_stream_call(self, count, seed, steps=None, step_size=None, noise=None, snapshot_every=0,
-                               timeout=None):
+    def synthesize_stream_call(
+        self, count, seed, steps=None, step_size=None, noise=None, snapshot_every=0, timeout=None
+    ):
         """The raw streaming call (iterable of SynthesizeEvent, with .cancel())."""
         req = pb.SynthesizeStreamRequest(
-            request=pb.SynthesizeRequest(count=count, seed=seed, langevin=self._langevin(steps, step_size, noise),
-                                         format=pb.IMAGE_FORMAT_TENSOR),
-            snapshot_every=snapshot_every)
+            request=pb.SynthesizeRequest(
+                count=count,
+                seed=seed,
+                langevin=self._langevin(steps, step_size, noise),
+                format=pb.IMAGE_FORMAT_TENSOR,
+            ),
+            snapshot_every=snapshot_every,
+        )
         return self._call(self.stub.SynthesizeStream, req, timeout)
 
-    def complete(self, image: ImageLike, mask: ImageLike | None = None, occlusion: str | None = None,
-                 seed: int = 0, latent_steps: int | None = None, latent_step_size: float | None = None,
-                 refine_steps: int | None = None, refine_step_size: float | None = None,
-                 noise: bool | None = None, timeout: float | None = None) -> Completion:
+    def complete(
+        self,
+        image: ImageLike,
+        mask: ImageLike | None = None,
+        occlusion: str | None = None,
+        seed: int = 0,
+        latent_steps: int | None = None,
+        latent_step_size: float | None = None,
+        refine_steps: int | None = None,
+        refine_step_size: float | None = None,
+        noise: bool | None = None,
+        timeout: float | None = None,
+    ) -> Completion:
         """Recover the missing pixels of one image. Give `mask` ((C, H, W) / (H, W) array of 0/1, **1 =
         missing**, or a PNG with white = missing) or `occlusion` ("center:14", "random:0.5", "left-half",
         "rects") applied by the server."""
@@ -201,14 +258,22 @@ class CoopNetsClient:
             req.mask.CopyFrom(self._encode(mask))
         else:
             req.occlusion = occlusion
-        for name, value in (("latent_steps", latent_steps), ("latent_step_size", latent_step_size),
-                            ("refine_steps", refine_steps), ("refine_step_size", refine_step_size),
-                            ("noise", noise)):
+        for name, value in (
+            ("latent_steps", latent_steps),
+            ("latent_step_size", latent_step_size),
+            ("refine_steps", refine_steps),
+            ("refine_step_size", refine_step_size),
+            ("noise", noise),
+        ):
             if value is not None:
                 setattr(req, name, value)
         resp = self._call(self.stub.Complete, req, timeout)
-        return Completion(recovered=self._decode(resp.recovered), occluded=self._decode(resp.occluded),
-                          mask=self._decode(resp.mask), energy=resp.energy)
+        return Completion(
+            recovered=self._decode(resp.recovered),
+            occluded=self._decode(resp.occluded),
+            mask=self._decode(resp.mask),
+            energy=resp.energy,
+        )
 
     def energy(self, images: Sequence[ImageLike] | np.ndarray, timeout: float | None = None) -> np.ndarray:
         """E(Y) per image (lower = more typical)."""
@@ -219,7 +284,11 @@ class CoopNetsClient:
 
     def _decode(self, msg: pb.Image) -> np.ndarray:
         if msg.WhichOneof("kind") == "tensor":
-            return np.frombuffer(msg.tensor.data, dtype="<f4").reshape(tuple(msg.tensor.shape)).astype(np.float32)
+            return (
+                np.frombuffer(msg.tensor.data, dtype="<f4")
+                .reshape(tuple(msg.tensor.shape))
+                .astype(np.float32)
+            )
         return image_from_proto(msg, self.image_shape)
 
     @staticmethod
@@ -228,7 +297,9 @@ class CoopNetsClient:
             return pb.Image(tensor=tensor_to_proto(image.astype(np.float32)))
         if isinstance(image, bytes):
             return pb.Image(png=image)
-        if isinstance(image, PILImage.Image):  # sent as PNG: the server converts grey/RGB (masks: white = missing)
+        if isinstance(
+            image, PILImage.Image
+        ):  # sent as PNG: the server converts grey/RGB (masks: white = missing)
             buf = io.BytesIO()
             image.save(buf, format="PNG")
             return pb.Image(png=buf.getvalue())

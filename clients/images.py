@@ -1,4 +1,4 @@
-"""PNG files for the clients: read inputs, write single images, grids and before/after strips (numpy + Pillow).
+"""PNG files for the clients: single images, grids and before/after strips (numpy + Pillow).
 
 Images are float32 (C, H, W) in [-1, 1]; every file is written atomically (temporary file, then os.replace).
 The pixel mapping is serving.codec's (p / 127.5 - 1), the one the service uses.

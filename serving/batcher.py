@@ -50,8 +50,9 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, run: RunFn, max_batch: int, max_delay_s: float, max_queue: int,
-                 metrics: Metrics | None = None):
+    def __init__(
+        self, run: RunFn, max_batch: int, max_delay_s: float, max_queue: int, metrics: Metrics | None = None
+    ):
         self.run = run
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
@@ -81,7 +82,9 @@ class Batcher:
         if self._carry is not None:
             job, self._carry = self._carry, None
             return job
-        return self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+        return (
+            self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+        )
 
     def _gather(self, first: Job) -> list[Job]:
         """The first job plus same-key jobs arriving within max_delay_s, up to max_batch images."""
@@ -134,8 +137,12 @@ class Batcher:
                 if self.metrics:
                     self.metrics.cancelled.labels(job.rpc, "running").inc()
                 job.future.set_exception(e)
-            log.info("%s batch of %d requests stopped after %d steps: every client cancelled or timed out",
-                     kind, len(live), e.steps_done)
+            log.info(
+                "%s batch of %d requests stopped after %d steps: every client cancelled or timed out",
+                kind,
+                len(live),
+                e.steps_done,
+            )
             return
         except Exception as e:  # a bug or an ORT failure: fail these requests, keep serving the next ones
             log.exception("%s batch failed", kind)

@@ -95,7 +95,9 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     root = Path(path)
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
-        raise BundleError(f"{root} is not a model bundle (no manifest.json): pass the directory coop-export wrote")
+        raise BundleError(
+            f"{root} is not a model bundle (no manifest.json): pass the directory coop-export wrote"
+        )
     raw = manifest_path.read_bytes()
     try:
         manifest = json.loads(raw)
@@ -103,7 +105,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         raise BundleError(f"{manifest_path} is not valid JSON ({e}): re-export the bundle") from e
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(
-            f"{manifest_path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r} is "
+            f"{manifest_path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r} "
+            "is "
             f"not {FORMAT!r} version {FORMAT_VERSION}: re-export the bundle with this version's coop-export"
         )
     try:
@@ -111,8 +114,11 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         latent_dim = int(manifest["latent_dim"])
         lv = manifest["langevin"]
         langevin = LangevinDefaults(
-            s=float(lv["s"]), delta=float(lv["delta"]), steps=int(lv["steps"]),
-            sigma=float(lv["sigma"]), noise=bool(lv["noise"]),
+            s=float(lv["s"]),
+            delta=float(lv["delta"]),
+            steps=int(lv["steps"]),
+            sigma=float(lv["sigma"]),
+            noise=bool(lv["noise"]),
         )
         cp = manifest.get("completion") or {}
         completion = CompletionDefaults(
@@ -125,7 +131,9 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{manifest_path}: missing or malformed entry {e}: re-export the bundle") from e
     if len(shape) != 3:
-        raise BundleError(f"{manifest_path}: image.shape must be [C, H, W], got {shape}: re-export the bundle")
+        raise BundleError(
+            f"{manifest_path}: image.shape must be [C, H, W], got {shape}: re-export the bundle"
+        )
     files = manifest.get("files") or {}
     for name, gpath in graph_files.items():
         if gpath.name not in files:
@@ -135,10 +143,18 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         if not fpath.is_file():
             raise BundleError(f"{fpath} is missing: copy the whole bundle directory")
         if sha256_file(fpath) != entry.get("sha256"):
-            raise BundleError(f"{fpath} does not match its sha256 in manifest.json: the bundle is corrupt, re-copy it")
+            raise BundleError(
+                f"{fpath} does not match its sha256 in manifest.json: the bundle is corrupt, re-copy it"
+            )
     return Bundle(
-        path=root, manifest=manifest, digest=hashlib.sha256(raw).hexdigest(), image_shape=shape,  # type: ignore[arg-type]
-        latent_dim=latent_dim, langevin=langevin, completion=completion, graph_files=graph_files,
+        path=root,
+        manifest=manifest,
+        digest=hashlib.sha256(raw).hexdigest(),
+        image_shape=shape,  # type: ignore[arg-type]
+        latent_dim=latent_dim,
+        langevin=langevin,
+        completion=completion,
+        graph_files=graph_files,
     )
 
 
@@ -158,7 +174,7 @@ class Sessions:
 
 
 def session_options(threads: int = 0) -> ort.SessionOptions:
-    """Deliberate options: full graph optimisation, `threads` intra-op threads (0 = ORT's choice, one per core),
+    """Deliberate options: full graph optimisation, `threads` intra-op threads (0 = one per core),
     one inter-op thread (the graphs are sequential), and no spinning when idle, so a quiet server uses no CPU
     and leaves the cores to the batches."""
     so = ort.SessionOptions()
@@ -178,8 +194,10 @@ def open_sessions(bundle: Bundle, device: str = "auto", threads: int = 0) -> Ses
         raise BundleError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
     want_cuda = device in ("auto", "cuda") and CUDA in ort.get_available_providers()
     if device == "cuda" and not want_cuda:
-        raise BundleError("--device cuda: this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu "
-                          "or use --device auto|cpu")
+        raise BundleError(
+            "--device cuda: this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu "
+            "or use --device auto|cpu"
+        )
     opts = session_options(threads)
     providers = [CPU]
     if want_cuda:
@@ -193,14 +211,20 @@ def open_sessions(bundle: Bundle, device: str = "auto", threads: int = 0) -> Ses
         if probe.get_providers()[0] == CUDA:
             providers = [CUDA, CPU]
         elif device == "cuda":
-            raise BundleError("--device cuda: ONNX Runtime could not load CUDA (no GPU, or the CUDA/cuDNN "
-                              "libraries it needs are missing); use --device auto or cpu")
+            raise BundleError(
+                "--device cuda: ONNX Runtime could not load CUDA (no GPU, or the CUDA/cuDNN "
+                "libraries it needs are missing); use --device auto or cpu"
+            )
         else:
-            log.warning("--device auto: CUDA not usable by ONNX Runtime here, falling back to CPUExecutionProvider")
+            log.warning(
+                "--device auto: CUDA not usable by ONNX Runtime here, falling back to CPUExecutionProvider"
+            )
     sessions = {name: _session(path, opts, providers) for name, path in bundle.graph_files.items()}
     on_cuda = all(s.get_providers()[0] == CUDA for s in sessions.values())
     if device == "cuda" and not on_cuda:
-        raise BundleError(f"--device cuda: not every session runs on CUDA ({Sessions(sessions, 'cpu').providers})")
+        raise BundleError(
+            f"--device cuda: not every session runs on CUDA ({Sessions(sessions, 'cpu').providers})"
+        )
     result = Sessions(sessions=sessions, device="cuda" if on_cuda else "cpu")
     log.info("ONNX Runtime %s sessions on %s: %s", ort.__version__, result.device, result.providers)
     return result

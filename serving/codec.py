@@ -1,7 +1,8 @@
-"""numpy images <-> PNG bytes <-> coopnets.v1 Image/Tensor messages (numpy + Pillow; no ONNX Runtime, no torch).
+"""numpy images <-> PNG bytes <-> coopnets.v1 Image/Tensor messages (numpy + Pillow; no ORT, no torch).
 
-The service and the clients share this module; the trainer has its own copy (trainer/images.py) because serving
-never imports the trainer. Images are float32 (C, H, W) in [-1, 1]; uint8 pixels map by p / 127.5 - 1.
+The service and the clients share this module; the trainer has its own copy (trainer/images.py)
+because serving never imports the trainer. Images are float32 (C, H, W) in [-1, 1]; uint8 pixels map by
+p / 127.5 - 1.
 **Masks: 1 = missing, 0 = observed; as a PNG, white (>= 128) = missing.**
 
 Decoding checks what a request could get wrong (PNG that does not decode, wrong size, tensor bytes that do not
@@ -11,6 +12,7 @@ match the shape, non-finite values, a mask that is not 0/1) and raises FieldErro
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 from coopnets.v1 import coopnets_pb2 as pb
@@ -53,12 +55,14 @@ def decode_png(data: bytes, shape: tuple[int, int, int], field: str = "png") -> 
     """PNG bytes -> (C, H, W) float32 in [-1, 1]; converts grey/RGB to C channels, but the size must match."""
     c, h, w = shape
     try:
-        img = PILImage.open(io.BytesIO(data))
+        img = PILImage.open(io.BytesIO(data))  # reads the header only
+        if img.size != (w, h):  # checked before decoding: a small PNG may claim a huge size (a bomb)
+            raise FieldError(field, f"image is {img.size[0]}x{img.size[1]} pixels, the model needs {w}x{h}")
         img.load()
+    except FieldError:
+        raise
     except Exception as e:  # Pillow raises several types for bad data
         raise FieldError(field, f"not a decodable PNG/image ({type(e).__name__})") from None
-    if img.size != (w, h):
-        raise FieldError(field, f"image is {img.size[0]}x{img.size[1]} pixels, the model needs {w}x{h}")
     pixels = np.asarray(img.convert("L" if c == 1 else "RGB"))  # (H, W) or (H, W, 3)
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, H, W)
     return from_uint8(pixels)
@@ -74,15 +78,16 @@ def tensor_from_proto(t: pb.Tensor, field: str = "tensor") -> np.ndarray:
     shape = tuple(int(v) for v in t.shape)
     if any(v <= 0 for v in shape) or not shape:
         raise FieldError(f"{field}.shape", f"shape {list(shape)} must be non-empty with positive sizes")
-    n = int(np.prod(shape))
+    n = math.prod(shape)  # Python ints: a huge shape must not wrap around as int64 would
     if len(t.data) != 4 * n:
-        raise FieldError(f"{field}.data", f"{len(t.data)} bytes do not hold float32 shape {list(shape)} "
-                                          f"({4 * n} bytes)")
+        raise FieldError(
+            f"{field}.data", f"{len(t.data)} bytes do not hold float32 shape {list(shape)} ({4 * n} bytes)"
+        )
     return np.frombuffer(t.data, dtype="<f4").reshape(shape).astype(np.float32)
 
 
 def image_to_proto(image: np.ndarray, fmt: int = pb.IMAGE_FORMAT_PNG) -> pb.Image:
-    """(C, H, W) float image -> Image message: PNG (clipped to [-1, 1]) or raw float32 tensor (not clipped)."""
+    """(C, H, W) float image -> Image: PNG (clipped to [-1, 1]) or raw float32 tensor (not clipped)."""
     if fmt == pb.IMAGE_FORMAT_TENSOR:
         return pb.Image(tensor=tensor_to_proto(image))
     return pb.Image(png=encode_png(image))
@@ -117,8 +122,10 @@ def mask_from_proto(msg: pb.Image, shape: tuple[int, int, int], field: str = "ma
     else:
         m = tensor_from_proto(msg.tensor, f"{field}.tensor")
         if m.shape not in ((h, w), (1, h, w), (c, h, w)):
-            raise FieldError(f"{field}.tensor.shape", f"shape {list(m.shape)} must be [H, W], [1, H, W] or "
-                                                      f"[C, H, W] = {[c, h, w]}")
+            raise FieldError(
+                f"{field}.tensor.shape",
+                f"shape {list(m.shape)} must be [H, W], [1, H, W] or [C, H, W] = {[c, h, w]}",
+            )
         if not np.isin(m, (0.0, 1.0)).all():
             raise FieldError(f"{field}.tensor.data", "mask values must be 0 (observed) or 1 (missing)")
         m = m.reshape((-1, h, w))

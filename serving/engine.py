@@ -1,9 +1,10 @@
 """Synthesis, completion and energy over numpy arrays, on the bundle's ONNX Runtime sessions.
 
-This is the sampling contract of docs/architecture.md, step for step (trainer/reference.py is its torch twin and
-the tests hold the two equal). Images are float32 (N, C, H, W) in [-1, 1]. **Masks: 1 = missing (the pixel may
-move), 0 = observed (clamped)**; synthesis uses an all-ones mask. **One rng per image**: image i draws its latent
-and every noise tensor from its own `numpy.random.default_rng(seed_i)`, so it is the same in any batch.
+This is the sampling contract of docs/architecture.md, step for step (trainer/reference.py is its torch
+twin and the tests hold the two equal). Images are float32 (N, C, H, W) in [-1, 1].
+**Masks: 1 = missing (the pixel may move), 0 = observed (clamped)**; synthesis uses an all-ones mask.
+**One rng per image**: image i draws its latent and every noise tensor from its own
+`numpy.random.default_rng(seed_i)`, so it is the same in any batch.
 
     engine = Engine.open("runs/demo/bundle", device="cpu")
     out = engine.synthesize([0, 1, 2])                # out.images (3, C, H, W), out.energy (3,)
@@ -77,7 +78,7 @@ class Engine:
         return y
 
     def draft(self, seeds_or_rngs: Sequence[int] | Rngs) -> np.ndarray:
-        """The generator's drafts Ŷ = g(X), X drawn from each image's rng (seeds or generators): (N, C, H, W)."""
+        """Drafts Ŷ = g(X), X drawn from each image's rng (seeds or generators): (N, C, H, W)."""
         return self.generate(self.latents(_as_rngs(seeds_or_rngs)))
 
     def energy_and_score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,23 +105,36 @@ class Engine:
         on_snapshot: SnapshotFn | None = None,
         should_stop: StopFn | None = None,
     ) -> np.ndarray:
-        """K descriptor Langevin steps Y ← Y − (δ²/2)(Y/s² − ∂f/∂Y) + δ·U where mask = 1 (missing); pixels with
-        mask = 0 (observed) come out bit-identical. masks None = all ones (synthesis). U_t of image i is
-        rngs[i].standard_normal((C, H, W)) when noise is on, zeros otherwise. Returns Y (N, C, H, W)."""
+        """K descriptor Langevin steps Y ← Y − (δ²/2)(Y/s² − ∂f/∂Y) + δ·U where mask = 1 (missing);
+        pixels with mask = 0 (observed) come out bit-identical. masks None = all ones (synthesis). U_t of
+        image i is rngs[i].standard_normal((C, H, W)) when noise is on, zeros otherwise.
+        Returns Y (N, C, H, W)."""
         steps = self.langevin.steps if steps is None else int(steps)
         delta = self.langevin.delta if delta is None else float(delta)
         noise = self.langevin.noise if noise is None else bool(noise)
         y = np.ascontiguousarray(images, dtype=np.float32)  # (N, C, H, W)
-        mask = np.ones_like(y) if masks is None else np.ascontiguousarray(np.broadcast_to(masks, y.shape),
-                                                                           dtype=np.float32)
+        mask = (
+            np.ones_like(y)
+            if masks is None
+            else np.ascontiguousarray(np.broadcast_to(masks, y.shape), dtype=np.float32)
+        )
         zeros = np.zeros_like(y)
         step = _CudaStepper(self, y, mask, delta) if self._on_cuda else _CpuStepper(self, y, mask, delta)
         for t in range(steps):
             if should_stop is not None and should_stop():
                 raise Cancelled(t)
-            u = np.stack([r.standard_normal(self.image_shape, dtype=np.float32) for r in rngs]) if noise else zeros
+            u = (
+                np.stack([r.standard_normal(self.image_shape, dtype=np.float32) for r in rngs])
+                if noise
+                else zeros
+            )
             step(u)  # (N, C, H, W)
-            if on_snapshot is not None and snapshot_every > 0 and (t + 1) % snapshot_every == 0 and t + 1 < steps:
+            if (
+                on_snapshot is not None
+                and snapshot_every > 0
+                and (t + 1) % snapshot_every == 0
+                and t + 1 < steps
+            ):
                 on_snapshot(t + 1, step.value())
         return step.value()
 
@@ -185,15 +199,16 @@ class Engine:
         latent_noise: bool | None = None,
         should_stop: StopFn | None = None,
     ) -> Samples:
-        """Recover the missing pixels (mask = 1) of `images` (N, C, H, W): infer X on the observed pixels, fill
-        the hole with g(X), then descriptor Langevin on the missing pixels with the observed ones clamped.
-        Observed pixels (mask = 0) come back exactly as given."""
+        """Recover the missing pixels (mask = 1) of `images` (N, C, H, W): infer X on the observed
+        pixels, fill the hole with g(X), then descriptor Langevin on the missing pixels with the observed ones
+        clamped. Observed pixels (mask = 0) come back exactly as given."""
         y_obs = np.ascontiguousarray(images, dtype=np.float32)  # (N, C, H, W)
         mask = np.ascontiguousarray(np.broadcast_to(masks, y_obs.shape), dtype=np.float32)  # (N, C, H, W)
         rngs = rngs_for(seeds)
         # 1-2. latent inference of X from the visible pixels
-        z = self.infer_latent(y_obs, mask, rngs, latent_steps, latent_step_size, latent_noise,
-                              should_stop=should_stop)  # (N, d)
+        z = self.infer_latent(
+            y_obs, mask, rngs, latent_steps, latent_step_size, latent_noise, should_stop=should_stop
+        )  # (N, d)
         # 3. fill the hole with the generator's guess
         y = np.where(mask > 0.5, self.generate(z), y_obs).astype(np.float32)  # (N, C, H, W)
         # 4. descriptor Langevin on the missing pixels, observed ones clamped

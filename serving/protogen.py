@@ -15,15 +15,20 @@ GENERATED = ("coopnets_pb2.py", "coopnets_pb2.pyi", "coopnets_pb2_grpc.py")
 
 
 def generate(out_root: Path) -> list[Path]:
-    """Runs grpc_tools.protoc on the contract, writing <out_root>/coopnets/v1/*; returns the generated files."""
+    """Runs grpc_tools.protoc on the contract into <out_root>/coopnets/v1/; returns the generated files."""
     import grpc_tools
     from grpc_tools import protoc
 
     include = str(Path(grpc_tools.__file__).parent / "_proto")
     out_root.mkdir(parents=True, exist_ok=True)
     args = [
-        "protoc", f"-I{PROTO_ROOT}", f"-I{include}",
-        f"--python_out={out_root}", f"--pyi_out={out_root}", f"--grpc_python_out={out_root}", PROTO,
+        "protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{include}",
+        f"--python_out={out_root}",
+        f"--pyi_out={out_root}",
+        f"--grpc_python_out={out_root}",
+        PROTO,
     ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {PROTO_ROOT / PROTO}")

@@ -46,7 +46,7 @@ HELP = {
     "bundle": "model bundle directory written by coop-export (required)",
     "host": "address to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it (then use TLS and a token)",
     "port": "gRPC port; 0 = any free port (see --port-file)",
-    "port_file": "write {\"port\": P, \"metrics_port\": M} here once bound (atomic)",
+    "port_file": 'write {"port": P, "metrics_port": M} here once bound (atomic)',
     "device": "auto (CUDA if it loads, else CPU) | cuda (fail if CUDA cannot load) | cpu (never tries CUDA)",
     "threads": "ONNX Runtime intra-op threads per session (0 = one per core)",
     "max_batch": "most images merged into one ONNX Runtime batch",
@@ -97,10 +97,15 @@ class ServeConfig:
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_count=self.max_count, max_steps=self.max_steps, max_batch=self.max_batch,
-                      max_delay_ms=self.max_delay_ms, max_queue=self.max_queue,
-                      max_receive_message_bytes=self.max_receive_mb << 20,
-                      max_send_message_bytes=self.max_send_mb << 20)
+        return Limits(
+            max_count=self.max_count,
+            max_steps=self.max_steps,
+            max_batch=self.max_batch,
+            max_delay_ms=self.max_delay_ms,
+            max_queue=self.max_queue,
+            max_receive_message_bytes=self.max_receive_mb << 20,
+            max_send_message_bytes=self.max_send_mb << 20,
+        )
 
 
 class ConfigError(Exception):
@@ -109,18 +114,28 @@ class ConfigError(Exception):
 
 def parse_args(argv: list[str] | None = None) -> ServeConfig:
     """One flag per ServeConfig field."""
-    parser = argparse.ArgumentParser(prog="coop-serve", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="coop-serve",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     defaults = ServeConfig()
     for f in fields(ServeConfig):
         flag, default = f"--{f.name.replace('_', '-')}", getattr(defaults, f.name)
         help_text = f"{HELP[f.name]} (default: {default!r})"
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
-                                help=help_text)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
         else:
-            parser.add_argument(flag, dest=f.name, type=type(default), default=default, help=help_text,
-                                choices=DEVICES if f.name == "device" else None)
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                type=type(default),
+                default=default,
+                help=help_text,
+                choices=DEVICES if f.name == "device" else None,
+            )
     return ServeConfig(**vars(parser.parse_args(argv)))
 
 
@@ -134,7 +149,15 @@ def _read(path: str, what: str) -> bytes:
 def validate(cfg: ServeConfig) -> None:
     if not cfg.bundle:
         raise ConfigError("--bundle DIR is required: the directory coop-export wrote (e.g. runs/demo/bundle)")
-    positive = ("max_batch", "max_queue", "max_count", "max_steps", "max_receive_mb", "max_send_mb", "workers")
+    positive = (
+        "max_batch",
+        "max_queue",
+        "max_count",
+        "max_steps",
+        "max_receive_mb",
+        "max_send_mb",
+        "workers",
+    )
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
@@ -158,13 +181,15 @@ class HealthServicer(health.HealthServicer):
 
     def List(self, request, context):
         with self._lock:
-            statuses = {name: health_pb2.HealthCheckResponse(status=status)
-                        for name, status in self._server_status.items()}
+            statuses = {
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._server_status.items()
+            }
         return health_pb2.HealthListResponse(statuses=statuses)
 
 
 class TokenInterceptor(grpc.ServerInterceptor):
-    """Every RPC except grpc.health.v1 must carry `authorization: Bearer <token>`; otherwise UNAUTHENTICATED."""
+    """Every RPC except grpc.health.v1 must carry `authorization: Bearer <token>`, else UNAUTHENTICATED."""
 
     def __init__(self, token: str, metrics: Metrics):
         self._expected = f"Bearer {token}".encode()
@@ -181,22 +206,28 @@ class TokenInterceptor(grpc.ServerInterceptor):
         self._metrics.observe(rpc, "UNAUTHENTICATED", 0.0)
 
         def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'")
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
+            )
 
         if handler is None:
             return None
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(deny, handler.request_deserializer,
-                                                       handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(
+                deny, handler.request_deserializer, handler.response_serializer
+            )
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(deny, handler.request_deserializer,
-                                                        handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(
+                deny, handler.request_deserializer, handler.response_serializer
+            )
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(deny, handler.request_deserializer,
-                                                        handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(deny, handler.request_deserializer,
-                                                     handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(
+                deny, handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            deny, handler.request_deserializer, handler.response_serializer
+        )
 
 
 def write_json_atomic(path: str, data: dict) -> None:
@@ -231,15 +262,19 @@ def serve(cfg: ServeConfig) -> int:
         client_ca = _read(cfg.tls_client_ca, "--tls-client-ca") if cfg.tls_client_ca else None
         creds = grpc.ssl_server_credentials(
             [(_read(cfg.tls_key, "--tls-key"), _read(cfg.tls_cert, "--tls-cert"))],
-            root_certificates=client_ca, require_client_auth=client_ca is not None)
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
 
     limits = cfg.limits
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
         interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", limits.max_receive_message_bytes),
-                 ("grpc.max_send_message_length", limits.max_send_message_bytes),
-                 ("grpc.so_reuseport", 0)],
+        options=[
+            ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
+            ("grpc.max_send_message_length", limits.max_send_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
     )
     service = CoopNetsService(limits, metrics)
     pb_grpc.add_CoopNetsServicer_to_server(service, server)
@@ -249,7 +284,8 @@ def serve(cfg: ServeConfig) -> int:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     if cfg.reflection:
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     address = f"{cfg.host}:{cfg.port}"
     try:
         port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
@@ -263,8 +299,11 @@ def serve(cfg: ServeConfig) -> int:
         signal.signal(sig, lambda signum, frame: stop.set())
     server.start()
     metrics_port = metrics.serve(cfg.metrics_port, cfg.host) if cfg.metrics_port >= 0 else None
-    print(f"coop-serve: listening on {cfg.host}:{port} ({'TLS' if creds else 'plaintext'}"
-          f"{', token' if interceptors else ''}); metrics port {metrics_port}", flush=True)
+    print(
+        f"coop-serve: listening on {cfg.host}:{port} ({'TLS' if creds else 'plaintext'}"
+        f"{', token' if interceptors else ''}); metrics port {metrics_port}",
+        flush=True,
+    )
     if cfg.port_file:
         write_json_atomic(cfg.port_file, {"port": port, "metrics_port": metrics_port})
     log.info("live on %s:%d, health NOT_SERVING until warm-up is done", cfg.host, port)
@@ -273,8 +312,12 @@ def serve(cfg: ServeConfig) -> int:
     t0 = time.perf_counter()
     engine = Engine(bundle, open_sessions(bundle, device=cfg.device, threads=cfg.threads))
     warm_up(engine, cfg.warmup_runs, cfg.max_batch)
-    log.info("sessions %s on %s, warm-up done in %.2f s", engine.sessions.providers, engine.sessions.device,
-             time.perf_counter() - t0)
+    log.info(
+        "sessions %s on %s, warm-up done in %.2f s",
+        engine.sessions.providers,
+        engine.sessions.device,
+        time.perf_counter() - t0,
+    )
     service.attach(engine)
     if not stop.is_set():
         log.info("health SERVING: bundle %s (sha256 %s)", bundle.path, bundle.digest[:12])
@@ -293,8 +336,11 @@ def serve(cfg: ServeConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=cfg.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         return serve(cfg)
     except (ConfigError, BundleError) as e:
@@ -304,4 +350,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -69,8 +69,13 @@ def _status(err: RpcError) -> grpc.Status:
     detail = any_pb2.Any()
     details = []
     if err.field:
-        detail.Pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=err.field, description=err.message)]))
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=err.field, description=err.message)
+                ]
+            )
+        )
         details.append(detail)
     code = getattr(code_pb2, err.code.name)
     return rpc_status.to_status(status_pb2.Status(code=code, message=err.message, details=details))
@@ -86,8 +91,11 @@ def _stop_event(context: grpc.ServicerContext) -> threading.Event:
 
 def _ended_code(context: grpc.ServicerContext) -> grpc.StatusCode:
     remaining = context.time_remaining()
-    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else \
-        grpc.StatusCode.CANCELLED
+    return (
+        grpc.StatusCode.DEADLINE_EXCEEDED
+        if remaining is not None and remaining <= 0
+        else grpc.StatusCode.CANCELLED
+    )
 
 
 def _rpc(method):
@@ -130,8 +138,13 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
         self.batcher: Batcher | None = None
 
     def attach(self, engine: Engine) -> None:
-        self.batcher = Batcher(self._run_batch, self.limits.max_batch, self.limits.max_delay_ms / 1000.0,
-                               self.limits.max_queue, self.metrics)
+        self.batcher = Batcher(
+            self._run_batch,
+            self.limits.max_batch,
+            self.limits.max_delay_ms / 1000.0,
+            self.limits.max_queue,
+            self.metrics,
+        )
         self.engine = engine
 
     def close(self) -> None:
@@ -149,8 +162,17 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
             return {"images": out.images, "energy": out.energy}
         if kind == "complete":
             _, latent_steps, eta, refine_steps, delta, noise = key
-            out = engine.complete(inputs["images"], inputs["masks"], inputs["seeds"].tolist(), latent_steps, eta,
-                                  refine_steps, delta, noise, should_stop=should_stop)
+            out = engine.complete(
+                inputs["images"],
+                inputs["masks"],
+                inputs["seeds"].tolist(),
+                latent_steps,
+                eta,
+                refine_steps,
+                delta,
+                noise,
+                should_stop=should_stop,
+            )
             return {"images": out.images, "energy": out.energy}
         if kind == "energy":
             energy, score = engine.energy_and_score(inputs["images"])
@@ -159,7 +181,9 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
 
     def _engine(self) -> Engine:
         if self.engine is None:
-            raise RpcError(grpc.StatusCode.UNAVAILABLE, "the model is still loading / warming up; retry shortly")
+            raise RpcError(
+                grpc.StatusCode.UNAVAILABLE, "the model is still loading / warming up; retry shortly"
+            )
         return self.engine
 
     def _submit(self, rpc: str, key: tuple, inputs: dict[str, np.ndarray], context) -> dict[str, np.ndarray]:
@@ -227,11 +251,17 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
     def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
         seeds, key = self._synthesis_args(request)
         out = self._submit("Synthesize", key, {"seeds": np.asarray(seeds, dtype=np.int64)}, context)
-        return pb.SynthesizeResponse(images=[
-            pb.GeneratedImage(index=i, seed=s, image=image_to_proto(out["images"][i], request.format),
-                              energy=float(out["energy"][i]))
-            for i, s in enumerate(seeds)
-        ])
+        return pb.SynthesizeResponse(
+            images=[
+                pb.GeneratedImage(
+                    index=i,
+                    seed=s,
+                    image=image_to_proto(out["images"][i], request.format),
+                    energy=float(out["energy"][i]),
+                )
+                for i, s in enumerate(seeds)
+            ]
+        )
 
     def SynthesizeStream(self, request: pb.SynthesizeStreamRequest, context):
         """Runs outside the batcher (it reports every k steps of its own chains); the engine works in a
@@ -248,14 +278,23 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
 
             def work() -> None:
                 try:
-                    out = engine.synthesize(seeds, steps, delta, noise, snapshot_every=k,
-                                            on_snapshot=lambda t, y: events.put(("snapshot", t, y)),
-                                            should_stop=stop.is_set)
+                    out = engine.synthesize(
+                        seeds,
+                        steps,
+                        delta,
+                        noise,
+                        snapshot_every=k,
+                        on_snapshot=lambda t, y: events.put(("snapshot", t, y)),
+                        should_stop=stop.is_set,
+                    )
                     events.put(("final", steps, out))
                 except Cancelled as e:  # counted here: the RPC thread may be gone already
                     self.metrics.cancelled.labels("SynthesizeStream", "running").inc()
-                    log.info("SynthesizeStream stopped after %d Langevin steps: the client cancelled or its "
-                             "deadline passed", e.steps_done)
+                    log.info(
+                        "SynthesizeStream stopped after %d Langevin steps: the client cancelled or its "
+                        "deadline passed",
+                        e.steps_done,
+                    )
                     events.put(("error", 0, e))
                 except BaseException as e:  # handed to the RPC thread, which maps it to a status
                     events.put(("error", 0, e))
@@ -267,13 +306,23 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
                     raise payload
                 if kind == "snapshot":
                     for i, s in enumerate(seeds):
-                        yield pb.SynthesizeEvent(step=t, final=False, image=pb.GeneratedImage(
-                            index=i, seed=s, image=image_to_proto(payload[i], fmt)))
+                        yield pb.SynthesizeEvent(
+                            step=t,
+                            final=False,
+                            image=pb.GeneratedImage(index=i, seed=s, image=image_to_proto(payload[i], fmt)),
+                        )
                     continue
                 for i, s in enumerate(seeds):
-                    yield pb.SynthesizeEvent(step=t, final=True, image=pb.GeneratedImage(
-                        index=i, seed=s, image=image_to_proto(payload.images[i], fmt),
-                        energy=float(payload.energy[i])))
+                    yield pb.SynthesizeEvent(
+                        step=t,
+                        final=True,
+                        image=pb.GeneratedImage(
+                            index=i,
+                            seed=s,
+                            image=image_to_proto(payload.images[i], fmt),
+                            energy=float(payload.energy[i]),
+                        ),
+                    )
                 return
         except RpcError as e:
             code = e.code
@@ -312,21 +361,32 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
             bool(request.noise) if request.HasField("noise") else d.noise,
         )
         fmt = self._format(request.format)
-        out = self._submit("Complete", key, {"images": image[None], "masks": mask[None],
-                                             "seeds": np.asarray([seed], dtype=np.int64)}, context)
+        out = self._submit(
+            "Complete",
+            key,
+            {"images": image[None], "masks": mask[None], "seeds": np.asarray([seed], dtype=np.int64)},
+            context,
+        )
         occluded = np.where(mask > 0.5, -1.0, image).astype(np.float32)  # (C, H, W), holes black
-        return pb.CompleteResponse(recovered=image_to_proto(out["images"][0], fmt),
-                                   occluded=image_to_proto(occluded, fmt),
-                                   mask=image_to_proto(mask * 2 - 1, fmt) if fmt != pb.IMAGE_FORMAT_TENSOR
-                                   else image_to_proto(mask, fmt),
-                                   energy=float(out["energy"][0]))
+        return pb.CompleteResponse(
+            recovered=image_to_proto(out["images"][0], fmt),
+            occluded=image_to_proto(occluded, fmt),
+            mask=image_to_proto(mask * 2 - 1, fmt)
+            if fmt != pb.IMAGE_FORMAT_TENSOR
+            else image_to_proto(mask, fmt),
+            energy=float(out["energy"][0]),
+        )
 
     @_rpc
     def Energy(self, request: pb.EnergyRequest, context) -> pb.EnergyResponse:
         shape = self._engine().image_shape
         self._count(len(request.images), "images")
-        images = np.stack([self._field(image_from_proto, img, shape, f"images[{i}]")
-                           for i, img in enumerate(request.images)])  # (N, C, H, W)
+        images = np.stack(
+            [
+                self._field(image_from_proto, img, shape, f"images[{i}]")
+                for i, img in enumerate(request.images)
+            ]
+        )  # (N, C, H, W)
         out = self._submit("Energy", ("energy",), {"images": images}, context)
         return pb.EnergyResponse(energy=out["energy"].tolist(), score=out["score"].tolist())
 
@@ -335,17 +395,31 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
         engine = self._engine()
         b, lv, cp, lim = engine.bundle, engine.langevin, engine.completion, self.limits
         return pb.ModelInfoResponse(
-            image_shape=list(b.image_shape), latent_dim=b.latent_dim, arch=b.arch,
-            langevin=pb.LangevinDefaults(s=lv.s, step_size=lv.delta, steps=lv.steps, sigma=lv.sigma,
-                                         noise=lv.noise),
-            completion=pb.CompletionDefaults(latent_steps=cp.latent_steps, latent_step_size=cp.latent_step_size,
-                                             latent_noise=cp.latent_noise, refine_steps=cp.refine_steps),
-            format_version=int(b.manifest["format_version"]), bundle_sha256=b.digest, file_sha256=b.file_sha256,
+            image_shape=list(b.image_shape),
+            latent_dim=b.latent_dim,
+            arch=b.arch,
+            langevin=pb.LangevinDefaults(
+                s=lv.s, step_size=lv.delta, steps=lv.steps, sigma=lv.sigma, noise=lv.noise
+            ),
+            completion=pb.CompletionDefaults(
+                latent_steps=cp.latent_steps,
+                latent_step_size=cp.latent_step_size,
+                latent_noise=cp.latent_noise,
+                refine_steps=cp.refine_steps,
+            ),
+            format_version=int(b.manifest["format_version"]),
+            bundle_sha256=b.digest,
+            file_sha256=b.file_sha256,
             created=str(b.manifest.get("created", "")),
             sessions=[pb.SessionInfo(graph=g, providers=p) for g, p in engine.sessions.providers.items()],
             device=engine.sessions.device,
-            limits=pb.Limits(max_count=lim.max_count, max_steps=lim.max_steps, max_batch=lim.max_batch,
-                             max_delay_ms=lim.max_delay_ms, max_queue=lim.max_queue,
-                             max_receive_message_bytes=lim.max_receive_message_bytes,
-                             max_send_message_bytes=lim.max_send_message_bytes),
+            limits=pb.Limits(
+                max_count=lim.max_count,
+                max_steps=lim.max_steps,
+                max_batch=lim.max_batch,
+                max_delay_ms=lim.max_delay_ms,
+                max_queue=lim.max_queue,
+                max_receive_message_bytes=lim.max_receive_message_bytes,
+                max_send_message_bytes=lim.max_send_message_bytes,
+            ),
         )

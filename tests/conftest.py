@@ -1,7 +1,7 @@
 """Shared fixtures of the serving and client tests.
 
-`tiny_nets` are the real mnist28 nets from trainer.nets with seeded weights (scaled up from the official init so
-that f(Y) and its gradient are far from zero and the equality tests mean something); `serving_bundle` is
+`tiny_nets` are the real mnist28 nets from trainer.nets with seeded weights (scaled up from the official init
+so that f(Y) and its gradient are far from zero and the equality tests mean something); `serving_bundle` is
 them exported by trainer.export.export_bundle with small default step counts. `coop_server` is ONE real
 coop-serve process for the whole session, started on a free loopback port in a subprocess where torch and the
 trainer cannot be imported (a meta-path blocker), with a bearer token and a metrics port.
@@ -93,7 +93,9 @@ class ServerProc:
         """Sum of the samples of `name` whose labels include `labels`, read from /metrics."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        )
         total = 0.0
         for family in text_string_to_metric_families(text):
             for s in family.samples:
@@ -107,22 +109,46 @@ class ServerProc:
         return self.proc.wait(timeout)
 
 
-def start_server(bundle: Path, workdir: Path, *args: str, token: str | None = None,
-                 channel_credentials=None, watch_health: bool = False) -> ServerProc:
+def start_server(
+    bundle: Path,
+    workdir: Path,
+    *args: str,
+    token: str | None = None,
+    channel_credentials=None,
+    watch_health: bool = False,
+) -> ServerProc:
     """Starts coop-serve (torch blocked) on a free loopback port and waits until health says SERVING."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     workdir.mkdir(parents=True, exist_ok=True)
     port_file, log_path = workdir / "port.json", workdir / "server.log"
-    argv = ["--bundle", str(bundle), "--port", "0", "--port-file", str(port_file), "--device", "cpu",
-            "--threads", "1", "--metrics-port", "0", *args]
+    argv = [
+        "--bundle",
+        str(bundle),
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--metrics-port",
+        "0",
+        *args,
+    ]
     if token:
         (workdir / "token").write_text(token + "\n")
         argv += ["--token-file", str(workdir / "token")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", NO_TORCH_SERVE, *argv], cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", NO_TORCH_SERVE, *argv],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     deadline = time.monotonic() + 60
     while not port_file.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -132,8 +158,13 @@ def start_server(bundle: Path, workdir: Path, *args: str, token: str | None = No
     ports = json.loads(port_file.read_text())
     server = ServerProc(proc, ports["port"], ports["metrics_port"], log_path, token)
     target = server.address
-    channel = (grpc.secure_channel(target, channel_credentials, options=[
-        ("grpc.ssl_target_name_override", "localhost")]) if channel_credentials else grpc.insecure_channel(target))
+    channel = (
+        grpc.secure_channel(
+            target, channel_credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+        )
+        if channel_credentials
+        else grpc.insecure_channel(target)
+    )
     with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         if watch_health:  # every status from the moment the port is bound until SERVING
@@ -142,8 +173,10 @@ def start_server(bundle: Path, workdir: Path, *args: str, token: str | None = No
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
                     break
         else:
-            while stub.Check(health_pb2.HealthCheckRequest(), timeout=10,
-                             wait_for_ready=True).status != health_pb2.HealthCheckResponse.SERVING:
+            while (
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=10, wait_for_ready=True).status
+                != health_pb2.HealthCheckResponse.SERVING
+            ):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"coop-serve never got SERVING:\n{log_path.read_text()}")
                 time.sleep(0.05)
@@ -153,9 +186,22 @@ def start_server(bundle: Path, workdir: Path, *args: str, token: str | None = No
 @pytest.fixture(scope="session")
 def coop_server(serving_bundle, tmp_path_factory):
     """The session's server: token auth, batching up to 16 images within 100 ms, warm-up 3 passes."""
-    server = start_server(serving_bundle, tmp_path_factory.mktemp("server"), "--max-batch", "16",
-                          "--max-delay-ms", "100", "--max-count", "32", "--max-steps", "200",
-                          "--warmup-runs", "3", token=TOKEN, watch_health=True)
+    server = start_server(
+        serving_bundle,
+        tmp_path_factory.mktemp("server"),
+        "--max-batch",
+        "16",
+        "--max-delay-ms",
+        "100",
+        "--max-count",
+        "32",
+        "--max-steps",
+        "200",
+        "--warmup-runs",
+        "3",
+        token=TOKEN,
+        watch_health=True,
+    )
     yield server
     code = server.stop()
     assert code == 0, server.log()

@@ -38,10 +38,33 @@ def _pixels(path) -> np.ndarray:
 
 def test_synth_writes_a_grid_and_single_pngs(coop_server, client, token_file, tmp_path, capsys):
     out = tmp_path / "synth"
-    assert client_main(["synth", "--server", coop_server.address, "--token-file", token_file, "--count", "4",
-                        "--seed", "3", "--steps", "2", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "seed_3.png", "seed_4.png", "seed_5.png",
-                                                      "seed_6.png"]
+    assert (
+        client_main(
+            [
+                "synth",
+                "--server",
+                coop_server.address,
+                "--token-file",
+                token_file,
+                "--count",
+                "4",
+                "--seed",
+                "3",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "grid.png",
+        "seed_3.png",
+        "seed_4.png",
+        "seed_5.png",
+        "seed_6.png",
+    ]
     assert _pixels(out / "grid.png").shape == (2 + 2 * 30, 2 + 2 * 30)  # 2x2 tiles of 28 + 2 pixels padding
     png = client.synthesize(count=1, seed=4, steps=2, png=True).images[0]
     assert np.array_equal(_pixels(out / "seed_4.png"), np.rint((png[0] + 1) * 127.5).astype(np.uint8))
@@ -60,11 +83,15 @@ def test_energy_command(coop_server, token_file, inputs, capsys):
     assert len(lines) == 2 and lines[0].startswith(inputs[0])
 
 
-def test_complete_through_the_server_and_locally_agree(coop_server, serving_bundle, token_file, inputs,
-                                                       tmp_path):
+def test_complete_through_the_server_and_locally_agree(
+    coop_server, serving_bundle, token_file, inputs, tmp_path
+):
     remote, local = tmp_path / "remote", tmp_path / "local"
     common = [*inputs, "--occlude", "center:14", "--seed", "5", "--out"]
-    assert complete_main([*common, str(remote), "--server", coop_server.address, "--token-file", token_file]) == 0
+    assert (
+        complete_main([*common, str(remote), "--server", coop_server.address, "--token-file", token_file])
+        == 0
+    )
     assert complete_main([*common, str(local), "--bundle", str(serving_bundle), "--device", "cpu"]) == 0
     for path in inputs:
         stem = path.rsplit("/", 1)[1][:-4]
@@ -84,24 +111,49 @@ def test_complete_with_a_mask_png(coop_server, token_file, inputs, tmp_path):
     mask[:, 14:] = 255  # white = missing
     PILImage.fromarray(mask).save(tmp_path / "mask.png")
     out = tmp_path / "out"
-    assert complete_main([inputs[0], "--mask", str(tmp_path / "mask.png"), "--server", coop_server.address,
-                          "--token-file", token_file, "--out", str(out)]) == 0
+    assert (
+        complete_main(
+            [
+                inputs[0],
+                "--mask",
+                str(tmp_path / "mask.png"),
+                "--server",
+                coop_server.address,
+                "--token-file",
+                token_file,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rec, original = _pixels(out / "item0_recovered.png"), _pixels(inputs[0])
     assert np.array_equal(rec[:, :14], original[:, :14]) and not np.array_equal(rec[:, 14:], original[:, 14:])
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["missing.png", "--occlude", "center:14", "--bundle", "B", "--out", "O"], "does not exist"),
-    (["IN", "--occlude", "middle:3", "--bundle", "B", "--out", "O"], "unknown occlusion"),
-    (["IN", "--occlude", "center:14", "--bundle", "/nonexistent", "--out", "O"], "not a model bundle"),
-    (["IN", "--occlude", "center:14", "--server", "SERVER", "--out", "O"], "UNAUTHENTICATED"),
-    (["IN", "--occlude", "center:99", "--server", "SERVER", "--token-file", "TOKEN", "--out", "O"],
-     "INVALID_ARGUMENT"),
-])
-def test_complete_errors_are_one_line(coop_server, serving_bundle, token_file, inputs, tmp_path, capsys, argv,
-                                      message):
-    subs = {"B": str(serving_bundle), "O": str(tmp_path / "o"), "IN": inputs[0], "SERVER": coop_server.address,
-            "TOKEN": token_file}
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["missing.png", "--occlude", "center:14", "--bundle", "B", "--out", "O"], "does not exist"),
+        (["IN", "--occlude", "middle:3", "--bundle", "B", "--out", "O"], "unknown occlusion"),
+        (["IN", "--occlude", "center:14", "--bundle", "/nonexistent", "--out", "O"], "not a model bundle"),
+        (["IN", "--occlude", "center:14", "--server", "SERVER", "--out", "O"], "UNAUTHENTICATED"),
+        (
+            ["IN", "--occlude", "center:99", "--server", "SERVER", "--token-file", "TOKEN", "--out", "O"],
+            "INVALID_ARGUMENT",
+        ),
+    ],
+)
+def test_complete_errors_are_one_line(
+    coop_server, serving_bundle, token_file, inputs, tmp_path, capsys, argv, message
+):
+    subs = {
+        "B": str(serving_bundle),
+        "O": str(tmp_path / "o"),
+        "IN": inputs[0],
+        "SERVER": coop_server.address,
+        "TOKEN": token_file,
+    }
     assert complete_main([subs.get(a, a) for a in argv]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("coop-complete: ") and message in err[0], err

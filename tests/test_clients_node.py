@@ -23,22 +23,33 @@ NODE_DIR = ROOT / "tests" / "node"
 @pytest.fixture(scope="module")
 def node_modules() -> Path:
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are not installed: the non-Python client test needs them (apt install nodejs npm)")
+        pytest.skip(
+            "node and npm are not installed: the non-Python client test needs them (apt install nodejs npm)"
+        )
     package = (NODE_DIR / "package.json").read_bytes()
     cache = Path(os.environ.get("COOPNETS_NODE_CACHE", Path.home() / ".cache" / "coopnets-node-test"))
     target = cache / hashlib.sha256(package).hexdigest()[:16]
     if not (target / "node_modules" / "@grpc" / "grpc-js").is_dir():
         target.mkdir(parents=True, exist_ok=True)
         (target / "package.json").write_bytes(package)
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=target, check=True,
-                       timeout=300, capture_output=True)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=target,
+            check=True,
+            timeout=300,
+            capture_output=True,
+        )
     return target / "node_modules"
 
 
 def test_node_client_calls_synthesize(coop_server, client, node_modules):
-    proc = subprocess.run(["node", str(NODE_DIR / "synth.js"), coop_server.address, "3", "12", TOKEN],
-                          env={**os.environ, "NODE_PATH": str(node_modules)}, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        ["node", str(NODE_DIR / "synth.js"), coop_server.address, "3", "12", TOKEN],
+        env={**os.environ, "NODE_PATH": str(node_modules)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["seeds"] == [12, 13, 14] and result["shapes"] == [[1, 28, 28]] * 3

@@ -1,5 +1,5 @@
-"""The numpy engine over ONNX Runtime: equal to the torch reference, batch-independent, masks respected, bundle
-verified at load."""
+"""The numpy engine over ONNX Runtime: equal to the torch reference, batch-independent, masks respected,
+bundle verified at load."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import COMPLETION, LANGEVIN
 
 from serving.bundle import BundleError, load_bundle, open_sessions
 from serving.engine import Cancelled, Engine
-from conftest import COMPLETION, LANGEVIN
 
 SEEDS = [3, 4, 5]
 
@@ -51,10 +51,19 @@ def test_completion_matches_the_torch_reference(engine, tiny_nets):
     d, g = tiny_nets
     images = engine.synthesize([7, 8, 9], steps=0).images
     masks = center_masks(3)
-    out = engine.complete(images, masks, SEEDS, latent_steps=4, latent_step_size=0.1, refine_steps=3,
-                          noise=True, latent_noise=True)
-    ref = reference_complete(d, g, images, masks, SEEDS, 4, 0.1, True, 3, LANGEVIN["delta"], LANGEVIN["s"],
-                             LANGEVIN["sigma"], True)
+    out = engine.complete(
+        images,
+        masks,
+        SEEDS,
+        latent_steps=4,
+        latent_step_size=0.1,
+        refine_steps=3,
+        noise=True,
+        latent_noise=True,
+    )
+    ref = reference_complete(
+        d, g, images, masks, SEEDS, 4, 0.1, True, 3, LANGEVIN["delta"], LANGEVIN["s"], LANGEVIN["sigma"], True
+    )
     np.testing.assert_allclose(out.images, ref, rtol=0, atol=2e-5)
     assert np.array_equal(out.images[masks == 0], images[masks == 0])  # observed pixels bit-identical
     assert not np.allclose(out.images[masks == 1], images[masks == 1])  # the hole was filled
@@ -67,14 +76,20 @@ def test_batched_equals_unbatched_exactly(engine):
     assert np.array_equal(batched.energy, np.concatenate([o.energy for o in single]))
     images, masks = batched.images, center_masks(3)
     together = engine.complete(images, masks, SEEDS).images
-    alone = np.concatenate([engine.complete(images[i : i + 1], masks[i : i + 1], [s]).images
-                            for i, s in enumerate(SEEDS)])
+    alone = np.concatenate(
+        [engine.complete(images[i : i + 1], masks[i : i + 1], [s]).images for i, s in enumerate(SEEDS)]
+    )
     assert np.array_equal(together, alone)
 
 
 def test_defaults_come_from_the_manifest(engine):
-    assert engine.langevin.steps == LANGEVIN["steps"] and engine.completion.latent_steps == COMPLETION["latent_steps"]
-    assert np.array_equal(engine.synthesize([1]).images, engine.synthesize([1], steps=LANGEVIN["steps"]).images)
+    assert (
+        engine.langevin.steps == LANGEVIN["steps"]
+        and engine.completion.latent_steps == COMPLETION["latent_steps"]
+    )
+    assert np.array_equal(
+        engine.synthesize([1]).images, engine.synthesize([1], steps=LANGEVIN["steps"]).images
+    )
 
 
 def test_zero_steps_is_the_generator_draft_and_energy_formula(engine):

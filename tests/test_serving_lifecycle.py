@@ -1,5 +1,5 @@
-"""coop-serve's edges: mTLS, a full queue (RESOURCE_EXHAUSTED), SIGTERM draining in-flight work, bad flags, the
-device policy. One TLS server for the module, stopped by the last test."""
+"""coop-serve's edges: mTLS, a full queue (RESOURCE_EXHAUSTED), SIGTERM draining in-flight work, bad flags,
+the device policy. One TLS server for the module, stopped by the last test."""
 
 from __future__ import annotations
 
@@ -26,16 +26,23 @@ def _cert(name: str, key, issuer_name, issuer_key, ca: bool = False, server: boo
     from cryptography.x509.oid import NameOID
 
     now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
     return builder.sign(issuer_key or key, hashes.SHA256())
 
 
@@ -52,9 +59,11 @@ def pki(tmp_path_factory):
     for name, server in (("server", True), ("client", False)):
         key = ec.generate_private_key(ec.SECP256R1())
         files[f"{name}.pem"] = _cert(name, key, ca.subject, ca_key, server=server)
-        (d / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
+        (d / f"{name}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     for fname, cert in files.items():
         (d / fname).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return d
@@ -62,27 +71,52 @@ def pki(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tls_server(serving_bundle, pki, tmp_path_factory):
-    creds = grpc.ssl_channel_credentials((pki / "ca.pem").read_bytes(), (pki / "client.key").read_bytes(),
-                                         (pki / "client.pem").read_bytes())
-    server = start_server(serving_bundle, tmp_path_factory.mktemp("tls"), "--tls-cert", str(pki / "server.pem"),
-                          "--tls-key", str(pki / "server.key"), "--tls-client-ca", str(pki / "ca.pem"),
-                          "--max-batch", "1", "--max-queue", "1", "--max-delay-ms", "0", "--grace-s", "60",
-                          "--warmup-runs", "0", channel_credentials=creds)
+    creds = grpc.ssl_channel_credentials(
+        (pki / "ca.pem").read_bytes(), (pki / "client.key").read_bytes(), (pki / "client.pem").read_bytes()
+    )
+    server = start_server(
+        serving_bundle,
+        tmp_path_factory.mktemp("tls"),
+        "--tls-cert",
+        str(pki / "server.pem"),
+        "--tls-key",
+        str(pki / "server.key"),
+        "--tls-client-ca",
+        str(pki / "ca.pem"),
+        "--max-batch",
+        "1",
+        "--max-queue",
+        "1",
+        "--max-delay-ms",
+        "0",
+        "--grace-s",
+        "60",
+        "--warmup-runs",
+        "0",
+        channel_credentials=creds,
+    )
     yield server
     server.stop()
 
 
 def mtls_client(server, pki, **kw) -> CoopNetsClient:
-    return CoopNetsClient(server.address, tls_ca=str(pki / "ca.pem"), tls_cert=str(pki / "client.pem"),
-                          tls_key=str(pki / "client.key"), **kw)
+    return CoopNetsClient(
+        server.address,
+        tls_ca=str(pki / "ca.pem"),
+        tls_cert=str(pki / "client.pem"),
+        tls_key=str(pki / "client.key"),
+        **kw,
+    )
 
 
 def test_mtls_accepts_a_signed_client_and_refuses_others(tls_server, pki):
     with mtls_client(tls_server, pki) as c:
         assert list(c.info().image_shape) == [1, 28, 28]
     for kw in ({"tls_ca": str(pki / "ca.pem")}, {}):  # TLS without a client certificate; plaintext
-        with CoopNetsClient(tls_server.address, timeout=3, retries=1, **kw) as c, \
-                pytest.raises(grpc.RpcError) as err:
+        with (
+            CoopNetsClient(tls_server.address, timeout=3, retries=1, **kw) as c,
+            pytest.raises(grpc.RpcError) as err,
+        ):
             c.info()
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -90,6 +124,7 @@ def test_mtls_accepts_a_signed_client_and_refuses_others(tls_server, pki):
 def test_a_full_queue_answers_resource_exhausted(tls_server, pki):
     codes = []
     with mtls_client(tls_server, pki, retries=1) as c:
+
         def one():
             try:
                 c.synthesize(count=8, seed=0, steps=100)
@@ -110,13 +145,16 @@ def test_a_full_queue_answers_resource_exhausted(tls_server, pki):
 def test_sigterm_finishes_in_flight_requests_then_exits_0(tls_server, pki):
     result = {}
     with mtls_client(tls_server, pki) as c:
+
         def slow():
             result["images"] = c.synthesize(count=8, seed=0, steps=150).images
 
         t = threading.Thread(target=slow)
         t.start()
         deadline = time.monotonic() + 20
-        while tls_server.metric("coopnets_queue_seconds_count", kind="synthesize") < 3:  # 2 earlier + this one
+        while (
+            tls_server.metric("coopnets_queue_seconds_count", kind="synthesize") < 3
+        ):  # 2 earlier + this one
             assert time.monotonic() < deadline
             time.sleep(0.02)
         tls_server.proc.send_signal(signal.SIGTERM)
@@ -127,17 +165,25 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(tls_server, pki):
     assert "shutting down: health NOT_SERVING" in log and "stopped" in log
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--bundle", "/nonexistent/bundle"], "not a model bundle"),
-    (["--bundle", "B", "--tls-cert", "x.pem"], "--tls-cert and --tls-key go together"),
-    (["--bundle", "B", "--token-file", "/nonexistent/token"], "cannot read --token-file"),
-    (["--bundle", "B", "--max-batch", "0"], "--max-batch must be >= 1"),
-    ([], "--bundle DIR is required"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--bundle", "/nonexistent/bundle"], "not a model bundle"),
+        (["--bundle", "B", "--tls-cert", "x.pem"], "--tls-cert and --tls-key go together"),
+        (["--bundle", "B", "--token-file", "/nonexistent/token"], "cannot read --token-file"),
+        (["--bundle", "B", "--max-batch", "0"], "--max-batch must be >= 1"),
+        ([], "--bundle DIR is required"),
+    ],
+)
 def test_bad_flags_exit_2_with_one_line(serving_bundle, args, message):
     args = [str(serving_bundle) if a == "B" else a for a in args]
-    proc = subprocess.run([sys.executable, "-m", "serving.server", "--port", "0", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "serving.server", "--port", "0", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("coop-serve: ") and message in lines[0], proc.stderr

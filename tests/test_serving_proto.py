@@ -11,7 +11,8 @@ def test_generated_code_is_up_to_date(tmp_path):
     for path in fresh:
         committed = PROTO_ROOT / "coopnets" / "v1" / path.name
         assert committed.read_bytes() == path.read_bytes(), (
-            f"{committed} is stale: run `python -m serving.protogen` and commit the result")
+            f"{committed} is stale: run `python -m serving.protogen` and commit the result"
+        )
 
 
 def test_contract_names_the_mask_convention():

@@ -1,5 +1,5 @@
-"""Every RPC of the real coop-serve (subprocess, torch unimportable, loopback port 0): health, batching, streams,
-cancellation, rich INVALID_ARGUMENT errors, token auth, reflection, metrics."""
+"""Every RPC of the real coop-serve (subprocess, torch unimportable, loopback port 0): health, batching,
+streams, cancellation, rich INVALID_ARGUMENT errors, token auth, reflection, metrics."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import grpc
 import numpy as np
 import pytest
 from conftest import COMPLETION, LANGEVIN, TOKEN
+from coopnets.v1 import coopnets_pb2 as pb
+from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image as PILImage
 
 from clients.client import CoopNetsClient, bad_request_fields
-from coopnets.v1 import coopnets_pb2 as pb
-from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from serving.codec import encode_png, tensor_to_proto
 from serving.engine import Engine
 
@@ -54,7 +54,10 @@ def test_health_needs_no_token_and_lists_the_service(coop_server):
 
 
 def test_every_other_rpc_needs_the_token(coop_server, stub):
-    for method, req in ((stub.ModelInfo, pb.ModelInfoRequest()), (stub.Synthesize, pb.SynthesizeRequest(count=1))):
+    for method, req in (
+        (stub.ModelInfo, pb.ModelInfoRequest()),
+        (stub.Synthesize, pb.SynthesizeRequest(count=1)),
+    ):
         with pytest.raises(grpc.RpcError) as err:
             method(req, timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -66,8 +69,7 @@ def test_every_other_rpc_needs_the_token(coop_server, stub):
 def test_reflection_lists_the_services(coop_server):
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-    with grpc.insecure_channel(coop_server.address,
-                               options=[]) as channel:
+    with grpc.insecure_channel(coop_server.address, options=[]) as channel:
         intercepted = grpc.intercept_channel(channel, _AddMetadata(AUTH))
         services = ProtoReflectionDescriptorDatabase(intercepted).get_services()
     assert {"coopnets.v1.CoopNets", "grpc.health.v1.Health"} <= set(services)
@@ -95,10 +97,16 @@ def test_model_info(client, serving_bundle):
     assert info.langevin.steps == LANGEVIN["steps"] and info.langevin.s == pytest.approx(LANGEVIN["s"])
     assert info.completion.latent_steps == COMPLETION["latent_steps"]
     assert info.bundle_sha256 == hashlib.sha256((serving_bundle / "manifest.json").read_bytes()).hexdigest()
-    assert set(info.file_sha256) == {"generator.onnx", "descriptor.onnx", "langevin_step.onnx", "generator_grad.onnx"}
+    assert set(info.file_sha256) == {
+        "generator.onnx",
+        "descriptor.onnx",
+        "langevin_step.onnx",
+        "generator_grad.onnx",
+    }
     assert info.device == "cpu"
     assert {s.graph: list(s.providers) for s in info.sessions} == {
-        g: ["CPUExecutionProvider"] for g in ("generator", "descriptor", "langevin_step", "generator_grad")}
+        g: ["CPUExecutionProvider"] for g in ("generator", "descriptor", "langevin_step", "generator_grad")
+    }
     assert info.limits.max_count == 32 and info.limits.max_steps == 200 and info.limits.max_batch == 16
 
 
@@ -114,8 +122,10 @@ def test_synthesize_equals_the_engine(client, engine):
 
 def test_concurrent_requests_are_batched_and_identical(coop_server, client):
     seeds = [60, 61, 62, 63]
-    before = (coop_server.metric("coopnets_batch_images_count", kind="synthesize"),
-              coop_server.metric("coopnets_batch_images_sum", kind="synthesize"))
+    before = (
+        coop_server.metric("coopnets_batch_images_count", kind="synthesize"),
+        coop_server.metric("coopnets_batch_images_sum", kind="synthesize"),
+    )
     barrier, results = threading.Barrier(len(seeds)), {}
 
     def one(seed):
@@ -137,7 +147,13 @@ def test_concurrent_requests_are_batched_and_identical(coop_server, client):
 def test_stream_sends_snapshots_then_one_final_message_per_image(client):
     events = list(client.synthesize_stream(count=2, seed=7, steps=6, snapshot_every=2))
     assert [(e.step, e.index, e.final) for e in events] == [
-        (2, 0, False), (2, 1, False), (4, 0, False), (4, 1, False), (6, 0, True), (6, 1, True)]
+        (2, 0, False),
+        (2, 1, False),
+        (4, 0, False),
+        (4, 1, False),
+        (6, 0, True),
+        (6, 1, True),
+    ]
     assert events[0].energy is None and events[-1].energy is not None
     unary = client.synthesize(count=2, seed=7, steps=6)
     assert np.array_equal(np.stack([e.image for e in events[-2:]]), unary.images)
@@ -208,40 +224,86 @@ INVALID = [
     ("Synthesize", pb.SynthesizeRequest(count=1, seed=-1), "seed"),
     ("Synthesize", pb.SynthesizeRequest(count=2, seed=2**63 - 1), "seed"),
     ("Synthesize", pb.SynthesizeRequest(count=1, langevin=pb.LangevinParams(steps=201)), "langevin.steps"),
-    ("Synthesize", pb.SynthesizeRequest(count=1, langevin=pb.LangevinParams(step_size=0)), "langevin.step_size"),
-    ("Synthesize", pb.SynthesizeRequest(count=1, langevin=pb.LangevinParams(step_size=float("nan"))),
-     "langevin.step_size"),
+    (
+        "Synthesize",
+        pb.SynthesizeRequest(count=1, langevin=pb.LangevinParams(step_size=0)),
+        "langevin.step_size",
+    ),
+    (
+        "Synthesize",
+        pb.SynthesizeRequest(count=1, langevin=pb.LangevinParams(step_size=float("nan"))),
+        "langevin.step_size",
+    ),
     ("Synthesize", pb.SynthesizeRequest(count=1, format=7), "format"),
     ("SynthesizeStream", pb.SynthesizeStreamRequest(request=pb.SynthesizeRequest(count=0)), "request.count"),
-    ("SynthesizeStream", pb.SynthesizeStreamRequest(
-        request=pb.SynthesizeRequest(count=1, langevin=pb.LangevinParams(steps=2)), snapshot_every=3),
-     "snapshot_every"),
+    (
+        "SynthesizeStream",
+        pb.SynthesizeStreamRequest(
+            request=pb.SynthesizeRequest(count=1, langevin=pb.LangevinParams(steps=2)), snapshot_every=3
+        ),
+        "snapshot_every",
+    ),
     ("Complete", pb.CompleteRequest(occlusion="center:4"), "image"),
     ("Complete", pb.CompleteRequest(image=pb.Image(png=b"not a png"), occlusion="center:4"), "image.png"),
     ("Complete", pb.CompleteRequest(image=pb.Image(png=_png((32, 32))), occlusion="center:4"), "image.png"),
-    ("Complete", pb.CompleteRequest(image=pb.Image(tensor=tensor_to_proto(np.zeros((3, 28, 28), np.float32))),
-                                    occlusion="center:4"), "image.tensor.shape"),
-    ("Complete", pb.CompleteRequest(image=pb.Image(tensor=pb.Tensor(shape=[1, 28, 28], data=b"\0" * 12)),
-                                    occlusion="center:4"), "image.tensor.data"),
-    ("Complete", pb.CompleteRequest(image=pb.Image(tensor=tensor_to_proto(np.full((1, 28, 28), np.inf,
-                                                                                 np.float32))),
-                                    occlusion="center:4"), "image.tensor.data"),
+    (
+        "Complete",
+        pb.CompleteRequest(
+            image=pb.Image(tensor=tensor_to_proto(np.zeros((3, 28, 28), np.float32))), occlusion="center:4"
+        ),
+        "image.tensor.shape",
+    ),
+    (
+        "Complete",
+        pb.CompleteRequest(
+            image=pb.Image(tensor=pb.Tensor(shape=[1, 28, 28], data=b"\0" * 12)), occlusion="center:4"
+        ),
+        "image.tensor.data",
+    ),
+    (
+        "Complete",
+        pb.CompleteRequest(
+            image=pb.Image(tensor=tensor_to_proto(np.full((1, 28, 28), np.inf, np.float32))),
+            occlusion="center:4",
+        ),
+        "image.tensor.data",
+    ),
     ("Complete", pb.CompleteRequest(image=GOOD_IMAGE), "mask"),
-    ("Complete", pb.CompleteRequest(image=GOOD_IMAGE, mask=pb.Image(tensor=tensor_to_proto(HALF * 0.5))),
-     "mask.tensor.data"),
-    ("Complete", pb.CompleteRequest(image=GOOD_IMAGE, mask=pb.Image(tensor=tensor_to_proto(HALF[:, :5]))),
-     "mask.tensor.shape"),
+    (
+        "Complete",
+        pb.CompleteRequest(image=GOOD_IMAGE, mask=pb.Image(tensor=tensor_to_proto(HALF * 0.5))),
+        "mask.tensor.data",
+    ),
+    (
+        "Complete",
+        pb.CompleteRequest(image=GOOD_IMAGE, mask=pb.Image(tensor=tensor_to_proto(HALF[:, :5]))),
+        "mask.tensor.shape",
+    ),
     ("Complete", pb.CompleteRequest(image=GOOD_IMAGE, mask=pb.Image(png=_png(value=0))), "mask"),
     ("Complete", pb.CompleteRequest(image=GOOD_IMAGE, mask=pb.Image(png=_png((14, 14), 255))), "mask.png"),
     ("Complete", pb.CompleteRequest(image=GOOD_IMAGE, occlusion="middle:3"), "occlusion"),
     ("Complete", pb.CompleteRequest(image=GOOD_IMAGE, occlusion="center:99"), "occlusion"),
     ("Complete", pb.CompleteRequest(image=GOOD_IMAGE, occlusion="left-half", seed=-3), "seed"),
-    ("Complete", pb.CompleteRequest(image=GOOD_IMAGE, occlusion="left-half", latent_steps=500), "latent_steps"),
-    ("Complete", pb.CompleteRequest(image=GOOD_IMAGE, occlusion="left-half", latent_step_size=-1),
-     "latent_step_size"),
-    ("Complete", pb.CompleteRequest(image=GOOD_IMAGE, occlusion="left-half", refine_steps=201), "refine_steps"),
-    ("Complete", pb.CompleteRequest(image=GOOD_IMAGE, occlusion="left-half", refine_step_size=2.0),
-     "refine_step_size"),
+    (
+        "Complete",
+        pb.CompleteRequest(image=GOOD_IMAGE, occlusion="left-half", latent_steps=500),
+        "latent_steps",
+    ),
+    (
+        "Complete",
+        pb.CompleteRequest(image=GOOD_IMAGE, occlusion="left-half", latent_step_size=-1),
+        "latent_step_size",
+    ),
+    (
+        "Complete",
+        pb.CompleteRequest(image=GOOD_IMAGE, occlusion="left-half", refine_steps=201),
+        "refine_steps",
+    ),
+    (
+        "Complete",
+        pb.CompleteRequest(image=GOOD_IMAGE, occlusion="left-half", refine_step_size=2.0),
+        "refine_step_size",
+    ),
     ("Energy", pb.EnergyRequest(), "images"),
     ("Energy", pb.EnergyRequest(images=[GOOD_IMAGE, pb.Image(tensor=GOOD_TENSOR), pb.Image()]), "images[2]"),
 ]
