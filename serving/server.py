@@ -9,6 +9,8 @@ Start-up order, so that orchestrators can trust the health service:
 2. bind and start gRPC at once: grpc.health.v1 answers NOT_SERVING (live, not ready);
 3. open the ONNX Runtime sessions and warm them up, then health says SERVING;
 4. SIGTERM/SIGINT: health NOT_SERVING, no new RPCs, in-flight RPCs get --grace-s seconds, exit 0.
+SIGHUP reloads --bundle: the new files are verified, opened and warmed up first; until then, and for good when
+they do not verify, the loaded bundle keeps serving (editing the files on disk changes nothing by itself).
 The bound port (and the metrics port) are printed on stdout and written to --port-file as JSON.
 Never imports torch or the trainer.
 """
@@ -230,6 +232,59 @@ class TokenInterceptor(grpc.ServerInterceptor):
         )
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes do not parse as its protobuf message."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class DecodeErrorInterceptor(grpc.ServerInterceptor):
+    """A request body that is not a valid protobuf message answers INVALID_ARGUMENT: grpcio's own deserializer
+    would answer INTERNAL (and log a traceback) for what is only bad client input."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or not details.method.startswith(f"/{SERVICE_NAME}/"):
+            return handler
+        rpc = details.method.rsplit("/", 1)[-1]
+
+        def parse(deserialize):
+            def safe(data: bytes):
+                try:
+                    return deserialize(data)
+                except Exception as e:  # protobuf's DecodeError, or anything else a parser raises
+                    return _Undecodable(e)
+
+            return safe
+
+        def guard(behavior):
+            def run(request, context):
+                if isinstance(request, _Undecodable):
+                    self._metrics.observe(rpc, "INVALID_ARGUMENT", 0.0)
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"the request is not a valid protobuf message for {rpc} "
+                        f"({type(request.error).__name__}): check the client's coopnets.proto",
+                    )
+                return behavior(request, context)
+
+            return run
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                guard(handler.unary_unary), parse(handler.request_deserializer), handler.response_serializer
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                guard(handler.unary_stream), parse(handler.request_deserializer), handler.response_serializer
+            )
+        return handler  # the service has no client-streaming methods
+
+
 def write_json_atomic(path: str, data: dict) -> None:
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
@@ -251,12 +306,48 @@ def warm_up(engine: Engine, runs: int, max_batch: int) -> None:
             engine.energy(out.images)
 
 
+def reload_bundle(cfg: ServeConfig, service: CoopNetsService) -> bool:
+    """SIGHUP: swap in the bundle now in --bundle, only once it verifies. Verify (sha256 of every file), open
+    and warm up its sessions, verify again (a copy still in progress changes the digest), then new batches use
+    it; batches already running finish on the old engine. A bundle that does not verify, or that changes the
+    image shape or latent size (requests validated against them may be queued), is refused with one log line
+    and the old one keeps serving. Returns whether the new bundle is now served."""
+    old = service.engine
+    try:
+        bundle = load_bundle(cfg.bundle)
+        if old is not None and bundle.digest == old.bundle.digest:
+            log.info("SIGHUP: bundle %s unchanged (sha256 %s)", bundle.path, bundle.digest[:12])
+            return False
+        if old is not None and (bundle.image_shape, bundle.latent_dim) != (old.image_shape, old.latent_dim):
+            raise BundleError(
+                f"image shape {bundle.image_shape} / latent size {bundle.latent_dim} differ from the served "
+                f"{old.image_shape} / {old.latent_dim}: restart coop-serve to change them"
+            )
+        engine = Engine(bundle, open_sessions(bundle, device=cfg.device, threads=cfg.threads))
+        warm_up(engine, cfg.warmup_runs, cfg.max_batch)
+        if load_bundle(cfg.bundle).digest != bundle.digest:
+            raise BundleError(
+                f"{cfg.bundle} changed while it was being loaded: send SIGHUP again when the copy is complete"
+            )
+    except BundleError as e:
+        log.error(
+            "SIGHUP: reload refused, still serving sha256 %s: %s",
+            old.bundle.digest[:12] if old is not None else "-",
+            e,
+        )
+        return False
+    service.engine = engine
+    log.info("SIGHUP: reloaded bundle %s (sha256 %s)", bundle.path, bundle.digest[:12])
+    return True
+
+
 def serve(cfg: ServeConfig) -> int:
     """Runs the server until SIGTERM/SIGINT; returns the exit code."""
     validate(cfg)
     bundle = load_bundle(cfg.bundle)  # verified before anything listens
     metrics = Metrics()
     interceptors = [TokenInterceptor(load_token(cfg.token_file), metrics)] if cfg.token_file else []
+    interceptors.append(DecodeErrorInterceptor(metrics))  # inside the token check: its refusal decodes too
     creds = None
     if cfg.tls_cert:
         client_ca = _read(cfg.tls_client_ca, "--tls-client-ca") if cfg.tls_client_ca else None
@@ -294,14 +385,15 @@ def serve(cfg: ServeConfig) -> int:
     if port == 0:
         raise ConfigError(f"cannot bind {address}: choose another --port or --host")
 
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
     server.start()
     metrics_port = metrics.serve(cfg.metrics_port, cfg.host) if cfg.metrics_port >= 0 else None
     print(
         f"coop-serve: listening on {cfg.host}:{port} ({'TLS' if creds else 'plaintext'}"
-        f"{', token' if interceptors else ''}); metrics port {metrics_port}",
+        f"{', token' if cfg.token_file else ''}); metrics port {metrics_port}",
         flush=True,
     )
     if cfg.port_file:
@@ -324,8 +416,10 @@ def serve(cfg: ServeConfig) -> int:
         for name in ("", SERVICE_NAME):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    while not stop.wait(0.5):
-        pass
+    while not stop.wait(0.2):
+        if reload.is_set():
+            reload.clear()
+            reload_bundle(cfg, service)
     log.info("shutting down: health NOT_SERVING, in-flight RPCs get %.1f s", cfg.grace_s)
     health_servicer.enter_graceful_shutdown()
     server.stop(cfg.grace_s).wait()
