@@ -62,7 +62,7 @@ class EvalConfig:
     out: str = "eval"
     data_dir: str = ""
     n: int = 1000
-    completion_n: int = 1000
+    completion_n: int = 200
     seed: int = 0
     steps: int = -1
     occlusions: str = ",".join(DEFAULT_OCCLUSIONS)
