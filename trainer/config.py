@@ -61,7 +61,7 @@ class TrainConfig:
     latent_dim: int = 100
     # cooperative learning
     iterations: int = 300
-    batch_size: int = 64
+    batch_size: int = 32
     chains: int = 0
     langevin_steps: int = 15
     delta: float = 0.002
