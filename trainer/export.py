@@ -16,7 +16,6 @@ each against ~1-2.5 s with ``dynamo=True``, and ORT runs both at the same speed.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -36,7 +35,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from trainer.grads import DescriptorWithGrad, GeneratorGrad, LangevinStep, kink_margin
+from trainer.grads import DescriptorWithGrad, GeneratorGrad, LangevinStep, frozen_copy, kink_margin
 from trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy_grad
 
 log = logging.getLogger(__name__)
@@ -202,14 +201,6 @@ def verify_bundle(path: str | os.PathLike) -> dict:
 # --- building blocks ---------------------------------------------------------------------------------------
 
 
-def frozen_copy(net: nn.Module) -> nn.Module:
-    """A CPU float32 eval-mode copy with frozen parameters; the caller's net (maybe training on CUDA) is left
-    untouched."""
-    net = copy.deepcopy(net).to("cpu", torch.float32).eval()
-    net.requires_grad_(False)
-    return net
-
-
 def _inputs(names, spec, langevin: dict, n: int, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
     """Random inputs called `names` at batch `n`: images in [-1, 1], binary masks (1 = missing), N(0, I)
     latents, the langevin settings as scalars."""
@@ -279,6 +270,8 @@ def _export(graph: _Graph, args: tuple[torch.Tensor, ...], path: Path, exporter:
                 output_names=list(graph.outputs), opset_version=OPSET, dynamo=False, dynamic_axes=axes,
             )
         else:
+            warnings.simplefilter("ignore", FutureWarning)  # torch.export internals (pytree deprecations)
+            warnings.filterwarnings("ignore", message=".*axis name", category=UserWarning)  # N is N: benign
             batch = torch.export.Dim("N", min=1)
             shapes = tuple(None if name in graph.scalars else {0: batch} for name in graph.inputs)
             program = torch.onnx.export(

@@ -17,6 +17,7 @@ with U(z) = ‖(1 − mask) ⊙ (y − g(z))‖² / (2σ²) + ‖z‖² / 2 per 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -24,6 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.langevin import descriptor_step
+
+
+def frozen_copy(net: nn.Module) -> nn.Module:
+    """A CPU float32 eval-mode copy with frozen parameters: the nets as the bundle and the reference sampler
+    use them. The caller's net (maybe training on CUDA) is left untouched."""
+    net = copy.deepcopy(net).to("cpu", torch.float32).eval()
+    net.requires_grad_(False)
+    return net
 
 
 class UnsupportedLayerError(TypeError):

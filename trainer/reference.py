@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.export import frozen_copy
+from trainer.grads import frozen_copy
 from trainer.langevin import NoiseFn, infer_latent, revise
 
 
