@@ -101,8 +101,10 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     raw = manifest_path.read_bytes()
     try:
         manifest = json.loads(raw)
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8 text
         raise BundleError(f"{manifest_path} is not valid JSON ({e}): re-export the bundle") from e
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{manifest_path} is not a JSON object: re-export the bundle")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(
             f"{manifest_path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r} "
@@ -128,13 +130,17 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             refine_steps=int(cp.get("refine_steps", langevin.steps)),
         )
         graph_files = {name: root / manifest["graphs"][name]["file"] for name in GRAPHS}
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # AttributeError: a section not an object
         raise BundleError(f"{manifest_path}: missing or malformed entry {e}: re-export the bundle") from e
     if len(shape) != 3:
         raise BundleError(
             f"{manifest_path}: image.shape must be [C, H, W], got {shape}: re-export the bundle"
         )
     files = manifest.get("files") or {}
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+        raise BundleError(
+            f"{manifest_path}: 'files' must map each file name to its sha256: re-export the bundle"
+        )
     for name, gpath in graph_files.items():
         if gpath.name not in files:
             raise BundleError(f"{manifest_path}: graph {name} ({gpath.name}) has no sha256 entry: re-export")

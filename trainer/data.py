@@ -23,6 +23,8 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +136,7 @@ def read_idx_images(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as fh:
             raw = fh.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a corrupt .gz
         raise DataError(
             f"{path}: cannot read ({e}); re-install dataset-fashion-mnist or fix --data-dir"
         ) from None
@@ -187,17 +189,19 @@ def _folder(root: Path, size: int, channels: int, max_images: int) -> np.ndarray
 
 
 def _npz(path: Path) -> np.ndarray:
-    try:
+    keys: list[str] = []
+    try:  # EOFError: empty file; BadZipFile: a damaged .npz; ValueError: pickled objects, bad headers
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"--dataset npz:{path}: cannot read ({e})") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        keys = list(data.keys())
-        key = next((k for k in ("images", "x", "X") if k in keys), keys[0] if len(keys) == 1 else None)
-        if key is None:
-            raise DataError(f"--dataset npz:{path}: several arrays {keys}; name the images array 'images'")
-        data = data[key]
-    arr = np.asarray(data)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            keys = list(data.keys())
+            key = next((k for k in ("images", "x", "X") if k in keys), keys[0] if len(keys) == 1 else None)
+            data = None if key is None else data[key]
+        arr = None if data is None else np.asarray(data)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"--dataset npz:{path}: cannot read ({reason})") from None
+    if arr is None:
+        raise DataError(f"--dataset npz:{path}: arrays {keys}; name the images array 'images'")
     if arr.ndim == 3:
         arr = arr[:, None]  # (N, 1, H, W)
     elif arr.ndim == 4 and arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
@@ -211,7 +215,8 @@ def _npz(path: Path) -> np.ndarray:
         arr = arr[:, :3]  # drop alpha
     if arr.dtype == np.uint8:
         return arr
-    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+    real = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)  # not complex
+    if not real or not np.isfinite(arr).all():
         raise DataError(f"--dataset npz:{path}: images must be finite numbers (uint8 or float)")
     arr = arr.astype(np.float64)
     lo, hi = arr.min(), arr.max()
