@@ -58,7 +58,8 @@ HELP = {
     "max_steps": "most Langevin steps (steps, latent_steps, refine_steps) in one request",
     "max_receive_mb": "largest request message in MiB",
     "max_send_mb": "largest response message in MiB",
-    "workers": "gRPC handler threads (concurrent RPCs)",
+    "workers": "gRPC handler threads = most concurrent RPCs, beyond which RESOURCE_EXHAUSTED at once; every "
+    "request waiting in the batch queue holds one, so it must exceed --max-queue",
     "metrics_port": "Prometheus /metrics port; -1 = off, 0 = any free port",
     "tls_cert": "PEM server certificate (with --tls-key): serve TLS",
     "tls_key": "PEM private key of --tls-cert",
@@ -86,7 +87,7 @@ class ServeConfig:
     max_steps: int = 1000
     max_receive_mb: int = 16
     max_send_mb: int = 64
-    workers: int = 16
+    workers: int = 160  # max_queue + max_batch + 32 for health, ModelInfo and streams
     metrics_port: int = -1
     tls_cert: str = ""
     tls_key: str = ""
@@ -165,6 +166,11 @@ def validate(cfg: ServeConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
     if cfg.max_delay_ms < 0 or cfg.grace_s < 0 or cfg.threads < 0 or cfg.warmup_runs < 0:
         raise ConfigError("--max-delay-ms, --grace-s, --threads and --warmup-runs must be >= 0")
+    if cfg.workers <= cfg.max_queue:
+        raise ConfigError(
+            f"--workers {cfg.workers} must exceed --max-queue {cfg.max_queue}: each queued request "
+            "holds a handler thread, so the queue bound could never be reached"
+        )
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
     if cfg.tls_client_ca and not cfg.tls_cert:
@@ -361,6 +367,7 @@ def serve(cfg: ServeConfig) -> int:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
         interceptors=interceptors,
+        maximum_concurrent_rpcs=cfg.workers,  # no unbounded wait for a thread: overload is refused at once
         options=[
             ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
             ("grpc.max_send_message_length", limits.max_send_message_bytes),
