@@ -1,0 +1,344 @@
+"""Load test of coop-serve on loopback: N concurrent clients mixing every RPC for a fixed time, then an
+overload burst against a small queue bound.
+
+    .venv/bin/python bench/load.py --bundle runs/demo/bundle --clients 64 --seconds 120     # the long run
+    .venv/bin/python bench/load.py --bundle B --clients 16 --seconds 3 --json out.json      # CI's short run
+
+Phase 1 (mix): each client loops Synthesize, SynthesizeStream, Complete, Energy and ModelInfo (weighted) on
+its own channel until the time is up. Reported: requests served, errors by status code, p50/p99 latency per
+RPC, the server's resident memory (VmRSS) after warm-up and a first round of requests, and at the end.
+Phase 2 (overload): a second server with `--max-queue Q --max-batch 1` gets a burst of `--burst` concurrent
+heavy Synthesize calls at once: the requests beyond the bound must come back RESOURCE_EXHAUSTED, and fast
+(their p99 is printed next to the served ones').
+
+Each server is a coop-serve subprocess on a free 127.0.0.1 port (never another host). Exit status 1 when an
+error other than RESOURCE_EXHAUSTED was seen or when the burst got no RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+
+from clients.client import CoopNetsClient  # noqa: E402
+
+MIX = {"Synthesize": 4, "SynthesizeStream": 2, "Complete": 2, "Energy": 3, "ModelInfo": 1}  # weights
+EXPECTED = {"OK", "RESOURCE_EXHAUSTED"}  # the only codes a correct server gives this traffic
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    bundle: str = "runs/demo/bundle"
+    clients: int = 64
+    seconds: float = 60.0
+    steps: int = 10  # Langevin steps per synthesis (small: many requests, not long ones)
+    latent_steps: int = 20
+    refine_steps: int = 5
+    max_count: int = 4  # images per Synthesize/Energy request: 1..max_count
+    threads: int = 0  # ONNX Runtime intra-op threads of the server
+    max_queue: int = 64  # of the mix server
+    burst: int = 48  # overload phase: concurrent requests ...
+    burst_queue: int = 4  # ... against this queue bound
+    seed: int = 0
+    workers: int = 0  # coop-serve --workers; 0 = its default
+    json: str = ""  # also write the results here
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process in MiB (VmRSS from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def start_server(bundle: str, workdir: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """coop-serve on a free loopback port; returns (process, address) once health says SERVING."""
+    port_file = workdir / "port.json"
+    log = open(workdir / "server.log", "w")  # noqa: SIM115 - the server owns it until it exits
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving.server",
+            "--bundle",
+            bundle,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--device",
+            "cpu",
+            *args,
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"coop-serve did not start: see {workdir / 'server.log'}")
+        time.sleep(0.02)
+    address = f"127.0.0.1:{json.loads(port_file.read_text())['port']}"
+    with CoopNetsClient(address, timeout=10) as c:
+        while c.health("coopnets.v1.CoopNets") != "SERVING":
+            if time.monotonic() > deadline:
+                raise RuntimeError("coop-serve never got SERVING")
+            time.sleep(0.05)
+    return proc, address
+
+
+def stop_server(proc: subprocess.Popen) -> int:
+    proc.terminate()
+    return proc.wait(60)
+
+
+class Recorder:
+    """(rpc, code, seconds) of every finished call, thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, str, float]] = []
+
+    def add(self, rpc: str, code: str, seconds: float) -> None:
+        with self.lock:
+            self.calls.append((rpc, code, seconds))
+
+    def summary(self) -> dict:
+        codes = Counter(code for _, code, _ in self.calls)
+        latency: dict[str, dict[str, float]] = {}
+        by_rpc: dict[str, list[float]] = defaultdict(list)
+        for rpc, code, seconds in self.calls:
+            by_rpc[f"{rpc} {code}"].append(seconds)
+        for key, values in sorted(by_rpc.items()):
+            ms = np.asarray(values) * 1000.0
+            latency[key] = {
+                "n": len(values),
+                "p50_ms": float(np.percentile(ms, 50)),
+                "p99_ms": float(np.percentile(ms, 99)),
+            }
+        return {"requests": len(self.calls), "codes": dict(sorted(codes.items())), "latency": latency}
+
+
+def one_call(c: CoopNetsClient, rpc: str, rng: random.Random, cfg: LoadConfig, image: np.ndarray) -> None:
+    """One RPC of the mix, with random sizes and seeds; raises grpc.RpcError on failure."""
+    n, seed = rng.randint(1, cfg.max_count), rng.randrange(2**31)
+    if rpc == "Synthesize":
+        c.synthesize(count=n, seed=seed, steps=cfg.steps)
+    elif rpc == "SynthesizeStream":
+        for _ in c.synthesize_stream(
+            count=min(n, 2), seed=seed, steps=cfg.steps, snapshot_every=max(1, cfg.steps // 2)
+        ):
+            pass
+    elif rpc == "Complete":
+        c.complete(
+            image,
+            occlusion=rng.choice(["center:14", "left-half", "random:0.5"]),
+            seed=seed,
+            latent_steps=cfg.latent_steps,
+            refine_steps=cfg.refine_steps,
+        )
+    elif rpc == "Energy":
+        c.energy(np.repeat(image[None], n, axis=0))
+    else:
+        c.info()
+
+
+def client_loop(
+    address: str, cfg: LoadConfig, index: int, until: float, rec: Recorder, image: np.ndarray
+) -> None:
+    rng = random.Random(cfg.seed * 1000 + index)
+    names, weights = list(MIX), list(MIX.values())
+    with CoopNetsClient(address, timeout=120, retries=1) as c:
+        while time.monotonic() < until:
+            rpc = rng.choices(names, weights)[0]
+            start = time.perf_counter()
+            try:
+                one_call(c, rpc, rng, cfg, image)
+                code = "OK"
+            except grpc.RpcError as e:
+                code = e.code().name
+            rec.add(rpc, code, time.perf_counter() - start)
+
+
+def run_clients(address: str, cfg: LoadConfig, clients: int, seconds: float, image: np.ndarray) -> Recorder:
+    rec = Recorder()
+    until = time.monotonic() + seconds
+    threads = [
+        threading.Thread(target=client_loop, args=(address, cfg, i, until, rec, image), daemon=True)
+        for i in range(clients)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return rec
+
+
+def mix_phase(cfg: LoadConfig, workdir: Path) -> dict:
+    """N clients for cfg.seconds; RSS after warm-up (and a 1-second round of the same traffic) and at the
+    end."""
+    proc, address = start_server(
+        cfg.bundle,
+        workdir,
+        "--threads",
+        str(cfg.threads),
+        "--max-queue",
+        str(cfg.max_queue),
+        "--max-count",
+        str(cfg.max_count),
+        *(["--workers", str(cfg.workers)] if cfg.workers else []),
+        "--max-steps",
+        str(max(cfg.steps, cfg.latent_steps)),
+    )
+    try:
+        with CoopNetsClient(address, timeout=60) as c:
+            image = c.synthesize(count=1, seed=0, steps=cfg.steps).images[0]  # (C, H, W): the Complete input
+        run_clients(address, cfg, cfg.clients, min(1.0, cfg.seconds), image)  # warm-up: arenas, threads
+        rss_start = rss_mib(proc.pid)
+        started = time.monotonic()
+        rec = run_clients(address, cfg, cfg.clients, cfg.seconds, image)
+        elapsed = time.monotonic() - started
+        rss_end = rss_mib(proc.pid)
+    finally:
+        code = stop_server(proc)
+    return {
+        **rec.summary(),
+        "clients": cfg.clients,
+        "seconds": round(elapsed, 2),
+        "rss_start_mib": rss_start,
+        "rss_end_mib": rss_end,
+        "server_exit": code,
+    }
+
+
+def overload_phase(cfg: LoadConfig, workdir: Path) -> dict:
+    """`burst` concurrent heavy calls against --max-queue burst_queue --max-batch 1."""
+    proc, address = start_server(
+        cfg.bundle,
+        workdir,
+        "--threads",
+        str(cfg.threads),
+        "--max-queue",
+        str(cfg.burst_queue),
+        "--max-batch",
+        "1",
+        "--max-delay-ms",
+        "0",
+        *(["--workers", str(cfg.workers)] if cfg.workers else []),
+        "--max-count",
+        str(cfg.max_count),
+        "--max-steps",
+        "1000",
+    )
+    rec = Recorder()
+    try:
+        gate = threading.Barrier(cfg.burst)
+
+        def heavy(i: int) -> None:
+            with CoopNetsClient(address, timeout=300, retries=1) as c:
+                c.info()  # connected before the burst
+                gate.wait()
+                start = time.perf_counter()
+                try:
+                    c.synthesize(count=cfg.max_count, seed=i, steps=20 * cfg.steps)
+                    code = "OK"
+                except grpc.RpcError as e:
+                    code = e.code().name
+                rec.add("Synthesize", code, time.perf_counter() - start)
+
+        threads = [threading.Thread(target=heavy, args=(i,), daemon=True) for i in range(cfg.burst)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        code = stop_server(proc)
+    return {**rec.summary(), "burst": cfg.burst, "max_queue": cfg.burst_queue, "server_exit": code}
+
+
+def report(result: dict) -> str:
+    mix, over = result["mix"], result["overload"]
+    lines = [
+        f"mix: {mix['clients']} clients x {mix['seconds']} s: {mix['requests']} requests "
+        f"({mix['requests'] / max(mix['seconds'], 1e-9):.1f}/s), codes {mix['codes']}",
+        f"     server RSS {mix['rss_start_mib']:.1f} MiB after warm-up -> {mix['rss_end_mib']:.1f} MiB at "
+        "the end",
+        f"     {'rpc code':<32} {'n':>6} {'p50 ms':>9} {'p99 ms':>9}",
+    ]
+    lines += [
+        f"     {k:<32} {v['n']:>6} {v['p50_ms']:>9.1f} {v['p99_ms']:>9.1f}" for k, v in mix["latency"].items()
+    ]
+    lines.append(
+        f"overload: {over['burst']} concurrent heavy Synthesize, --max-queue {over['max_queue']}: "
+        f"codes {over['codes']}"
+    )
+    lines += [
+        f"     {k:<32} {v['n']:>6} {v['p50_ms']:>9.1f} {v['p99_ms']:>9.1f}"
+        for k, v in over["latency"].items()
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> LoadConfig:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for f in fields(LoadConfig):
+        default = getattr(LoadConfig, f.name)
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=type(default),
+            default=default,
+            help=f"(default: {default!r})",
+        )
+    return LoadConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    if not (Path(cfg.bundle) / "manifest.json").is_file():
+        print(
+            f"load.py: --bundle {cfg.bundle} is not a model bundle: run `make demo` or pass a bundle dir",
+            file=sys.stderr,
+        )
+        return 2
+    with tempfile.TemporaryDirectory(prefix="coop-load-") as tmp:
+        (Path(tmp) / "mix").mkdir()
+        (Path(tmp) / "overload").mkdir()
+        result = {
+            "config": asdict(cfg),
+            "mix": mix_phase(cfg, Path(tmp) / "mix"),
+            "overload": overload_phase(cfg, Path(tmp) / "overload"),
+        }
+    print(report(result))
+    if cfg.json:
+        fd, tmp_json = tempfile.mkstemp(prefix=".load.", dir=Path(cfg.json).resolve().parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp_json, cfg.json)
+    unexpected = set(result["mix"]["codes"]) - EXPECTED
+    refused = result["overload"]["codes"].get("RESOURCE_EXHAUSTED", 0)
+    return 1 if unexpected or not refused else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
