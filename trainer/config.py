@@ -60,7 +60,7 @@ class TrainConfig:
     image_size: int = 28
     latent_dim: int = 100
     # cooperative learning
-    iterations: int = 300
+    iterations: int = 200
     batch_size: int = 32
     chains: int = 0
     langevin_steps: int = 15
