@@ -129,7 +129,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(npz, tmp_path)
 
 def test_sigkill_at_random_points_then_resume(npz, tmp_path):
     rng = random.Random(5)
-    for attempt in range(1):  # more attempts: more random points, ~20 s each
+    for attempt in range(2):  # more attempts: more random points, ~20 s each
         run = tmp_path / f"run{attempt}"
         victim = subprocess.Popen(
             [sys.executable, "-m", "trainer.cli", *train_cmd(npz, run, 100)],
