@@ -14,6 +14,7 @@ import io
 import json
 import shutil
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,15 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
+
+
+CASES: Counter = Counter()  # loader -> fuzz cases run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_case_count():
+    yield
+    print(f"\nloader fuzz: {sum(CASES.values())} cases {dict(sorted(CASES.items()))}")
 
 
 def idx_header(n: int, h: int, w: int, magic: int = IDX_IMAGES_MAGIC) -> bytes:
@@ -79,6 +89,7 @@ def idx_files(draw) -> bytes:
 @FUZZ
 @given(data=idx_files(), gz=st.sampled_from(["raw", "gz", "gz-truncated", "gz-bitflip"]))
 def test_fuzz_idx_files(tmp_path, data, gz):
+    CASES["idx"] += 1
     path = tmp_path / ("images.idx" if gz == "raw" else "images.idx.gz")
     blob = data if gz == "raw" else gzip.compress(data)
     if gz == "gz-truncated":
@@ -104,6 +115,7 @@ def test_fuzz_idx_files(tmp_path, data, gz):
     )
 )
 def test_fuzz_npz_files(tmp_path, content):
+    CASES["npz"] += 1
     path = tmp_path / "data.npz"
     if isinstance(content, bytes):
         path.write_bytes(content)
@@ -151,6 +163,7 @@ def test_fuzz_npz_files(tmp_path, content):
     suffix=st.sampled_from([".png", ".jpg", ".gif", ".tiff", ".bmp", ".webp"]),
 )
 def test_fuzz_image_folders(tmp_path_factory, files, suffix):
+    CASES["folder"] += 1
     root = tmp_path_factory.mktemp("folder")
     for i, blob in enumerate(files):
         (root / f"img{i}{suffix}").write_bytes(blob)
@@ -208,6 +221,7 @@ def graph_files(serving_bundle, tmp_path_factory) -> Path:
 )
 def test_fuzz_bundle_manifest(serving_bundle, graph_files, tmp_path_factory, edits, raw):
     """Arbitrary JSON at any manifest key (or bytes that are not JSON / UTF-8): BundleError or a bundle."""
+    CASES["manifest"] += 1
     bundle = tmp_path_factory.mktemp("b")
     for f in graph_files.iterdir():
         (bundle / f.name).symlink_to(f.resolve())
