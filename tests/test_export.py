@@ -59,10 +59,16 @@ def rel_err(got: np.ndarray, want: torch.Tensor) -> float:
 def exported(request, tmp_path_factory):
     """(descriptor, generator, bundle dir, {graph: ORT session}) for one architecture."""
     descriptor, generator = perturbed_nets(request.param)
-    out = export_bundle(descriptor, generator, tmp_path_factory.mktemp("b") / "bundle", langevin=LANGEVIN,
-                        training={"lr": 0.007})
-    sessions = {g: ort.InferenceSession(str(out / f"{g}.onnx"), providers=["CPUExecutionProvider"])
-                for g in GRAPHS}
+    out = export_bundle(
+        descriptor,
+        generator,
+        tmp_path_factory.mktemp("b") / "bundle",
+        langevin=LANGEVIN,
+        training={"lr": 0.007},
+    )
+    sessions = {
+        g: ort.InferenceSession(str(out / f"{g}.onnx"), providers=["CPUExecutionProvider"]) for g in GRAPHS
+    }
     return descriptor, generator, out, sessions
 
 
@@ -162,8 +168,10 @@ def test_manifest_and_sha256(exported):
     assert manifest["training"] == {"lr": 0.007}
     assert set(manifest["versions"]) >= {"coopnets", "torch", "onnx", "onnxruntime"}
     image, latent = ["N", *spec.image_shape], ["N", spec.latent_dim]
-    io = {g: {d: [(v["name"], v["shape"]) for v in manifest["graphs"][g][d]] for d in ("inputs", "outputs")}
-          for g in GRAPHS}
+    io = {
+        g: {d: [(v["name"], v["shape"]) for v in manifest["graphs"][g][d]] for d in ("inputs", "outputs")}
+        for g in GRAPHS
+    }
     assert io["generator"] == {"inputs": [("z", latent)], "outputs": [("y", image)]}
     assert io["descriptor"] == {"inputs": [("y", image)], "outputs": [("f", ["N"]), ("grad", image)]}
     assert io["langevin_step"] == {
@@ -174,8 +182,12 @@ def test_manifest_and_sha256(exported):
         "inputs": [("z", latent), ("y", image), ("mask", image), ("sigma", [])],
         "outputs": [("grad_z", latent), ("y_gen", image), ("u", ["N"])],
     }
-    assert all(v["dtype"] == "float32" for g in GRAPHS for d in ("inputs", "outputs")
-               for v in manifest["graphs"][g][d])
+    assert all(
+        v["dtype"] == "float32"
+        for g in GRAPHS
+        for d in ("inputs", "outputs")
+        for v in manifest["graphs"][g][d]
+    )
     assert sorted(manifest["files"]) == sorted(f"{g}.onnx" for g in GRAPHS)
     for file, meta in manifest["files"].items():
         data = (out / file).read_bytes()
@@ -243,8 +255,12 @@ def test_unsupported_layer_raises(tmp_path):
 def test_bad_arguments(tmp_path):
     descriptor, generator = perturbed_nets(SPECS[0])
     with pytest.raises(ValueError, match="langevin settings lack delta"):
-        export_bundle(descriptor, generator, tmp_path / "b", langevin={k: v for k, v in LANGEVIN.items()
-                                                                          if k != "delta"})
+        export_bundle(
+            descriptor,
+            generator,
+            tmp_path / "b",
+            langevin={k: v for k, v in LANGEVIN.items() if k != "delta"},
+        )
     _, other = perturbed_nets(SPECS[1])
     with pytest.raises(ValueError, match="descriptor and generator disagree"):
         export_bundle(descriptor, other, tmp_path / "b", langevin=LANGEVIN)

@@ -70,8 +70,9 @@ def test_completion_keeps_observed_pixels_and_is_batch_independent(nets):
     descriptor, generator = nets
     images, _ = reference_synthesize(descriptor, generator, [1, 2, 3], 0, DELTA, S, noise=False)
     masks = center_masks(3)
-    args = dict(latent_steps=4, eta=0.05, latent_noise=True, refine_steps=3, delta=DELTA, s=S, sigma=SIGMA,
-                noise=True)
+    args = dict(
+        latent_steps=4, eta=0.05, latent_noise=True, refine_steps=3, delta=DELTA, s=S, sigma=SIGMA, noise=True
+    )
     out = reference_complete(descriptor, generator, images, masks, [7, 8, 9], **args)
     observed = masks == 0
     assert np.array_equal(out[observed], images[observed])
@@ -88,8 +89,10 @@ def test_the_contract_on_the_onnx_bundle_reproduces_the_reference(nets, tmp_path
     the service does), gives the reference's images."""
     descriptor, generator = nets
     bundle = export_bundle(descriptor, generator, tmp_path / "bundle", langevin=LANGEVIN)
-    sess = {g: ort.InferenceSession(str(bundle / f"{g}.onnx"), providers=["CPUExecutionProvider"])
-            for g in ("generator", "langevin_step", "generator_grad")}
+    sess = {
+        g: ort.InferenceSession(str(bundle / f"{g}.onnx"), providers=["CPUExecutionProvider"])
+        for g in ("generator", "langevin_step", "generator_grad")
+    }
     scalar = lambda v: np.array(v, np.float32)  # noqa: E731
     seeds, steps, eta, latent_steps = [3, 4], 3, 0.05, 4
 
@@ -111,14 +114,30 @@ def test_the_contract_on_the_onnx_bundle_reproduces_the_reference(nets, tmp_path
     rngs = [np.random.default_rng(s) for s in seeds]
     z = np.stack([r.standard_normal(SPEC.latent_dim, dtype=np.float32) for r in rngs])
     for _ in range(latent_steps):
-        grad_z, _, _ = sess["generator_grad"].run(None, {"z": z, "y": images, "mask": masks,
-                                                          "sigma": scalar(SIGMA)})
-        z = z - eta**2 / 2 * grad_z + eta * np.stack([r.standard_normal(SPEC.latent_dim, dtype=np.float32)
-                                                      for r in rngs])
+        grad_z, _, _ = sess["generator_grad"].run(
+            None, {"z": z, "y": images, "mask": masks, "sigma": scalar(SIGMA)}
+        )
+        z = (
+            z
+            - eta**2 / 2 * grad_z
+            + eta * np.stack([r.standard_normal(SPEC.latent_dim, dtype=np.float32) for r in rngs])
+        )
     (y_gen,) = sess["generator"].run(None, {"z": z.astype(np.float32)})
     y = refine(np.where(masks == 1, y_gen, images), masks, rngs, steps)
-    want = reference_complete(descriptor, generator, images, masks, seeds, latent_steps=latent_steps,
-                              eta=eta, latent_noise=True, refine_steps=steps, delta=DELTA, s=S, sigma=SIGMA,
-                              noise=True)
+    want = reference_complete(
+        descriptor,
+        generator,
+        images,
+        masks,
+        seeds,
+        latent_steps=latent_steps,
+        eta=eta,
+        latent_noise=True,
+        refine_steps=steps,
+        delta=DELTA,
+        s=S,
+        sigma=SIGMA,
+        noise=True,
+    )
     np.testing.assert_allclose(y, want, rtol=0, atol=1e-5)
     assert np.array_equal(y[masks == 0], images[masks == 0])

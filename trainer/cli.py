@@ -126,8 +126,10 @@ def train_main(argv: list[str] | None = None) -> int:
             return 0
         out = Path(config.out)
         if not resume and (out / CHECKPOINT).exists():
-            return _fail(f"--out {out} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
-                         "choose another --out")
+            return _fail(
+                f"--out {out} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
+                "choose another --out"
+            )
         _setup_logging(out)
         log.info(
             "training %s on %s (%d images) for %d iterations into %s",

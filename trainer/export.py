@@ -55,7 +55,10 @@ LANGEVIN_KEYS = ("s", "delta", "steps", "sigma", "noise")
 # image; 1760 max), so gradient steps are stable for (η²/2)·λ < 2, i.e. η ≲ 0.05-0.065; η = 0.05 gave the best
 # PSNR on the hidden pixels of a centre 14×14 hole (11.5 dB at L = 100, 11.4 at 200; η = 0.1 oscillates).
 DEFAULT_COMPLETION = {
-    "latent_steps": 100, "latent_step_size": 0.05, "latent_noise": False, "refine_steps": 15,
+    "latent_steps": 100,
+    "latent_step_size": 0.05,
+    "latent_noise": False,
+    "refine_steps": 15,
 }
 
 
@@ -115,10 +118,20 @@ def export_bundle(
     graphs = [
         _Graph("generator", generator, ("z",), ("y",)),
         _Graph("descriptor", DescriptorWithGrad(descriptor).eval(), ("y",), ("f", "grad")),
-        _Graph("langevin_step", LangevinStep(descriptor).eval(), ("y", "noise", "mask", "delta", "s"),
-               ("y_next", "f"), scalars=("delta", "s")),
-        _Graph("generator_grad", GeneratorGrad(generator).eval(), ("z", "y", "mask", "sigma"),
-               ("grad_z", "y_gen", "u"), scalars=("sigma",)),
+        _Graph(
+            "langevin_step",
+            LangevinStep(descriptor).eval(),
+            ("y", "noise", "mask", "delta", "s"),
+            ("y_next", "f"),
+            scalars=("delta", "s"),
+        ),
+        _Graph(
+            "generator_grad",
+            GeneratorGrad(generator).eval(),
+            ("z", "y", "mask", "sigma"),
+            ("grad_z", "y_gen", "u"),
+            scalars=("sigma",),
+        ),
     ]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -266,8 +279,14 @@ def _export(graph: _Graph, args: tuple[torch.Tensor, ...], path: Path, exporter:
         if exporter == "torchscript":
             axes = {name: {0: "N"} for name in (*batched, *graph.outputs)}
             torch.onnx.export(
-                graph.module, args, str(path), input_names=list(graph.inputs),
-                output_names=list(graph.outputs), opset_version=OPSET, dynamo=False, dynamic_axes=axes,
+                graph.module,
+                args,
+                str(path),
+                input_names=list(graph.inputs),
+                output_names=list(graph.outputs),
+                opset_version=OPSET,
+                dynamo=False,
+                dynamic_axes=axes,
             )
         else:
             warnings.simplefilter("ignore", FutureWarning)  # torch.export internals (pytree deprecations)
@@ -275,8 +294,14 @@ def _export(graph: _Graph, args: tuple[torch.Tensor, ...], path: Path, exporter:
             batch = torch.export.Dim("N", min=1)
             shapes = tuple(None if name in graph.scalars else {0: batch} for name in graph.inputs)
             program = torch.onnx.export(
-                graph.module, args, input_names=list(graph.inputs), output_names=list(graph.outputs),
-                opset_version=OPSET, dynamo=True, dynamic_shapes=shapes, verbose=False,
+                graph.module,
+                args,
+                input_names=list(graph.inputs),
+                output_names=list(graph.outputs),
+                opset_version=OPSET,
+                dynamo=True,
+                dynamic_shapes=shapes,
+                verbose=False,
             )
             program.save(str(path))
 
@@ -327,8 +352,12 @@ def _versions() -> dict:
         coopnets = importlib.metadata.version("coopnets")
     except importlib.metadata.PackageNotFoundError:
         coopnets = "unknown"
-    return {"coopnets": coopnets, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__}
+    return {
+        "coopnets": coopnets,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+    }
 
 
 def _check_replaceable(out_dir: Path) -> None:

@@ -41,7 +41,12 @@ def descriptor_score_and_grad(descriptor: nn.Module, y: torch.Tensor) -> tuple[t
 
 
 def descriptor_step(
-    y: torch.Tensor, grad_f: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor | None, delta: float, s: float
+    y: torch.Tensor,
+    grad_f: torch.Tensor,
+    noise: torch.Tensor,
+    mask: torch.Tensor | None,
+    delta: float,
+    s: float,
 ) -> torch.Tensor:
     """One descriptor Langevin step: Y − (δ²/2)(Y/s² − ∂f/∂Y) + δ·noise, applied where mask = 1."""
     y_next = y - 0.5 * delta**2 * (y / s**2 - grad_f) + delta * noise
@@ -68,8 +73,8 @@ def revise_chain(
 
 def revise(descriptor, y, steps, delta, s, noise, mask=None) -> torch.Tensor:
     """Run `revise_chain` to the end; returns the revised Ỹ (detached)."""
-    for y in revise_chain(descriptor, y, steps, delta, s, noise, mask):
-        pass
+    for y_t in revise_chain(descriptor, y, steps, delta, s, noise, mask):
+        y = y_t
     return y.detach()
 
 
@@ -112,8 +117,8 @@ def infer_latent_chain(
 
 
 def infer_latent(generator, x, y, mask, steps, eta, sigma, noise) -> torch.Tensor:
-    for x in infer_latent_chain(generator, x, y, mask, steps, eta, sigma, noise):
-        pass
+    for x_t in infer_latent_chain(generator, x, y, mask, steps, eta, sigma, noise):
+        x = x_t
     return x.detach()
 
 

@@ -73,23 +73,33 @@ class Descriptor(nn.Module):
         c = spec.channels
         if spec.arch == "mnist28":
             layers = [
-                nn.Conv2d(c, 64, 4, 2, 1), _lrelu(),  # (N, 64, 14, 14)
-                nn.Conv2d(64, 128, 4, 2, 1), _lrelu(),  # (N, 128, 7, 7)
-                nn.Conv2d(128, 256, 4, 2, 2), _lrelu(),  # (N, 256, 4, 4)
+                nn.Conv2d(c, 64, 4, 2, 1),
+                _lrelu(),  # (N, 64, 14, 14)
+                nn.Conv2d(64, 128, 4, 2, 1),
+                _lrelu(),  # (N, 128, 7, 7)
+                nn.Conv2d(128, 256, 4, 2, 2),
+                _lrelu(),  # (N, 256, 4, 4)
                 nn.Conv2d(256, 100, 4, 1, 0),  # (N, 100, 1, 1) full-size conv
             ]
         elif spec.arch == "cifar32":
             layers = [
-                nn.Conv2d(c, 64, 5, 2, 1), _lrelu(),  # (N, 64, 15, 15)
-                nn.Conv2d(64, 128, 3, 2, 1), _lrelu(),  # (N, 128, 8, 8)
-                nn.Conv2d(128, 256, 3, 1, 1), _lrelu(),  # (N, 256, 8, 8)
-                nn.Flatten(), nn.Linear(256 * 8 * 8, 100),  # (N, 100)
+                nn.Conv2d(c, 64, 5, 2, 1),
+                _lrelu(),  # (N, 64, 15, 15)
+                nn.Conv2d(64, 128, 3, 2, 1),
+                _lrelu(),  # (N, 128, 8, 8)
+                nn.Conv2d(128, 256, 3, 1, 1),
+                _lrelu(),  # (N, 256, 8, 8)
+                nn.Flatten(),
+                nn.Linear(256 * 8 * 8, 100),  # (N, 100)
             ]
         elif spec.arch == "scene64":
             layers = [
-                nn.Conv2d(c, 64, 5, 2, 2), _lrelu(),  # (N, 64, 32, 32)
-                nn.Conv2d(64, 128, 3, 2, 1), _lrelu(),  # (N, 128, 16, 16)
-                nn.Conv2d(128, 256, 3, 1, 1), _lrelu(),  # (N, 256, 16, 16)
+                nn.Conv2d(c, 64, 5, 2, 2),
+                _lrelu(),  # (N, 64, 32, 32)
+                nn.Conv2d(64, 128, 3, 2, 1),
+                _lrelu(),  # (N, 128, 16, 16)
+                nn.Conv2d(128, 256, 3, 1, 1),
+                _lrelu(),  # (N, 256, 16, 16)
                 nn.Conv2d(256, 100, 16, 1, 0),  # (N, 100, 1, 1) VALID full-size conv
             ]
         else:

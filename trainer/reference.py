@@ -92,8 +92,9 @@ def reference_complete(
 
     # 1-2. Latent Langevin: X given the observed pixels, from X ~ N(0, I).
     z = _initial_latents(rngs, generator.spec.latent_dim)  # (N, d)
-    z = infer_latent(generator, z, y_obs, mask, latent_steps, eta, sigma,
-                     per_image_noise(rngs) if latent_noise else None)
+    z = infer_latent(
+        generator, z, y_obs, mask, latent_steps, eta, sigma, per_image_noise(rngs) if latent_noise else None
+    )
     # 3. Fill the hole with the generator's image.
     with torch.no_grad():
         y = torch.where(mask > 0.5, generator(z), y_obs)  # (N, C, H, W)
