@@ -187,6 +187,7 @@ def _complete_remote(args, inputs: list[Path]) -> list[Recovered]:
                 seed=args.seed + i,
                 latent_steps=args.latent_steps,
                 refine_steps=args.refine_steps,
+                restarts=args.restarts,
             )
             out.append(Recovered(r.recovered, r.occluded))
     return out
@@ -213,7 +214,12 @@ def _complete_local(args, inputs: list[Path]) -> list[Recovered]:
     else:
         masks = np.stack([occlusion_mask(args.occlude, shape, s) for s in seeds])  # (N, C, H, W)
     out = engine.complete(
-        images, masks, seeds, latent_steps=args.latent_steps, refine_steps=args.refine_steps
+        images,
+        masks,
+        seeds,
+        latent_steps=args.latent_steps,
+        refine_steps=args.refine_steps,
+        restarts=args.restarts,
     )
     occluded = np.where(masks > 0.5, -1.0, images).astype(np.float32)
     return [Recovered(out.images[i], occluded[i]) for i in range(len(inputs))]
@@ -228,6 +234,8 @@ def _complete(args) -> int:
         raise CliError(f"--mask {args.mask!r} does not exist")
     if args.seed < 0:
         raise CliError("--seed must be >= 0")
+    if args.restarts is not None and args.restarts < 1:
+        raise CliError("--restarts must be at least 1 (omit it for the model's default)")
     results = _complete_remote(args, inputs) if args.server else _complete_local(args, inputs)
     out_dir = Path(args.out)
     from serving.codec import decode_png
@@ -257,6 +265,11 @@ def complete_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latent-steps", type=int, help="latent inference steps (default: the bundle's)")
     parser.add_argument(
         "--refine-steps", type=int, help="descriptor refinement steps (default: the bundle's)"
+    )
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        help="latent chains per image, the lowest-energy one kept (default: the bundle's)",
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"), help="with --bundle")
     parser.add_argument("--token-file", help="file with the bearer token the server expects")

@@ -246,11 +246,13 @@ class CoopNetsClient:
         refine_steps: int | None = None,
         refine_step_size: float | None = None,
         noise: bool | None = None,
+        restarts: int | None = None,
         timeout: float | None = None,
     ) -> Completion:
         """Recover the missing pixels of one image. Give `mask` ((C, H, W) / (H, W) array of 0/1, **1 =
         missing**, or a PNG with white = missing) or `occlusion` ("center:14", "random:0.5", "left-half",
-        "rects") applied by the server."""
+        "rects") applied by the server. `restarts`: latent chains per image, the lowest-U one kept (None =
+        the model's default)."""
         req = pb.CompleteRequest(image=self._encode(image), seed=seed, format=pb.IMAGE_FORMAT_TENSOR)
         if (mask is None) == (occlusion is None):
             raise ValueError("give exactly one of mask (1 = missing) and occlusion")
@@ -264,6 +266,7 @@ class CoopNetsClient:
             ("refine_steps", refine_steps),
             ("refine_step_size", refine_step_size),
             ("noise", noise),
+            ("restarts", restarts),
         ):
             if value is not None:
                 setattr(req, name, value)

@@ -52,12 +52,14 @@ class LangevinDefaults:
 
 @dataclass(frozen=True)
 class CompletionDefaults:
-    """Latent Langevin steps L of size η (noise on/off), then K descriptor refinement steps."""
+    """Latent Langevin steps L of size η (noise on/off) on R restarts (the lowest U kept), then K descriptor
+    refinement steps."""
 
     latent_steps: int
     latent_step_size: float
     latent_noise: bool
     refine_steps: int
+    restarts: int = 1  # absent from bundles written before it existed: one chain, as they were made
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             latent_step_size=float(cp.get("latent_step_size", 0.05)),
             latent_noise=bool(cp.get("latent_noise", False)),
             refine_steps=int(cp.get("refine_steps", langevin.steps)),
+            restarts=int(cp.get("restarts", 1)),
         )
         graph_files = {name: root / manifest["graphs"][name]["file"] for name in GRAPHS}
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # AttributeError: a section not an object
@@ -135,6 +138,11 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     if len(shape) != 3:
         raise BundleError(
             f"{manifest_path}: image.shape must be [C, H, W], got {shape}: re-export the bundle"
+        )
+    if completion.restarts < 1:
+        raise BundleError(
+            f"{manifest_path}: completion.restarts must be at least 1, got {completion.restarts}: fix the "
+            "manifest or re-export the bundle"
         )
     files = manifest.get("files") or {}
     if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):

@@ -146,27 +146,43 @@ class Engine:
         steps: int | None = None,
         step_size: float | None = None,
         noise: bool | None = None,
-        z: np.ndarray | None = None,
+        restarts: int | None = None,
         should_stop: StopFn | None = None,
     ) -> np.ndarray:
         """Latent Langevin for X given the observed pixels (mask = 0) of `images`:
         X ← X − (η²/2) ∂U/∂X + η·U_t, U(X) = ‖(1 − M) ⊙ (Y − g(X))‖² / (2σ²) + ‖X‖² / 2 per image.
-        Starts from `z`, or from X ~ N(0, I) drawn from each rng. Returns X (N, d)."""
+        U is not convex in X, so one chain can settle in a poor basin: image i runs R chains in one batch
+        (R = `restarts`), their starts X_r ~ N(0, I) drawn from rngs[i] as one (R, d) array (so R = 1 is the
+        single chain), and keeps the final X with the lowest U (the first on ties). Returns X (N, d)."""
         steps = self.completion.latent_steps if steps is None else int(steps)
         eta = self.completion.latent_step_size if step_size is None else float(step_size)
         noise = self.completion.latent_noise if noise is None else bool(noise)
+        r = self.completion.restarts if restarts is None else int(restarts)
+        if r < 1:
+            raise ValueError(f"restarts must be at least 1, got {r}")
         y = np.ascontiguousarray(images, dtype=np.float32)  # (N, C, H, W)
         mask = np.ascontiguousarray(np.broadcast_to(masks, y.shape), dtype=np.float32)  # (N, C, H, W)
-        x = self.latents(rngs) if z is None else np.ascontiguousarray(z, dtype=np.float32)  # (N, d)
-        sess, sigma = self.sessions["generator_grad"], scalar(self.langevin.sigma)
+        # image i's R chains are rows i·R … i·R + R − 1
+        feed = {"y": np.repeat(y, r, axis=0), "mask": np.repeat(mask, r, axis=0)}  # (N·R, C, H, W)
+        feed["sigma"] = scalar(self.langevin.sigma)
+
+        def draw() -> np.ndarray:  # (N·R, d): R rows from each image's rng, in image order
+            return np.concatenate([g.standard_normal((r, self.latent_dim), dtype=np.float32) for g in rngs])
+
+        x = draw()  # (N·R, d)
+        sess = self.sessions["generator_grad"]
         for t in range(steps):
             if should_stop is not None and should_stop():
                 raise Cancelled(t)
-            (grad,) = sess.run(["grad_z"], {"z": x, "y": y, "mask": mask, "sigma": sigma})  # (N, d)
+            (grad,) = sess.run(["grad_z"], {**feed, "z": x})  # (N·R, d)
             x = x - 0.5 * eta**2 * grad
             if noise:
-                x = x + eta * np.stack([r.standard_normal(self.latent_dim, dtype=np.float32) for r in rngs])
-        return x
+                x = x + eta * draw()
+        if r == 1:
+            return x
+        (u,) = sess.run(["u"], {**feed, "z": x})  # (N·R,) U of each chain's final X
+        best = u.reshape(len(rngs), r).argmin(axis=1)  # (N,)
+        return x.reshape(len(rngs), r, self.latent_dim)[np.arange(len(rngs)), best]  # (N, d)
 
     # ---- the two samplers of the contract --------------------------------------------------------------
 
@@ -197,17 +213,19 @@ class Engine:
         refine_step_size: float | None = None,
         noise: bool | None = None,
         latent_noise: bool | None = None,
+        restarts: int | None = None,
         should_stop: StopFn | None = None,
     ) -> Samples:
         """Recover the missing pixels (mask = 1) of `images` (N, C, H, W): infer X on the observed
-        pixels, fill the hole with g(X), then descriptor Langevin on the missing pixels with the observed ones
-        clamped. Observed pixels (mask = 0) come back exactly as given."""
+        pixels (the lowest-U of R = `restarts` chains), fill the hole with g(X), then descriptor Langevin on
+        the missing pixels with the observed ones clamped. Observed pixels (mask = 0) come back exactly as
+        given."""
         y_obs = np.ascontiguousarray(images, dtype=np.float32)  # (N, C, H, W)
         mask = np.ascontiguousarray(np.broadcast_to(masks, y_obs.shape), dtype=np.float32)  # (N, C, H, W)
         rngs = rngs_for(seeds)
         # 1-2. latent inference of X from the visible pixels
         z = self.infer_latent(
-            y_obs, mask, rngs, latent_steps, latent_step_size, latent_noise, should_stop=should_stop
+            y_obs, mask, rngs, latent_steps, latent_step_size, latent_noise, restarts, should_stop
         )  # (N, d)
         # 3. fill the hole with the generator's guess
         y = np.where(mask > 0.5, self.generate(z), y_obs).astype(np.float32)  # (N, C, H, W)

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CoopNets"].full_name  # "coopnets.v1.CoopNets"
 MAX_SEED = 2**63 - 1
 MAX_STEP_SIZE = 1.0
+MAX_RESTARTS = (
+    16  # latent chains per completed image: one request costs up to max_steps × this many gradients
+)
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
             out = engine.synthesize(inputs["seeds"].tolist(), steps, delta, noise, should_stop=should_stop)
             return {"images": out.images, "energy": out.energy}
         if kind == "complete":
-            _, latent_steps, eta, refine_steps, delta, noise = key
+            _, latent_steps, eta, refine_steps, delta, noise, restarts = key
             out = engine.complete(
                 inputs["images"],
                 inputs["masks"],
@@ -171,6 +174,7 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
                 refine_steps,
                 delta,
                 noise,
+                restarts=restarts,
                 should_stop=should_stop,
             )
             return {"images": out.images, "energy": out.energy}
@@ -210,6 +214,15 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
         value = getattr(msg, name)
         if value > self.limits.max_steps:
             raise invalid(field, f"{value} is more than max_steps = {self.limits.max_steps}")
+        return int(value)
+
+    @staticmethod
+    def _restarts(value: int, default: int) -> int:
+        """0 (unset) = the bundle's default; otherwise 1 … MAX_RESTARTS latent chains per image."""
+        if value == 0:
+            return default
+        if value > MAX_RESTARTS:
+            raise invalid("restarts", f"{value} is more than {MAX_RESTARTS} latent chains per image")
         return int(value)
 
     @staticmethod
@@ -359,6 +372,7 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
             self._steps(request, "refine_steps", c.refine_steps, "refine_steps"),
             self._step_size(request, "refine_step_size", d.delta, "refine_step_size"),
             bool(request.noise) if request.HasField("noise") else d.noise,
+            self._restarts(request.restarts, c.restarts),
         )
         fmt = self._format(request.format)
         out = self._submit(
@@ -406,6 +420,7 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
                 latent_step_size=cp.latent_step_size,
                 latent_noise=cp.latent_noise,
                 refine_steps=cp.refine_steps,
+                restarts=cp.restarts,
             ),
             format_version=int(b.manifest["format_version"]),
             bundle_sha256=b.digest,

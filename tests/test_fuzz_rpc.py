@@ -306,7 +306,7 @@ def complete_requests(draw) -> pb.CompleteRequest:
         req.occlusion = draw(occlusions)
     if draw(st.booleans()):
         req.seed = draw(i64)
-    for name in ("latent_steps", "refine_steps"):
+    for name in ("latent_steps", "refine_steps", "restarts"):
         if draw(st.booleans()):
             setattr(req, name, draw(u32))
     for name in ("latent_step_size", "refine_step_size"):

@@ -141,3 +141,18 @@ def test_the_contract_on_the_onnx_bundle_reproduces_the_reference(nets, tmp_path
     )
     np.testing.assert_allclose(y, want, rtol=0, atol=1e-5)
     assert np.array_equal(y[masks == 0], images[masks == 0])
+
+
+def test_completion_restarts_are_batch_independent_and_validated(nets):
+    descriptor, generator = nets
+    images, _ = reference_synthesize(descriptor, generator, [1, 2, 3], 0, DELTA, S, noise=False)
+    masks = center_masks(3)
+    args = dict(
+        latent_steps=3, eta=0.05, latent_noise=True, refine_steps=2, delta=DELTA, s=S, sigma=SIGMA, noise=True
+    )
+    out = reference_complete(descriptor, generator, images, masks, [7, 8, 9], restarts=3, **args)
+    alone = reference_complete(descriptor, generator, images[2:], masks[2:], [9], restarts=3, **args)
+    np.testing.assert_allclose(out[2], alone[0], rtol=0, atol=BATCH_ATOL)
+    assert np.array_equal(out[masks == 0], images[masks == 0])
+    with pytest.raises(ValueError, match="restarts"):
+        reference_complete(descriptor, generator, images, masks, [7, 8, 9], restarts=0, **args)

@@ -45,7 +45,8 @@ def test_synthesis_matches_the_torch_reference(engine, tiny_nets):
     np.testing.assert_allclose(out.energy, ref_energy, rtol=1e-4, atol=1e-3)
 
 
-def test_completion_matches_the_torch_reference(engine, tiny_nets):
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_completion_matches_the_torch_reference(engine, tiny_nets, restarts):
     from trainer.reference import reference_complete
 
     d, g = tiny_nets
@@ -60,10 +61,12 @@ def test_completion_matches_the_torch_reference(engine, tiny_nets):
         refine_steps=3,
         noise=True,
         latent_noise=True,
+        restarts=restarts,
     )
     ref = reference_complete(
-        d, g, images, masks, SEEDS, 4, 0.1, True, 3, LANGEVIN["delta"], LANGEVIN["s"], LANGEVIN["sigma"], True
-    )
+        d, g, images, masks, SEEDS, 4, 0.1, True, 3,
+        LANGEVIN["delta"], LANGEVIN["s"], LANGEVIN["sigma"], True, restarts=restarts,
+    )  # fmt: skip
     np.testing.assert_allclose(out.images, ref, rtol=0, atol=2e-5)
     assert np.array_equal(out.images[masks == 0], images[masks == 0])  # observed pixels bit-identical
     assert not np.allclose(out.images[masks == 1], images[masks == 1])  # the hole was filled
@@ -130,3 +133,57 @@ def test_bundle_is_verified_at_load(serving_bundle, tmp_path):
         load_bundle(tmp_path)
     with pytest.raises(BundleError, match="--device"):
         open_sessions(load_bundle(serving_bundle), device="tpu")
+
+
+def test_one_restart_is_the_single_chain_of_the_old_contract(engine):
+    """restarts = 1 replays the one-chain contract bit for bit: z = rng.standard_normal(d), L latent steps
+    (noise from the same rng), fill with g(z), K refinement steps."""
+    images, masks = engine.synthesize([7, 8, 9], steps=0).images, center_masks(3)
+    rngs = [np.random.default_rng(s) for s in SEEDS]
+    z = np.stack([r.standard_normal(engine.latent_dim, dtype=np.float32) for r in rngs])  # (N, d)
+    sigma, eta = np.array(LANGEVIN["sigma"], np.float32), 0.1
+    for _ in range(3):
+        (grad,) = engine.sessions["generator_grad"].run(
+            ["grad_z"], {"z": z, "y": images, "mask": masks, "sigma": sigma}
+        )
+        z = (
+            z
+            - 0.5 * eta**2 * grad
+            + eta * np.stack([r.standard_normal(engine.latent_dim, dtype=np.float32) for r in rngs])
+        )
+    filled = np.where(masks > 0.5, engine.generate(z), images).astype(np.float32)
+    want = engine.refine(filled, masks, rngs, steps=2, noise=True)
+    out = engine.complete(
+        images, masks, SEEDS, latent_steps=3, latent_step_size=eta, refine_steps=2, noise=True,
+        latent_noise=True, restarts=1,
+    )  # fmt: skip
+    assert np.array_equal(out.images, want)
+
+
+def test_more_restarts_never_raise_the_chosen_latent_energy(engine):
+    """Without latent noise, chain 0 of R restarts is the single chain (the same first draw), so the kept
+    latent's U(z) is at most the single chain's; and it is the lowest of the R chains' U."""
+    images, masks = engine.synthesize([7, 8, 9], steps=0).images, center_masks(3)
+    sigma = np.array(LANGEVIN["sigma"], np.float32)
+
+    def energy_of(z):  # (N,) U(z) from the bundle's generator_grad graph
+        (u,) = engine.sessions["generator_grad"].run(
+            ["u"], {"z": z, "y": images, "mask": masks, "sigma": sigma}
+        )
+        return u
+
+    def infer(r):
+        return engine.infer_latent(
+            images, masks, [np.random.default_rng(s) for s in SEEDS], 5, 0.05, False, r
+        )
+
+    single, best = energy_of(infer(1)), energy_of(infer(4))
+    assert np.all(best <= single + 1e-4 * np.abs(single))
+    assert np.any(best < single - 1e-3 * np.abs(single))  # some image found a better basin
+    with pytest.raises(ValueError, match="restarts"):
+        infer(0)
+
+
+def test_restarts_default_comes_from_the_manifest(serving_bundle, engine):
+    manifest = json.loads((serving_bundle / "manifest.json").read_text())
+    assert engine.completion.restarts == manifest["completion"]["restarts"]

@@ -4,6 +4,7 @@ streams, cancellation, rich INVALID_ARGUMENT errors, token auth, reflection, met
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 
@@ -96,6 +97,10 @@ def test_model_info(client, serving_bundle):
     assert list(info.image_shape) == [1, 28, 28] and info.latent_dim == 100 and info.arch == "mnist28"
     assert info.langevin.steps == LANGEVIN["steps"] and info.langevin.s == pytest.approx(LANGEVIN["s"])
     assert info.completion.latent_steps == COMPLETION["latent_steps"]
+    assert (
+        info.completion.restarts
+        == json.loads((serving_bundle / "manifest.json").read_text())["completion"]["restarts"]
+    )
     assert info.bundle_sha256 == hashlib.sha256((serving_bundle / "manifest.json").read_bytes()).hexdigest()
     assert set(info.file_sha256) == {
         "generator.onnx",
@@ -200,6 +205,13 @@ def test_complete_keeps_observed_pixels_and_equals_the_engine(client, engine):
     png = PILImage.fromarray((mask[0] * 255).astype(np.uint8))
     by_png = client.complete(image, mask=png, seed=9)
     assert np.array_equal(by_png.recovered, rec.recovered)
+    # restarts travel to the engine (0 / unset = the bundle's default)
+    one = client.complete(image, occlusion="center:14", seed=9, restarts=1)
+    np.testing.assert_allclose(
+        one.recovered, engine.complete(image[None], mask[None], [9], restarts=1).images[0], rtol=0, atol=1e-6
+    )
+    default = client.complete(image, occlusion="center:14", seed=9, restarts=engine.completion.restarts)
+    assert np.array_equal(default.recovered, rec.recovered)
 
 
 def test_energy_equals_the_engine(client, engine):
@@ -304,6 +316,7 @@ INVALID = [
         pb.CompleteRequest(image=GOOD_IMAGE, occlusion="left-half", refine_step_size=2.0),
         "refine_step_size",
     ),
+    ("Complete", pb.CompleteRequest(image=GOOD_IMAGE, occlusion="left-half", restarts=17), "restarts"),
     ("Energy", pb.EnergyRequest(), "images"),
     ("Energy", pb.EnergyRequest(images=[GOOD_IMAGE, pb.Image(tensor=GOOD_TENSOR), pb.Image()]), "images[2]"),
 ]

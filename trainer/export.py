@@ -59,6 +59,7 @@ DEFAULT_COMPLETION = {
     "latent_step_size": 0.05,
     "latent_noise": False,
     "refine_steps": 15,
+    "restarts": 4,
 }
 
 
@@ -98,8 +99,8 @@ def export_bundle(
     """Export both nets (copied to CPU, float32, eval mode) as a verified bundle at `out_dir`; returns it.
 
     langevin:   {"s", "delta", "steps", "sigma", "noise"}, the sampling defaults written to the manifest
-    completion: {"latent_steps", "latent_step_size", "latent_noise", "refine_steps"}; missing keys (or None)
-                take DEFAULT_COMPLETION
+    completion: {"latent_steps", "latent_step_size", "latent_noise", "refine_steps", "restarts"}; missing
+                keys (or None) take DEFAULT_COMPLETION
     training:   the resolved training config (JSON-serialisable), stored as the manifest's "training"
     """
     missing = [k for k in LANGEVIN_KEYS if k not in langevin]

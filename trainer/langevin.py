@@ -85,12 +85,19 @@ def latent_energy_grad(
     mask=None means every pixel is observed (the paper's optional inference step during training)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        resid = y - generator(x)  # (N, C, H, W)
-        if mask is not None:
-            resid = resid * (1.0 - mask)
-        u = resid.pow(2).sum() / (2 * sigma**2) + 0.5 * x.pow(2).sum()
-        (grad,) = torch.autograd.grad(u, x)
+        (grad,) = torch.autograd.grad(latent_energy(generator, x, y, mask, sigma).sum(), x)
     return grad
+
+
+def latent_energy(
+    generator: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, sigma: float
+) -> torch.Tensor:
+    """U(X) = ‖(1 − M) ⊙ (Y − g(X))‖²/(2σ²) + ‖X‖²/2 per image (N,): the energy latent Langevin descends,
+    and what completion compares its restarts by. Differentiable (no torch.no_grad here)."""
+    resid = y - generator(x)  # (N, C, H, W)
+    if mask is not None:
+        resid = resid * (1.0 - mask)
+    return resid.pow(2).flatten(1).sum(1) / (2 * sigma**2) + 0.5 * x.pow(2).sum(1)  # (N,)
 
 
 def latent_step(x: torch.Tensor, grad_u: torch.Tensor, noise: torch.Tensor, eta: float) -> torch.Tensor:

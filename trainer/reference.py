@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from trainer.grads import frozen_copy
-from trainer.langevin import NoiseFn, infer_latent, revise
+from trainer.langevin import NoiseFn, infer_latent, latent_energy, revise
 
 
 def per_image_noise(rngs: list[np.random.Generator]) -> NoiseFn:
@@ -40,6 +40,19 @@ def energy(descriptor: nn.Module, y: torch.Tensor, s: float) -> torch.Tensor:
 def _initial_latents(rngs: list[np.random.Generator], latent_dim: int) -> torch.Tensor:
     z = np.stack([rng.standard_normal(latent_dim, dtype=np.float32) for rng in rngs])  # (N, d)
     return torch.from_numpy(z)
+
+
+def per_image_restart_noise(rngs: list[np.random.Generator], restarts: int) -> NoiseFn:
+    """Noise for N·R latent chains (image i's R chains in rows i·R … i·R + R − 1): R rows from each image's
+    rng as one (R, d) draw, so that R = 1 draws exactly what per_image_noise does."""
+
+    def draw(t: int, like: torch.Tensor) -> torch.Tensor:
+        shape = (restarts, *like.shape[1:])
+        return torch.from_numpy(
+            np.concatenate([rng.standard_normal(shape, dtype=np.float32) for rng in rngs])
+        )
+
+    return draw
 
 
 def reference_synthesize(
@@ -78,11 +91,14 @@ def reference_complete(
     s: float,
     sigma: float,
     noise: bool,
+    restarts: int = 1,
 ) -> np.ndarray:
     """Completion of `images` (N, C, H, W) in [-1, 1] where `masks` (same shape, or (N, 1, H, W)) is 1 =
     missing, 0 = observed: infer z from the observed pixels by `latent_steps` latent Langevin steps of size η
-    (noise only if `latent_noise`), fill the missing pixels with g(z), then `refine_steps` descriptor Langevin
-    steps on the missing pixels only. Returns (N, C, H, W) float32; observed pixels are exactly `images`."""
+    (noise only if `latent_noise`) on `restarts` chains per image, keeping the one whose final z has the
+    lowest U(z) (the first on ties), fill the missing pixels with g(z), then `refine_steps` descriptor
+    Langevin steps on the missing pixels only. Returns (N, C, H, W) float32; observed pixels are exactly
+    `images`."""
     descriptor, generator = frozen_copy(descriptor), frozen_copy(generator)
     y_obs = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))  # (N, C, H, W)
     mask = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)).expand_as(y_obs).contiguous()
@@ -90,11 +106,17 @@ def reference_complete(
         raise ValueError(f"{len(seeds)} seeds for {y_obs.shape[0]} images: give one seed per image")
     rngs = [np.random.default_rng(seed) for seed in seeds]
 
-    # 1-2. Latent Langevin: X given the observed pixels, from X ~ N(0, I).
-    z = _initial_latents(rngs, generator.spec.latent_dim)  # (N, d)
-    z = infer_latent(
-        generator, z, y_obs, mask, latent_steps, eta, sigma, per_image_noise(rngs) if latent_noise else None
-    )
+    # 1-2. Latent Langevin: X given the observed pixels, from R starts X ~ N(0, I) per image, one batch.
+    if restarts < 1:
+        raise ValueError(f"restarts must be at least 1, got {restarts}")
+    n, r = y_obs.shape[0], restarts
+    y_rep, mask_rep = y_obs.repeat_interleave(r, 0), mask.repeat_interleave(r, 0)  # (N·R, C, H, W)
+    start = per_image_restart_noise(rngs, r)(0, torch.empty(n * r, generator.spec.latent_dim))  # (N·R, d)
+    noise_fn = per_image_restart_noise(rngs, r) if latent_noise else None
+    z = infer_latent(generator, start, y_rep, mask_rep, latent_steps, eta, sigma, noise_fn)  # (N·R, d)
+    with torch.no_grad():
+        u = latent_energy(generator, z, y_rep, mask_rep, sigma).view(n, r)  # (N, R)
+    z = z.view(n, r, -1)[torch.arange(n), u.argmin(1)]  # (N, d) the lowest-U chain of each image
     # 3. Fill the hole with the generator's image.
     with torch.no_grad():
         y = torch.where(mask > 0.5, generator(z), y_obs)  # (N, C, H, W)
