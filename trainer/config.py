@@ -60,7 +60,7 @@ class TrainConfig:
     image_size: int = 28
     latent_dim: int = 100
     # cooperative learning
-    iterations: int = 200
+    iterations: int = 1000
     batch_size: int = 32
     chains: int = 0
     langevin_steps: int = 15
@@ -79,8 +79,8 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "none"
     log_every: int = 10
-    sample_every: int = 100
-    ckpt_every: int = 100
+    sample_every: int = 250
+    ckpt_every: int = 250
     guard_max_abs: float = 10.0
     guard_energy_gap: float = 1e8
     export: bool = True
