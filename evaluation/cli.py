@@ -216,8 +216,9 @@ def run(config: EvalConfig) -> str:
             f"({len(train.labels)} images) for the classifier, the floor and the memorisation check",
             "classifier": f"test accuracy {clf.test_accuracy:.4f}, sha256 {clf.sha256[:16]}",
             "langevin": f"s {lang.s}, δ {lang.delta}, noise {lang.noise}; revised samples: {steps} steps",
-            "completion defaults": f"{comp.latent_steps} latent steps of size {comp.latent_step_size}, then "
-            f"{comp.refine_steps} refinement steps; langevin-only: {config.langevin_only_steps} steps",
+            "completion defaults": f"{comp.restarts} latent chain(s) of {comp.latent_steps} steps of size "
+            f"{comp.latent_step_size} (the lowest U kept), then {comp.refine_steps} refinement steps; "
+            f"langevin-only: {config.langevin_only_steps} steps",
             "seed": config.seed,
         }
 

@@ -3,8 +3,9 @@ with this project's completion, its two ablations and the baselines; PSNR and SS
 and on the whole image, per image, summarised as mean and 95% interval.
 
 Methods (the model ones run through the served engine, exactly as a client gets them):
-    coop            latent inference of X on the observed pixels, fill the hole with g(X), then K descriptor
-                    Langevin steps on the hole (Engine.complete at the bundle's defaults)
+    coop            latent inference of X on the observed pixels (the lowest-U of R restarts), fill the hole
+                    with g(X), then K descriptor Langevin steps on the hole (Engine.complete at the bundle's
+                    defaults)
     latent-only     the same with refine_steps = 0: what the generator alone recovers
     langevin-only   no generator: the hole filled with uniform noise in [-1, 1], then descriptor Langevin
                     on the hole (the descriptor alone, `langevin_only_steps` steps)
