@@ -56,11 +56,11 @@ LANGEVIN_KEYS = ("s", "delta", "steps", "sigma", "noise")
 # PSNR on the hidden pixels of a centre 14×14 hole (11.5 dB at L = 100, 11.4 at 200; η = 0.1 oscillates).
 # Restarts and refinement, measured on the reference run's 2000-iteration checkpoint (100 t10k images,
 # PSNR of the missing region, centre 12×12 / 16×16 / left half): R = 4 chains of L = 100 raise latent-only
-# from 15.57 / 14.32 / 14.46 dB (R = 1) to 15.83 / – / –, R = 8 gives 15.84 / 14.66 / 14.65 (no better
-# than 4 on centre 12, at twice the cost); after them K = 10 refinement steps add 0.2-0.3 dB (16.17 at R = 4) where
-# K = 15 adds less (16.05) and K = 50 loses (ckpt 1000: 14.29 at K = 15, 12.20 at K = 50). Larger η loses:
-# η = 0.06 at L = 200 gave 13.53 dB against 13.69 for η = 0.05 at L = 100 (ckpt 1000), η = 0.07 11.79 vs 12.31
-# (ckpt 500, L = 100).
+# from 15.57 / 14.32 / 14.46 dB (R = 1) to 15.83 / – / –; R = 8 gives 15.84 / 14.66 / 14.65 (no better
+# than 4 on centre 12, at twice the cost). After them K = 10 refinement steps add 0.2-0.3 dB (16.17 at
+# R = 4), K = 15 less (16.05), and K = 50 loses (ckpt 1000: 14.29 at K = 15, 12.20 at K = 50). Larger η
+# loses: η = 0.06 at L = 200 gave 13.53 dB against 13.69 for η = 0.05 at L = 100 (ckpt 1000), η = 0.07
+# 11.79 vs 12.31 (ckpt 500, L = 100).
 DEFAULT_COMPLETION = {
     "latent_steps": 100,
     "latent_step_size": 0.05,
