@@ -184,6 +184,14 @@ def test_more_restarts_never_raise_the_chosen_latent_energy(engine):
         infer(0)
 
 
-def test_restarts_default_comes_from_the_manifest(serving_bundle, engine):
+def test_restarts_default_comes_from_the_manifest(serving_bundle, engine, tmp_path):
     manifest = json.loads((serving_bundle / "manifest.json").read_text())
     assert engine.completion.restarts == manifest["completion"]["restarts"]
+    bad = tmp_path / "bundle"
+    shutil.copytree(serving_bundle, bad)
+    (bad / "manifest.json").write_text(json.dumps({**manifest, "completion": {"restarts": 0}}))
+    with pytest.raises(BundleError, match="restarts"):
+        load_bundle(bad)
+    old = {k: v for k, v in manifest["completion"].items() if k != "restarts"}  # a bundle from before R
+    (bad / "manifest.json").write_text(json.dumps({**manifest, "completion": old}))
+    assert load_bundle(bad).completion.restarts == 1
