@@ -429,7 +429,10 @@ def serve(cfg: ServeConfig) -> int:
             reload_bundle(cfg, service)
     log.info("shutting down: health NOT_SERVING, in-flight RPCs get %.1f s", cfg.grace_s)
     health_servicer.enter_graceful_shutdown()
-    server.stop(cfg.grace_s).wait()
+    deadline = time.monotonic() + cfg.grace_s
+    if not service.drain(cfg.grace_s):  # new RPCs get UNAVAILABLE while those in flight finish
+        log.warning("grace period over with RPCs still in flight: they end UNAVAILABLE")
+    server.stop(max(0.0, deadline - time.monotonic())).wait()
     service.close()
     log.info("stopped")
     return 0

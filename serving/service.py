@@ -11,6 +11,7 @@ steps.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -110,7 +111,8 @@ def _rpc(method):
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            return method(self, request, context)
+            with self.admitted():
+                return method(self, request, context)
         except RpcError as e:
             code = e.code
             context.abort_with_status(_status(e))
@@ -139,6 +141,9 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
         self.metrics = metrics
         self.engine: Engine | None = None
         self.batcher: Batcher | None = None
+        self._draining = False
+        self._in_flight = 0
+        self._idle = threading.Condition()
 
     def attach(self, engine: Engine) -> None:
         self.batcher = Batcher(
@@ -153,6 +158,28 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+
+    @contextlib.contextmanager
+    def admitted(self):
+        """Counts an RPC in flight. Once draining, a new RPC is refused with UNAVAILABLE at once: grpcio's own
+        stop() would end a late RPC with CANCELLED or UNAVAILABLE depending on timing, and clients retry only
+        on UNAVAILABLE."""
+        with self._idle:
+            if self._draining:
+                raise RpcError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry elsewhere")
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Refuses new RPCs and waits up to `timeout` seconds for those in flight; True when none is left."""
+        with self._idle:
+            self._draining = True
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
     # ---- the engine side of the batcher ----------------------------------------------------------------
 
@@ -281,62 +308,8 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
         thread and this generator forwards its snapshots and final images as they come."""
         start, code = time.perf_counter(), grpc.StatusCode.OK
         try:
-            engine = self._engine()
-            seeds, (_, steps, delta, noise) = self._synthesis_args(request.request, "request.")
-            k = request.snapshot_every
-            if k > steps:
-                raise invalid("snapshot_every", f"{k} is more than the {steps} Langevin steps")
-            fmt, stop = request.request.format, _stop_event(context)
-            events: queue.Queue = queue.Queue()
-
-            def work() -> None:
-                try:
-                    out = engine.synthesize(
-                        seeds,
-                        steps,
-                        delta,
-                        noise,
-                        snapshot_every=k,
-                        on_snapshot=lambda t, y: events.put(("snapshot", t, y)),
-                        should_stop=stop.is_set,
-                    )
-                    events.put(("final", steps, out))
-                except Cancelled as e:  # counted here: the RPC thread may be gone already
-                    self.metrics.cancelled.labels("SynthesizeStream", "running").inc()
-                    log.info(
-                        "SynthesizeStream stopped after %d Langevin steps: the client cancelled or its "
-                        "deadline passed",
-                        e.steps_done,
-                    )
-                    events.put(("error", 0, e))
-                except BaseException as e:  # handed to the RPC thread, which maps it to a status
-                    events.put(("error", 0, e))
-
-            threading.Thread(target=work, name="stream", daemon=True).start()
-            while True:
-                kind, t, payload = events.get()
-                if kind == "error":
-                    raise payload
-                if kind == "snapshot":
-                    for i, s in enumerate(seeds):
-                        yield pb.SynthesizeEvent(
-                            step=t,
-                            final=False,
-                            image=pb.GeneratedImage(index=i, seed=s, image=image_to_proto(payload[i], fmt)),
-                        )
-                    continue
-                for i, s in enumerate(seeds):
-                    yield pb.SynthesizeEvent(
-                        step=t,
-                        final=True,
-                        image=pb.GeneratedImage(
-                            index=i,
-                            seed=s,
-                            image=image_to_proto(payload.images[i], fmt),
-                            energy=float(payload.energy[i]),
-                        ),
-                    )
-                return
+            with self.admitted():
+                yield from self._stream(request, context)
         except RpcError as e:
             code = e.code
             context.abort_with_status(_status(e))
@@ -348,6 +321,65 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
             raise
         finally:
             self.metrics.observe("SynthesizeStream", code.name, time.perf_counter() - start)
+
+    def _stream(self, request: pb.SynthesizeStreamRequest, context):
+        """SynthesizeStream's body: yields the events; errors propagate to SynthesizeStream."""
+        engine = self._engine()
+        seeds, (_, steps, delta, noise) = self._synthesis_args(request.request, "request.")
+        k = request.snapshot_every
+        if k > steps:
+            raise invalid("snapshot_every", f"{k} is more than the {steps} Langevin steps")
+        fmt, stop = request.request.format, _stop_event(context)
+        events: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                out = engine.synthesize(
+                    seeds,
+                    steps,
+                    delta,
+                    noise,
+                    snapshot_every=k,
+                    on_snapshot=lambda t, y: events.put(("snapshot", t, y)),
+                    should_stop=stop.is_set,
+                )
+                events.put(("final", steps, out))
+            except Cancelled as e:  # counted here: the RPC thread may be gone already
+                self.metrics.cancelled.labels("SynthesizeStream", "running").inc()
+                log.info(
+                    "SynthesizeStream stopped after %d Langevin steps: the client cancelled or its "
+                    "deadline passed",
+                    e.steps_done,
+                )
+                events.put(("error", 0, e))
+            except BaseException as e:  # handed to the RPC thread, which maps it to a status
+                events.put(("error", 0, e))
+
+        threading.Thread(target=work, name="stream", daemon=True).start()
+        while True:
+            kind, t, payload = events.get()
+            if kind == "error":
+                raise payload
+            if kind == "snapshot":
+                for i, s in enumerate(seeds):
+                    yield pb.SynthesizeEvent(
+                        step=t,
+                        final=False,
+                        image=pb.GeneratedImage(index=i, seed=s, image=image_to_proto(payload[i], fmt)),
+                    )
+                continue
+            for i, s in enumerate(seeds):
+                yield pb.SynthesizeEvent(
+                    step=t,
+                    final=True,
+                    image=pb.GeneratedImage(
+                        index=i,
+                        seed=s,
+                        image=image_to_proto(payload.images[i], fmt),
+                        energy=float(payload.energy[i]),
+                    ),
+                )
+            return
 
     @_rpc
     def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:
