@@ -17,6 +17,7 @@ from serving.codec import hwc
 
 PAD = 2
 GAP = 8
+STRIP_HEIGHT = 112  # strips are for people: small images are enlarged (nearest neighbour) to about this height
 
 
 def save_png(pixels: np.ndarray, path: str | os.PathLike) -> Path:
@@ -57,11 +58,19 @@ def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = No
     return save_png(grid(images, nrow), path)
 
 
+def strip_scale(height: int) -> int:
+    """The integer enlargement of a strip of `height`-pixel images (1 for images already STRIP_HEIGHT tall)."""
+    return max(1, -(-STRIP_HEIGHT // height))
+
+
 def save_strip(panels: list[np.ndarray], path: str | os.PathLike) -> Path:
-    """(C, H, W) images left to right with a white gap (e.g. original | occluded | recovered)."""
+    """(C, H, W) images left to right with a white gap (e.g. original | occluded | recovered), each pixel
+    repeated strip_scale(H) times so that 28-pixel images are visible; the gap is not enlarged."""
+    k = strip_scale(panels[0].shape[1])
     parts = []
     for i, image in enumerate(panels):
+        big = hwc(image).repeat(k, axis=0).repeat(k, axis=1)  # (k H, k W, C)
         if i:
-            parts.append(np.full((image.shape[1], GAP, image.shape[0]), 255, dtype=np.uint8))
-        parts.append(hwc(image))  # (H, W, C)
-    return save_png(np.concatenate(parts, axis=1), path)  # (H, W1 + GAP + W2 ..., C)
+            parts.append(np.full((big.shape[0], GAP, big.shape[2]), 255, dtype=np.uint8))
+        parts.append(big)
+    return save_png(np.concatenate(parts, axis=1), path)  # (k H, k W1 + GAP + k W2 ..., C)

@@ -101,9 +101,10 @@ def test_complete_through_the_server_and_locally_agree(
         assert np.array_equal(rec[:7], original[:7])  # observed rows unchanged
         assert np.array_equal(rec, _pixels(local / f"{stem}_recovered.png"))
         strip = _pixels(remote / f"{stem}_strip.png")
-        assert strip.shape == (28, 3 * 28 + 2 * 8)  # original | occluded | recovered
-        assert np.array_equal(strip[:, :28], original)
-        assert (strip[7:21, 36 + 7 : 36 + 21] == 0).all()  # the hole, shown black
+        k = 4  # 28-pixel images are shown 4x (nearest neighbour) in strips
+        assert strip.shape == (28 * k, 3 * 28 * k + 2 * 8)  # original | occluded | recovered
+        assert np.array_equal(strip[::k, : 28 * k : k], original)
+        assert (strip[7 * k : 21 * k, (28 + 7) * k + 8 : (28 + 21) * k + 8] == 0).all()  # the hole, shown black
 
 
 def test_complete_with_a_mask_png(coop_server, token_file, inputs, tmp_path):
