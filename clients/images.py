@@ -17,7 +17,7 @@ from serving.codec import hwc
 
 PAD = 2
 GAP = 8
-STRIP_HEIGHT = 112  # strips are for people: small images are enlarged (nearest neighbour) to about this height
+STRIP_HEIGHT = 112  # strips are for people: small images are enlarged (nearest neighbour) to this height
 
 
 def save_png(pixels: np.ndarray, path: str | os.PathLike) -> Path:
@@ -59,7 +59,7 @@ def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = No
 
 
 def strip_scale(height: int) -> int:
-    """The integer enlargement of a strip of `height`-pixel images (1 for images already STRIP_HEIGHT tall)."""
+    """Integer enlargement of a strip of `height`-pixel images (1 for images STRIP_HEIGHT tall or more)."""
     return max(1, -(-STRIP_HEIGHT // height))
 
 

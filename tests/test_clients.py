@@ -104,7 +104,8 @@ def test_complete_through_the_server_and_locally_agree(
         k = 4  # 28-pixel images are shown 4x (nearest neighbour) in strips
         assert strip.shape == (28 * k, 3 * 28 * k + 2 * 8)  # original | occluded | recovered
         assert np.array_equal(strip[::k, : 28 * k : k], original)
-        assert (strip[7 * k : 21 * k, (28 + 7) * k + 8 : (28 + 21) * k + 8] == 0).all()  # the hole, shown black
+        hole = strip[7 * k : 21 * k, (28 + 7) * k + 8 : (28 + 21) * k + 8]
+        assert (hole == 0).all()  # the hole, shown black
 
 
 def test_complete_with_a_mask_png(coop_server, token_file, inputs, tmp_path):
