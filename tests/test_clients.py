@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TOKEN
+from support import TOKEN
 from PIL import Image as PILImage
 
 from clients.cli import client_main, complete_main

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TOKEN
+from support import ROOT, TOKEN
 
 NODE_DIR = ROOT / "tests" / "node"
 

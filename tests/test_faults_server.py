@@ -19,7 +19,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import COMPLETION, LANGEVIN, ROOT, start_server
+from support import COMPLETION, LANGEVIN, ROOT, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # A client process that opens a stream, reads one snapshot, prints "started" and then hangs until SIGKILLed:

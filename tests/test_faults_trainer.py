@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from support import ROOT
 
 from trainer.checkpoint import load_checkpoint
 

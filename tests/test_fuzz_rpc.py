@@ -22,7 +22,7 @@ from collections import Counter
 import grpc
 import numpy as np
 import pytest
-from conftest import start_server
+from support import start_server
 from coopnets.v1 import coopnets_pb2 as pb
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc

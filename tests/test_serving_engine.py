@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import COMPLETION, LANGEVIN
+from support import COMPLETION, LANGEVIN
 
 from serving.bundle import BundleError, load_bundle, open_sessions
 from serving.engine import Cancelled, Engine

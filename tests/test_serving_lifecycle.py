@@ -14,7 +14,7 @@ import time
 
 import grpc
 import pytest
-from conftest import ROOT, start_server
+from support import ROOT, start_server
 
 from clients.client import CoopNetsClient
 from serving.bundle import BundleError, load_bundle, open_sessions

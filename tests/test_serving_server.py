@@ -11,7 +11,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import COMPLETION, LANGEVIN, TOKEN
+from support import COMPLETION, LANGEVIN, TOKEN
 from coopnets.v1 import coopnets_pb2 as pb
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc

@@ -1,4 +1,4 @@
-"""Named occlusions for the completion benchmark (numpy only).
+"""Named occlusions: the masks of the service's `occlusion` field, coop-complete --occlude and coop-eval.
 
 Mask convention, as everywhere in this project: **1 = missing** (the pixel may move), 0 = observed (clamped).
 Masks are float32 (N, C, H, W), the same on every channel of a pixel.
@@ -76,3 +76,10 @@ def occlusion_mask(name: str, shape: Sequence[int], seed: int) -> np.ndarray:
 def occlusion_masks(name: str, shape: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
     """Masks (N, C, H, W) for images with per-image seeds."""
     return np.stack([occlusion_mask(name, shape, int(s)) for s in seeds])
+
+
+def occluded(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """What the model is shown: `images` with the missing pixels (mask = 1) black (-1), for previews and
+    strips. Same shape as `images` ((C, H, W) or (N, C, H, W)); masks broadcast against it."""
+    return np.where(masks > 0.5, np.float32(-1.0), images).astype(np.float32)
+

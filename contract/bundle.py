@@ -1,0 +1,379 @@
+"""The model bundle: the only thing that joins the trainer and the service (docs/architecture.md).
+
+A directory holding four ONNX graphs and `manifest.json`, format "coopnets.bundle" version 1:
+
+    generator.onnx       z (N, d)                                       -> y (N, C, H, W) = g(z)
+    descriptor.onnx      y (N, C, H, W)                                 -> f (N,), grad (N, C, H, W) = ∂f/∂Y
+    langevin_step.onnx   y, noise, mask (N, C, H, W); delta, s []       -> y_next (N, C, H, W), f (N,)
+    generator_grad.onnx  z (N, d); y, mask (N, C, H, W); sigma []       -> grad_z (N, d), y_gen (N, C, H, W), u (N,)
+
+Both sides go through this module: the exporter writes the manifest with `write_manifest` and reads the
+result back with `read_bundle` before renaming the directory into place; the service loads with
+`read_bundle` and checks its ONNX Runtime sessions' inputs and outputs with `check_graph_io`. So the format,
+the defaults and every check are written once. `read_bundle` refuses, with one line saying what is wrong and
+how to fix it: a missing or non-JSON manifest, another format or version, a missing section or graph, a
+default out of its range (s, δ, σ > 0; step counts >= 0; 1 <= restarts <= 16), graph I/O that disagrees with
+the image shape or latent size, and any file whose size or sha256 differs from the manifest.
+
+Bundles written before a key existed still load: a missing `completion` key takes DEFAULT_COMPLETION.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from contract.files import atomic_write_json, sha256_file
+from contract.sampling import MAX_RESTARTS, MAX_STEP_SIZE, CompletionParams, SynthesisParams
+
+FORMAT = "coopnets.bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+OPSET = 18
+BATCH = "N"  # the dynamic batch axis, in the manifest and in every graph
+
+# name -> (inputs, outputs), each a tuple of (tensor name, dims); dims use the symbols below, () = a scalar
+_IMG, _Z = ("N", "C", "H", "W"), ("N", "d")
+GRAPHS: dict[str, tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[tuple[str, tuple[str, ...]], ...]]] = {
+    "generator": ((("z", _Z),), (("y", _IMG),)),
+    "descriptor": ((("y", _IMG),), (("f", ("N",)), ("grad", _IMG))),
+    "langevin_step": (
+        (("y", _IMG), ("noise", _IMG), ("mask", _IMG), ("delta", ()), ("s", ())),
+        (("y_next", _IMG), ("f", ("N",))),
+    ),
+    "generator_grad": (
+        (("z", _Z), ("y", _IMG), ("mask", _IMG), ("sigma", ())),
+        (("grad_z", _Z), ("y_gen", _IMG), ("u", ("N",))),
+    ),
+}
+
+# Completion defaults, measured for the 28×28 net (`python bench/export_step.py --completion CKPT`): on a
+# 200-iteration Fashion-MNIST model the Gauss-Newton Hessian of U(z) had top eigenvalue λ ≈ 960 (median
+# image; 1760 max), so gradient steps are stable for (η²/2)·λ < 2, i.e. η ≲ 0.05-0.065; η = 0.05 gave the best
+# PSNR on the hidden pixels of a centre 14×14 hole (11.5 dB at L = 100, 11.4 at 200; η = 0.1 oscillates).
+# Restarts and refinement, measured on the reference run's 2000-iteration checkpoint (100 t10k images,
+# PSNR of the missing region, centre 12×12 / 16×16 / left half): R = 4 chains of L = 100 raise latent-only
+# from 15.57 / 14.32 / 14.46 dB (R = 1) to 15.83 / – / –; R = 8 gives 15.84 / 14.66 / 14.65 (no better
+# than 4 on centre 12, at twice the cost). After them K = 10 refinement steps add 0.2-0.3 dB (16.17 at
+# R = 4), K = 15 less (16.05), and K = 50 loses (ckpt 1000: 14.29 at K = 15, 12.20 at K = 50). Larger η
+# loses: η = 0.06 at L = 200 gave 13.53 dB against 13.69 for η = 0.05 at L = 100 (ckpt 1000), η = 0.07
+# 11.79 vs 12.31 (ckpt 500, L = 100).
+DEFAULT_COMPLETION = {
+    "latent_steps": 100,
+    "latent_step_size": 0.05,
+    "latent_noise": False,
+    "refine_steps": 10,
+    "restarts": 4,
+}
+LANGEVIN_KEYS = ("s", "delta", "steps", "sigma", "noise")
+
+
+class BundleError(ValueError):
+    """The bundle cannot be written or served; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class LangevinDefaults:
+    """Descriptor Langevin as trained: reference std s, step size δ, steps K, generator noise σ, noise on/off."""
+
+    s: float
+    delta: float
+    steps: int
+    sigma: float
+    noise: bool
+
+    @property
+    def synthesis(self) -> SynthesisParams:
+        """What a synthesis request that sets nothing gets."""
+        return SynthesisParams(steps=self.steps, delta=self.delta, noise=self.noise)
+
+
+@dataclass(frozen=True)
+class CompletionDefaults:
+    """Latent Langevin steps L of size η (noise on/off) on R restarts (the lowest U kept), then K descriptor
+    refinement steps."""
+
+    latent_steps: int
+    latent_step_size: float
+    latent_noise: bool
+    refine_steps: int
+    restarts: int
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle directory: what the manifest says, typed."""
+
+    path: Path
+    manifest: dict
+    digest: str  # sha256 of manifest.json, which holds the sha256 of every file
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    latent_dim: int
+    langevin: LangevinDefaults
+    completion: CompletionDefaults
+    graph_files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def arch(self) -> str:
+        return str(self.manifest.get("net", {}).get("arch", ""))
+
+    @property
+    def file_sha256(self) -> dict[str, str]:
+        return {name: entry["sha256"] for name, entry in self.manifest["files"].items()}
+
+    @property
+    def completion_params(self) -> CompletionParams:
+        """What a completion request that sets nothing gets."""
+        c, lv = self.completion, self.langevin
+        return CompletionParams(
+            latent_steps=c.latent_steps,
+            latent_step_size=c.latent_step_size,
+            latent_noise=c.latent_noise,
+            refine_steps=c.refine_steps,
+            refine_step_size=lv.delta,
+            noise=lv.noise,
+            restarts=c.restarts,
+        )
+
+
+# ---- graph I/O ------------------------------------------------------------------------------------------------
+
+
+def expected_io(graph: str, image_shape: Sequence[int], latent_dim: int) -> tuple[list, list]:
+    """The (name, dims) inputs and outputs `graph` must have for this image shape and latent size; the batch
+    axis is BATCH."""
+    c, h, w = image_shape
+    sizes = {"N": BATCH, "C": c, "H": h, "W": w, "d": latent_dim}
+    ins, outs = GRAPHS[graph]
+    return tuple([(name, [sizes[s] for s in dims]) for name, dims in io] for io in (ins, outs))
+
+
+def check_graph_io(
+    where: str,
+    graph: str,
+    inputs: Iterable[tuple[str, Sequence]],
+    outputs: Iterable[tuple[str, Sequence]],
+    image_shape: Sequence[int],
+    latent_dim: int,
+) -> None:
+    """BundleError unless the graph's (name, dims) inputs and outputs are those of the contract. A batch axis
+    may be any symbolic name (not a fixed number); every other axis must be the expected size."""
+    want_in, want_out = expected_io(graph, image_shape, latent_dim)
+    for kind, want, got in (("inputs", want_in, list(inputs)), ("outputs", want_out, list(outputs))):
+        got = [(str(name), list(dims)) for name, dims in got]
+        if [n for n, _ in got] != [n for n, _ in want]:
+            raise BundleError(
+                f"{where}: graph {graph} has {kind} {[n for n, _ in got]}, the contract needs "
+                f"{[n for n, _ in want]}: re-export the bundle with coop-export"
+            )
+        for (name, dims), (_, wdims) in zip(got, want, strict=True):
+            ok = len(dims) == len(wdims) and all(
+                (not isinstance(d, int) or d <= 0) if w == BATCH else d == w
+                for d, w in zip(dims, wdims, strict=True)
+            )
+            if not ok:
+                raise BundleError(
+                    f"{where}: graph {graph} {name} has shape {dims}, the manifest's image shape "
+                    f"{list(image_shape)} and latent size {latent_dim} need {wdims}: re-export the bundle"
+                )
+
+
+# ---- writing ----------------------------------------------------------------------------------------------------
+
+
+def versions(**extra: str) -> dict[str, str]:
+    """coopnets' own version and those the writer passes (torch, onnx, ...), for the manifest."""
+    try:
+        coopnets = importlib.metadata.version("coopnets")
+    except importlib.metadata.PackageNotFoundError:
+        coopnets = "unknown"
+    return {"coopnets": coopnets, **extra}
+
+
+def write_manifest(
+    root: str | os.PathLike,
+    *,
+    net: Mapping[str, Any],
+    image_shape: Sequence[int],
+    latent_dim: int,
+    langevin: Mapping[str, Any],
+    completion: Mapping[str, Any] | None,
+    graph_io: Mapping[str, Mapping[str, list]],
+    training: Mapping[str, Any] | None = None,
+    writer: Mapping[str, Any] | None = None,
+) -> dict:
+    """Writes `root`/manifest.json for the graph files already in `root` (named <graph>.onnx), with their
+    sha256 and size; returns the manifest. `graph_io`: per graph {"inputs": [...], "outputs": [...]} as read
+    from the ONNX files; `writer`: extra top-level entries (exporter, versions). Missing completion keys take
+    DEFAULT_COMPLETION. Call read_bundle(root) afterwards: that is the verification."""
+    root = Path(root)
+    missing = [k for k in LANGEVIN_KEYS if k not in langevin]
+    if missing:
+        raise BundleError(f"langevin settings lack {', '.join(missing)}: give {', '.join(LANGEVIN_KEYS)}")
+    graphs, files = {}, {}
+    for name in GRAPHS:
+        file = f"{name}.onnx"
+        graphs[name] = {"file": file, **graph_io[name]}
+        files[file] = {"sha256": sha256_file(root / file), "bytes": (root / file).stat().st_size}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "net": dict(net),
+        "image": {"shape": list(image_shape), "value_range": [-1.0, 1.0]},
+        "latent_dim": latent_dim,
+        "langevin": {k: langevin[k] for k in LANGEVIN_KEYS},
+        "completion": {**DEFAULT_COMPLETION, **(completion or {})},
+        "opset": OPSET,
+        **(writer or {}),
+        "graphs": graphs,
+        "files": files,
+        "training": dict(training or {}),
+    }
+    atomic_write_json(root / MANIFEST, manifest)
+    return manifest
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    """Whether `path` looks like a bundle (its manifest names the format); used before replacing a directory."""
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+# ---- reading ----------------------------------------------------------------------------------------------------
+
+
+def read_bundle(path: str | os.PathLike) -> Bundle:
+    """Reads and verifies the bundle at `path` (see the module docstring); raises BundleError."""
+    root = Path(path)
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{root} is not a model bundle (no {MANIFEST}): pass the directory coop-export wrote")
+    raw = mpath.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8 text
+        raise BundleError(f"{mpath} is not valid JSON ({e}): re-export the bundle") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{mpath} is not a JSON object: re-export the bundle")
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{mpath}: format {manifest.get('format')!r} version {manifest.get('format_version')!r} is not "
+            f"{FORMAT!r} version {FORMAT_VERSION}: re-export the bundle with this version's coop-export"
+        )
+    m = _Checker(mpath)
+    image = m.section(manifest, "image")
+    shape = m.ints(image, "shape", "image.shape", length=3)
+    latent_dim = m.integer(manifest, "latent_dim", "latent_dim", low=1)
+    lv = m.section(manifest, "langevin")
+    langevin = LangevinDefaults(
+        s=m.real(lv, "s", "langevin.s"),
+        delta=m.real(lv, "delta", "langevin.delta", high=MAX_STEP_SIZE),
+        steps=m.integer(lv, "steps", "langevin.steps", low=0),
+        sigma=m.real(lv, "sigma", "langevin.sigma"),
+        noise=m.boolean(lv, "noise", "langevin.noise"),
+    )
+    cp = {**DEFAULT_COMPLETION, **m.section(manifest, "completion", optional=True)}
+    completion = CompletionDefaults(
+        latent_steps=m.integer(cp, "latent_steps", "completion.latent_steps", low=0),
+        latent_step_size=m.real(cp, "latent_step_size", "completion.latent_step_size", high=MAX_STEP_SIZE),
+        latent_noise=m.boolean(cp, "latent_noise", "completion.latent_noise"),
+        refine_steps=m.integer(cp, "refine_steps", "completion.refine_steps", low=0),
+        restarts=m.integer(cp, "restarts", "completion.restarts", low=1, high=MAX_RESTARTS),
+    )
+    net = m.section(manifest, "net", optional=True)
+    if "latent_dim" in net and net["latent_dim"] != latent_dim:
+        raise BundleError(f"{mpath}: net.latent_dim {net['latent_dim']} differs from latent_dim {latent_dim}")
+    graphs, files = m.section(manifest, "graphs"), m.section(manifest, "files")
+    graph_files = {}
+    for name in GRAPHS:
+        entry = m.section(graphs, name, f"graphs.{name}")
+        file = entry.get("file")
+        if not isinstance(file, str) or file not in files:
+            raise BundleError(f"{mpath}: graph {name} names no file listed in 'files': re-export the bundle")
+        if "inputs" in entry or "outputs" in entry:  # what the exporter read from the graph itself
+            check_graph_io(
+                str(mpath),
+                name,
+                [(v["name"], v["shape"]) for v in entry.get("inputs", [])],
+                [(v["name"], v["shape"]) for v in entry.get("outputs", [])],
+                shape,
+                latent_dim,
+            )
+        graph_files[name] = root / file
+    for fname, entry in files.items():
+        fpath = root / fname
+        if not isinstance(entry, dict) or Path(fname).name != fname:
+            raise BundleError(f"{mpath}: 'files' must map plain file names to their sha256: re-export")
+        if not fpath.is_file():
+            raise BundleError(f"{fpath} is missing: copy the whole bundle directory")
+        size = entry.get("bytes")
+        if (size is not None and fpath.stat().st_size != size) or sha256_file(fpath) != entry.get("sha256"):
+            raise BundleError(f"{fpath} does not match its sha256 in {MANIFEST}: the bundle is corrupt, re-copy it")
+    return Bundle(
+        path=root,
+        manifest=manifest,
+        digest=hashlib.sha256(raw).hexdigest(),
+        image_shape=tuple(shape),  # type: ignore[arg-type]
+        latent_dim=latent_dim,
+        langevin=langevin,
+        completion=completion,
+        graph_files=graph_files,
+    )
+
+
+class _Checker:
+    """Typed reads of manifest entries; each failure is one BundleError line naming the key and its range."""
+
+    def __init__(self, where: Path):
+        self.where = where
+
+    def fail(self, key: str, why: str) -> BundleError:
+        return BundleError(f"{self.where}: {key} {why}: fix the manifest or re-export the bundle")
+
+    def section(self, parent: dict, name: str, key: str | None = None, optional: bool = False) -> dict:
+        value = parent.get(name, {} if optional else None)
+        if not isinstance(value, dict):
+            raise self.fail(key or name, "is missing or not an object")
+        return value
+
+    def _get(self, parent: dict, name: str, key: str):
+        if name not in parent:
+            raise self.fail(key, "is missing")
+        return parent[name]
+
+    def integer(self, parent: dict, name: str, key: str, low: int, high: int | None = None) -> int:
+        v = self._get(parent, name, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low or (high is not None and v > high):
+            raise self.fail(key, f"must be an integer in [{low}, {'∞' if high is None else high}], got {v!r}")
+        return v
+
+    def ints(self, parent: dict, name: str, key: str, length: int) -> list[int]:
+        v = self._get(parent, name, key)
+        if not (isinstance(v, list) and len(v) == length and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                 and x > 0 for x in v)):
+            raise self.fail(key, f"must be {length} positive integers, got {v!r}")
+        return v
+
+    def real(self, parent: dict, name: str, key: str, high: float = math.inf) -> float:
+        v = self._get(parent, name, key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 < v <= high):
+            raise self.fail(key, f"must be a finite number in (0, {high:g}], got {v!r}")
+        return float(v)
+
+    def boolean(self, parent: dict, name: str, key: str) -> bool:
+        v = self._get(parent, name, key)
+        if not isinstance(v, bool):
+            raise self.fail(key, f"must be true or false, got {v!r}")
+        return v
+
