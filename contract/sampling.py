@@ -99,7 +99,8 @@ class Samples:
 
 @dataclass(frozen=True)
 class Progress:
-    """Yielded after every Langevin step: `phase` "latent" or "langevin", `step` steps of `steps` done."""
+    """Yielded after every Langevin step: `phase` "latent" or "langevin", `step` steps of `steps` done; the
+    descriptor phase also yields its start (step 0)."""
 
     phase: str
     step: int
@@ -195,6 +196,7 @@ def langevin_steps(
     mask = np.ones_like(y) if mask is None else np.ascontiguousarray(np.broadcast_to(mask, y.shape), np.float32)
     chain = backend.chain(y, mask, delta)
     zeros = np.zeros_like(y)
+    yield Progress("langevin", 0, steps, lambda: y)  # the start: drafts, or the filled image of completion
     for t in range(steps):
         chain.step(_draw(rngs, backend.image_shape) if noise else zeros)
         yield Progress("langevin", t + 1, steps, chain.value)
@@ -256,19 +258,25 @@ def completion_steps(
     return Samples(y, *measure(backend, y))
 
 
-def run(steps: Generator[Progress, None, Samples], should_stop: Callable[[], bool] | None = None):
-    """Drives a sampler to the end and returns its result; with `should_stop`, checked before every step,
-    raises Cancelled once it says so."""
+def run(
+    steps: Generator[Progress, None, Samples],
+    should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+):
+    """Drives a sampler to the end and returns its result. `should_stop` is checked before every step and
+    raises Cancelled once it says so; `on_progress` sees every Progress."""
     done = 0
     while True:
         if should_stop is not None and should_stop():
             steps.close()
             raise Cancelled(done)
         try:
-            next(steps)
+            progress = next(steps)
         except StopIteration as end:
             return end.value
-        done += 1
+        done += progress.step > 0
+        if on_progress is not None:
+            on_progress(progress)
 
 
 def synthesize(backend: Backend, seeds: Sequence[int], params: SynthesisParams) -> Samples:
