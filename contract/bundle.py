@@ -2,10 +2,10 @@
 
 A directory holding four ONNX graphs and `manifest.json`, format "coopnets.bundle" version 1:
 
-    generator.onnx       z (N, d)                                       -> y (N, C, H, W) = g(z)
-    descriptor.onnx      y (N, C, H, W)                                 -> f (N,), grad (N, C, H, W) = ∂f/∂Y
-    langevin_step.onnx   y, noise, mask (N, C, H, W); delta, s []       -> y_next (N, C, H, W), f (N,)
-    generator_grad.onnx  z (N, d); y, mask (N, C, H, W); sigma []       -> grad_z (N, d), y_gen (N, C, H, W), u (N,)
+    generator.onnx       z (N, d)                                 -> y (N, C, H, W) = g(z)
+    descriptor.onnx      y (N, C, H, W)                           -> f (N,), grad (N, C, H, W) = ∂f/∂Y
+    langevin_step.onnx   y, noise, mask (N, C, H, W); delta, s [] -> y_next (N, C, H, W), f (N,)
+    generator_grad.onnx  z (N, d); y, mask (N, C, H, W); sigma [] -> grad_z (N, d), y_gen (N, C, H, W), u (N,)
 
 Both sides go through this module: the exporter writes the manifest with `write_manifest` and reads the
 result back with `read_bundle` before renaming the directory into place; the service loads with
@@ -144,7 +144,7 @@ class Bundle:
         )
 
 
-# ---- graph I/O ------------------------------------------------------------------------------------------------
+# ---- graph I/O ---------------------------------------------------------------------------------------------
 
 
 def expected_io(graph: str, image_shape: Sequence[int], latent_dim: int) -> tuple[list, list]:
@@ -186,7 +186,7 @@ def check_graph_io(
                 )
 
 
-# ---- writing ----------------------------------------------------------------------------------------------------
+# ---- writing -----------------------------------------------------------------------------------------------
 
 
 def versions(**extra: str) -> dict[str, str]:
@@ -243,14 +243,14 @@ def write_manifest(
 
 
 def is_bundle(path: str | os.PathLike) -> bool:
-    """Whether `path` looks like a bundle (its manifest names the format); used before replacing a directory."""
+    """Whether `path` looks like a bundle (its manifest names the format), checked before replacing it."""
     try:
         return json.loads((Path(path) / MANIFEST).read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
 
-# ---- reading ----------------------------------------------------------------------------------------------------
+# ---- reading -----------------------------------------------------------------------------------------------
 
 
 def read_bundle(path: str | os.PathLike) -> Bundle:
@@ -258,7 +258,9 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     root = Path(path)
     mpath = root / MANIFEST
     if not mpath.is_file():
-        raise BundleError(f"{root} is not a model bundle (no {MANIFEST}): pass the directory coop-export wrote")
+        raise BundleError(
+            f"{root} is not a model bundle (no {MANIFEST}): pass the directory coop-export wrote"
+        )
     raw = mpath.read_bytes()
     try:
         manifest = json.loads(raw)
@@ -293,7 +295,7 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     )
     net = m.section(manifest, "net", optional=True)
     if "latent_dim" in net and net["latent_dim"] != latent_dim:
-        raise BundleError(f"{mpath}: net.latent_dim {net['latent_dim']} differs from latent_dim {latent_dim}")
+        raise m.fail("net.latent_dim", f"{net['latent_dim']!r} differs from latent_dim {latent_dim}")
     graphs, files = m.section(manifest, "graphs"), m.section(manifest, "files")
     graph_files = {}
     for name in GRAPHS:
@@ -319,7 +321,9 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
             raise BundleError(f"{fpath} is missing: copy the whole bundle directory")
         size = entry.get("bytes")
         if (size is not None and fpath.stat().st_size != size) or sha256_file(fpath) != entry.get("sha256"):
-            raise BundleError(f"{fpath} does not match its sha256 in {MANIFEST}: the bundle is corrupt, re-copy it")
+            raise BundleError(
+                f"{fpath} does not match its sha256 in {MANIFEST}: the bundle is corrupt, re-copy it"
+            )
     return Bundle(
         path=root,
         manifest=manifest,
@@ -355,20 +359,26 @@ class _Checker:
     def integer(self, parent: dict, name: str, key: str, low: int, high: int | None = None) -> int:
         v = self._get(parent, name, key)
         if isinstance(v, bool) or not isinstance(v, int) or v < low or (high is not None and v > high):
-            raise self.fail(key, f"must be an integer in [{low}, {'∞' if high is None else high}], got {v!r}")
+            raise self.fail(
+                key, f"must be an integer >= {low}{'' if high is None else f' and <= {high}'}, got {v!r}"
+            )
         return v
 
     def ints(self, parent: dict, name: str, key: str, length: int) -> list[int]:
         v = self._get(parent, name, key)
-        if not (isinstance(v, list) and len(v) == length and all(isinstance(x, int) and not isinstance(x, bool)
-                                                                 and x > 0 for x in v)):
+        if not (
+            isinstance(v, list)
+            and len(v) == length
+            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+        ):
             raise self.fail(key, f"must be {length} positive integers, got {v!r}")
         return v
 
     def real(self, parent: dict, name: str, key: str, high: float = math.inf) -> float:
         v = self._get(parent, name, key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 < v <= high):
-            raise self.fail(key, f"must be a finite number in (0, {high:g}], got {v!r}")
+            span = "> 0" if high == math.inf else f"in (0, {high:g}]"
+            raise self.fail(key, f"must be a finite number {span}, got {v!r}")
         return float(v)
 
     def boolean(self, parent: dict, name: str, key: str) -> bool:
@@ -376,4 +386,3 @@ class _Checker:
         if not isinstance(v, bool):
             raise self.fail(key, f"must be true or false, got {v!r}")
         return v
-

@@ -37,7 +37,7 @@ class FieldError(ValueError):
         self.description = message
 
 
-# ---- pixels -------------------------------------------------------------------------------------------------
+# ---- pixels ------------------------------------------------------------------------------------------------
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -58,7 +58,7 @@ def hwc(image: np.ndarray) -> np.ndarray:
     return to_uint8(image).transpose(1, 2, 0)  # (H, W, C)
 
 
-# ---- PNG ----------------------------------------------------------------------------------------------------
+# ---- PNG ---------------------------------------------------------------------------------------------------
 
 
 def _pil(pixels: np.ndarray) -> PILImage.Image:
@@ -109,7 +109,7 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     return save_png(hwc(image), path)
 
 
-# ---- pictures for people ------------------------------------------------------------------------------------
+# ---- pictures for people -----------------------------------------------------------------------------------
 
 
 def enlargement(height: int) -> int:
@@ -117,7 +117,9 @@ def enlargement(height: int) -> int:
     return max(1, -(-MIN_PICTURE_HEIGHT // height))
 
 
-def grid(images: np.ndarray, nrow: int | None = None, pad: int = GRID_PAD, pad_value: int = 255) -> np.ndarray:
+def grid(
+    images: np.ndarray, nrow: int | None = None, pad: int = GRID_PAD, pad_value: int = 255
+) -> np.ndarray:
     """Tile (N, C, H, W) images (float in [-1, 1] or uint8) into one (H', W', C) uint8 array, `nrow` per row
     (default: square), `pad` pixels of `pad_value` between them."""
     pixels = to_uint8(images)  # (N, C, H, W)
@@ -168,7 +170,7 @@ def save_strip(panels: list[np.ndarray], path: str | os.PathLike) -> Path:
     return save_png(side_by_side(big), path)
 
 
-# ---- messages (coopnets.v1 Image / Tensor, duck-typed) -------------------------------------------------------
+# ---- messages (coopnets.v1 Image / Tensor, duck-typed) -----------------------------------------------------
 
 
 def set_tensor(msg, array: np.ndarray):
@@ -219,7 +221,7 @@ def image_from_message(msg, shape: tuple[int, int, int], field: str = "image") -
 
 def mask_from_message(msg, shape: tuple[int, int, int], field: str = "mask") -> np.ndarray:
     """Mask message -> (C, H, W) float32 of 0/1, **1 = missing**. PNG: white (>= 128) = missing (colour PNGs
-    are read as grey). Tensor: [H, W], [1, H, W] or [C, H, W] of exactly 0 and 1. Must mark a missing pixel."""
+    are read as grey). Tensor: [H, W], [1, H, W] or [C, H, W] of exactly 0 and 1. At least one must be 1."""
     c, h, w = shape
     kind = msg.WhichOneof("kind")
     if kind is None:

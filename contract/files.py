@@ -1,7 +1,8 @@
 """Atomic writes and sha256 of files: a reader never sees a half-written file or directory.
 
-Every write goes to a temporary sibling (same folder, so same filesystem), is flushed and fsynced, then renamed
-over the target with os.replace, which is atomic on POSIX: a crash mid-write leaves the previous file intact.
+Every write goes to a temporary sibling (same folder, so same filesystem), is flushed and fsynced, then
+renamed over the target with os.replace, which is atomic on POSIX: a crash mid-write leaves the previous
+file intact.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@
 
 Each field is a flag: `max_batch` is `--max-batch` (and `--max_batch`); a bool is `--x / --no-x`; a field
 typed `int | None` / `float | None` / `bool | None` defaults to None (= "the model's default"). Precedence,
-lowest first: the dataclass defaults, the TOML file (top-level keys = field names, checked for unknown keys and
-types), the flags given on the command line (defaults are suppressed, so only given flags override). The
+lowest first: the dataclass defaults, the TOML file (top-level keys = field names, checked for unknown keys
+and types), the flags given on the command line (defaults are suppressed, so only given flags override). The
 result is validated by the dataclass's own `validate()` when it has one. Errors are one line: `Parser.error`
 exits 2 with "error: ... (see PROG --help)", and `cli_main` turns ValueError/OSError into the same.
 """
@@ -79,17 +79,33 @@ def add_flags(
         default = getattr(defaults, f.name)
         text = help.get(f.name, f.name.replace("_", " "))
         if f.name in positional:
-            parser.add_argument(f.name, type=kind, help=text, nargs="?" if default not in ("", None) else None,
-                                default=argparse.SUPPRESS)
+            parser.add_argument(
+                f.name,
+                type=kind,
+                help=text,
+                nargs="?" if default not in ("", None) else None,
+                default=argparse.SUPPRESS,
+            )
             continue
         text = f"{text} (default: {'the model' if default is None and optional else repr(default)})"
         names = [flag_name(f.name)] + ([f"--{f.name}"] if "_" in f.name else [])
         if kind is bool:
-            parser.add_argument(names[0], dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=text)
+            parser.add_argument(
+                names[0],
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=text,
+            )
         else:
-            parser.add_argument(*names, dest=f.name, type=kind, default=argparse.SUPPRESS, help=text,
-                                choices=tuple(choices[f.name]) if f.name in choices else None)
+            parser.add_argument(
+                *names,
+                dest=f.name,
+                type=kind,
+                default=argparse.SUPPRESS,
+                help=text,
+                choices=tuple(choices[f.name]) if f.name in choices else None,
+            )
 
 
 def load_toml(path: str | Path, config: type) -> dict[str, Any]:
@@ -126,7 +142,9 @@ def checked_overrides(data: Mapping[str, Any], config: type, where: str) -> dict
     return out
 
 
-def resolve(config: type, given: Mapping[str, Any], config_file: str | None = None, base: Mapping | None = None):
+def resolve(
+    config: type, given: Mapping[str, Any], config_file: str | None = None, base: Mapping | None = None
+):
     """`config` built from, lowest first: its defaults, `base` (e.g. a checkpoint's saved config), the TOML
     `config_file`, then `given` (the parsed flags; keys that are not fields are ignored); validated."""
     names = {f.name for f in dataclasses.fields(config)}

@@ -82,4 +82,3 @@ def occluded(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """What the model is shown: `images` with the missing pixels (mask = 1) black (-1), for previews and
     strips. Same shape as `images` ((C, H, W) or (N, C, H, W)); masks broadcast against it."""
     return np.where(masks > 0.5, np.float32(-1.0), images).astype(np.float32)
-

@@ -86,7 +86,9 @@ class CompletionParams:
         _check_size("latent_step_size", self.latent_step_size)
         _check_size("refine_step_size", self.refine_step_size)
         if not 1 <= self.restarts <= MAX_RESTARTS:
-            raise ParamError("restarts", f"{self.restarts} is not between 1 and {MAX_RESTARTS} chains per image")
+            raise ParamError(
+                "restarts", f"{self.restarts} is not between 1 and {MAX_RESTARTS} chains per image"
+            )
         return self
 
 
@@ -140,7 +142,7 @@ class Backend(Protocol):
         ...
 
 
-# ---- the formulas -------------------------------------------------------------------------------------------
+# ---- the formulas ------------------------------------------------------------------------------------------
 
 
 def energy(y, f, s: float):
@@ -176,7 +178,7 @@ def measure(backend: Backend, images: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return energy(y.astype(np.float64), f, backend.s).astype(np.float32), f.astype(np.float32)
 
 
-# ---- the samplers -------------------------------------------------------------------------------------------
+# ---- the samplers ------------------------------------------------------------------------------------------
 
 Steps = Generator[Progress, None, Samples]
 
@@ -193,7 +195,9 @@ def langevin_steps(
     """K descriptor Langevin steps from `y` (N, C, H, W) where mask = 1 (None = everywhere); U_t of image i
     is rngs[i].standard_normal((C, H, W)) when `noise`, zeros otherwise. Returns Y."""
     y = np.ascontiguousarray(y, dtype=np.float32)
-    mask = np.ones_like(y) if mask is None else np.ascontiguousarray(np.broadcast_to(mask, y.shape), np.float32)
+    mask = (
+        np.ones_like(y) if mask is None else np.ascontiguousarray(np.broadcast_to(mask, y.shape), np.float32)
+    )
     chain = backend.chain(y, mask, delta)
     zeros = np.zeros_like(y)
     yield Progress("langevin", 0, steps, lambda: y)  # the start: drafts, or the filled image of completion

@@ -2,9 +2,11 @@
 
 Property-based: arbitrary bytes as idx files (raw and gzipped), npz files, images in a training folder, and
 arbitrary JSON edits of a bundle's manifest.json: the loaders raise only their own one-line errors (DataError,
-BundleError). Then each CLI end to end (in-process, its real `main`): coop-train on corrupt images, an empty
-folder, a wrong idx magic number, a truncated checkpoint; coop-serve and coop-complete on a bundle with a
-missing or tampered file; coop-export on a file that is not a checkpoint.
+BundleError), and a manifest that loads also serves (its sessions open and answer). A manifest that lies
+about its graphs or leaves a default's range is refused at start. Then each CLI end to end (in-process, its
+real `main`): coop-train on corrupt images, an empty folder, a wrong idx magic number, a truncated checkpoint;
+coop-serve and coop-complete on a bundle with a missing or tampered file; coop-export on a file that is not a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 from clients.cli import complete_main
-from serving.bundle import BundleError, load_bundle
+from contract.bundle import BundleError, read_bundle
+from contract.sampling import CompletionParams, SynthesisParams
+from serving.engine import Engine
 from serving.server import main as serve_main
+from serving.sessions import open_sessions
 from trainer.cli import export_main, train_main
 from trainer.data import IDX_IMAGES_MAGIC, DataError, load_images, read_idx_images
 
@@ -69,7 +74,7 @@ def one_line_error(capsys, code: int, prefix: str = "") -> str:
     return lines[0]
 
 
-# ---- loaders, property-based ----------------------------------------------------------------------------
+# ---- loaders, property-based -------------------------------------------------------------------------------
 
 
 @st.composite
@@ -205,13 +210,50 @@ MANIFEST_PATHS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def graph_files(serving_bundle, tmp_path_factory) -> Path:
-    """The test bundle's ONNX files, linked from one folder (copying 36 MB per example would dominate)."""
-    d = tmp_path_factory.mktemp("graphs")
-    for f in serving_bundle.glob("*.onnx"):
-        (d / f.name).symlink_to(f)
-    return d
+LEGACY = Path(__file__).parent / "data" / "legacy" / "bundle"  # tiny graphs: sessions open in milliseconds
+ONE_STEP = SynthesisParams(steps=1, delta=0.002, noise=True)
+ONE_STEP_COMPLETION = CompletionParams(1, 0.05, False, 1, 0.002, True, 2)
+
+
+def edited_bundle(root: Path, edits=(), raw: bytes | None = None) -> Path:
+    """A bundle at `root` whose ONNX files link to the legacy bundle's and whose manifest is the legacy one
+    with `edits` ((key path, value) pairs) applied, or the bytes `raw`."""
+    root.mkdir(parents=True, exist_ok=True)
+    for f in LEGACY.glob("*.onnx"):
+        (root / f.name).symlink_to(f.resolve())
+    if raw is not None:
+        (root / "manifest.json").write_bytes(raw)
+        return root
+    manifest = json.loads((LEGACY / "manifest.json").read_text())
+    for path, value in edits:
+        if not path:
+            manifest = value
+            continue
+        node = manifest
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node[path[-1]] = value
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def load_and_serve(root: Path) -> None:
+    """What coop-serve does with a bundle before SERVING, and one request of each kind; only BundleError (one
+    line) may stop it."""
+    try:
+        bundle = read_bundle(root)
+        engine = Engine(bundle, open_sessions(bundle, device="cpu", threads=1))
+    except BundleError as e:
+        assert "\n" not in str(e)
+        return
+    out = engine.synthesize([0], ONE_STEP)
+    masks = np.ones((1, *engine.image_shape), np.float32)  # (1, C, H, W), all missing
+    rec = engine.complete(out.images, masks, [0], ONE_STEP_COMPLETION)
+    assert np.isfinite(out.images).all() and np.isfinite(rec.images).all()
+    assert np.isfinite(engine.energy(out.images)[0]).all()
+    default = engine.synthesis_defaults
+    assert default.steps >= 0 and 0 < default.delta <= 1 and engine.backend.s > 0 and engine.backend.sigma > 0
 
 
 @settings(FUZZ, max_examples=300)
@@ -219,33 +261,42 @@ def graph_files(serving_bundle, tmp_path_factory) -> Path:
     edits=st.lists(st.tuples(st.sampled_from(MANIFEST_PATHS), json_values()), min_size=1, max_size=3),
     raw=st.one_of(st.none(), st.binary(max_size=50)),
 )
-def test_fuzz_bundle_manifest(serving_bundle, graph_files, tmp_path_factory, edits, raw):
-    """Arbitrary JSON at any manifest key (or bytes that are not JSON / UTF-8): BundleError or a bundle."""
+def test_fuzz_bundle_manifest(tmp_path_factory, edits, raw):
+    """Arbitrary JSON at any manifest key (or bytes that are not JSON / UTF-8): BundleError, or a bundle whose
+    sessions open and answer."""
     CASES["manifest"] += 1
-    bundle = tmp_path_factory.mktemp("b")
-    for f in graph_files.iterdir():
-        (bundle / f.name).symlink_to(f.resolve())
-    if raw is not None:
-        (bundle / "manifest.json").write_bytes(raw)
-    else:
-        manifest = json.loads((serving_bundle / "manifest.json").read_text())
-        for path, value in edits:
-            if not path:
-                manifest = value
-                continue
-            node = manifest
-            for key in path[:-1]:
-                node = node.get(key) if isinstance(node, dict) else None
-            if isinstance(node, dict):
-                node[path[-1]] = value
-        (bundle / "manifest.json").write_text(json.dumps(manifest))
-    try:
-        load_bundle(bundle)
-    except BundleError as e:
-        assert "\n" not in str(e)
+    load_and_serve(edited_bundle(tmp_path_factory.mktemp("b"), edits, raw))
 
 
-# ---- the CLIs, end to end ------------------------------------------------------------------------------
+LIES = {  # a manifest that disagrees with its graphs or leaves a default's range -> the words of the error
+    "latent_dim 5": ([(("latent_dim",), 5)], "latent"),
+    "image shape": ([(("image", "shape"), [1, 14, 14])], "shape"),
+    "3 channels": ([(("image", "shape"), [3, 28, 28])], "shape"),
+    "s = -1": ([(("langevin", "s"), -1)], "langevin.s"),
+    "delta NaN": ([(("langevin", "delta"), float("nan"))], "langevin.delta"),
+    "sigma 0": ([(("langevin", "sigma"), 0)], "langevin.sigma"),
+    "steps -3": ([(("langevin", "steps"), -3)], "langevin.steps"),
+    "steps 2.5": ([(("langevin", "steps"), 2.5)], "langevin.steps"),
+    "noise 'yes'": ([(("langevin", "noise"), "yes")], "langevin.noise"),
+    "restarts 0": ([(("completion", "restarts"), 0)], "completion.restarts"),
+    "latent step 5": ([(("completion", "latent_step_size"), 5.0)], "completion.latent_step_size"),
+    "graph inputs": ([(("graphs", "generator", "inputs"), [{"name": "x", "shape": ["N", 8]}])], "inputs"),
+    "file outside": ([(("graphs", "generator", "file"), "../generator.onnx")], "generator"),
+}
+
+
+@pytest.mark.parametrize("lie", list(LIES))
+def test_a_manifest_that_lies_is_refused_at_start_with_one_line(lie, tmp_path, capsys):
+    edits, words = LIES[lie]
+    bundle = edited_bundle(tmp_path / "b", edits)
+    with pytest.raises(BundleError, match="re-export|re-copy|fix the manifest"):
+        Engine(read_bundle(bundle), open_sessions(read_bundle(bundle), device="cpu", threads=1))
+    code = serve_main(["--bundle", str(bundle), "--port", "0", "--device", "cpu"])
+    assert code == 2
+    assert words in one_line_error(capsys, code, "coop-serve: ")
+
+
+# ---- the CLIs, end to end ----------------------------------------------------------------------------------
 
 
 @pytest.fixture()
