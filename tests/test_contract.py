@@ -1,0 +1,230 @@
+"""The contract package on its own: the codec, masks and occlusions, atomic files, the flag builder, and the
+sampler's driving (progress order, cancellation, per-image seeds) on the tiny legacy bundle's real graphs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from coopnets.v1 import coopnets_pb2 as pb
+from support import ROOT
+
+from contract import codec, files, flags, occlusions, sampling
+from contract.sampling import Cancelled, CompletionParams, SynthesisParams
+from serving.engine import Engine
+
+LEGACY = ROOT / "tests" / "data" / "legacy" / "bundle"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine.open(LEGACY, device="cpu", threads=1)
+
+
+# ---- codec -------------------------------------------------------------------------------------------------
+
+
+def test_pixels_png_and_tensor_messages_round_trip():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (3, 5, 7)).astype(np.float32)  # (C, H, W), not square, not symmetric
+    pixels = codec.to_uint8(image)
+    assert pixels.dtype == np.uint8 and codec.to_uint8(pixels) is pixels
+    assert np.abs(codec.from_uint8(pixels) - image).max() <= 1 / 127.5
+    png = codec.decode_png(codec.encode_png(image), (3, 5, 7))
+    np.testing.assert_array_equal(png, codec.from_uint8(pixels))
+    msg = codec.set_image(pb.Image(), image, png=False)
+    np.testing.assert_array_equal(codec.image_from_message(msg, (3, 5, 7)), image)  # exact
+    with pytest.raises(codec.FieldError) as e:
+        codec.decode_png(codec.encode_png(image), (3, 7, 5), "req.image.png")
+    assert e.value.field == "req.image.png" and "7x5" in e.value.description
+
+
+def test_bad_messages_name_their_field():
+    shape = (1, 4, 4)
+    cases = {
+        "image": pb.Image(),
+        "image.tensor.data": pb.Image(tensor=pb.Tensor(shape=[1, 4, 4], data=b"\0" * 10)),
+        "image.tensor.shape": pb.Image(tensor=pb.Tensor(shape=[2, 4, 4], data=b"\0" * 128)),
+        "image.png": pb.Image(png=b"not a png"),
+    }
+    for field, msg in cases.items():
+        with pytest.raises(codec.FieldError) as e:
+            codec.image_from_message(msg, shape, "image")
+        assert e.value.field == field
+    nan = codec.set_tensor(pb.Tensor(), np.full(shape, np.nan, np.float32))
+    with pytest.raises(codec.FieldError, match="finite"):
+        codec.image_from_message(pb.Image(tensor=nan), shape)
+
+
+def test_masks_are_one_where_missing_in_every_form():
+    shape = (3, 4, 4)
+    hole = np.zeros((4, 4), np.float32)
+    hole[1:3, 0] = 1  # (H, W), a hole on the left edge
+    from_tensor = codec.mask_from_message(pb.Image(tensor=codec.set_tensor(pb.Tensor(), hole)), shape)
+    white = codec.encode_png(hole[None] * 2 - 1)  # white (1 -> 255) = missing
+    from_png = codec.mask_from_message(pb.Image(png=white), shape)
+    np.testing.assert_array_equal(from_tensor, np.broadcast_to(hole, shape))
+    np.testing.assert_array_equal(from_png, from_tensor)
+    for bad, words in ((hole * 0.5, r"0 \(observed\) or 1"), (hole * 0, "no missing pixel")):
+        with pytest.raises(codec.FieldError, match=words):
+            codec.mask_from_message(pb.Image(tensor=codec.set_tensor(pb.Tensor(), bad)), shape)
+
+
+def test_grids_and_strips_are_enlarged_and_atomic(tmp_path):
+    images = np.linspace(-1, 1, 4 * 28 * 28, dtype=np.float32).reshape(4, 1, 28, 28)
+    grid = codec.grid(images)
+    assert grid.shape == (2 + 2 * 30, 2 + 2 * 30, 1)
+    np.testing.assert_array_equal(grid[2:30, 2:30, 0], codec.to_uint8(images[0, 0]))
+    path = codec.save_strip([images[0], images[1]], tmp_path / "strip.png")
+    from PIL import Image
+
+    k = codec.enlargement(28)
+    assert k == 4 and Image.open(path).size == (2 * 28 * k + codec.STRIP_GAP, 28 * k)
+    assert [p.name for p in tmp_path.iterdir()] == ["strip.png"]  # no temporary left behind
+
+
+# ---- occlusions --------------------------------------------------------------------------------------------
+
+
+def test_occlusions_are_seeded_per_image_and_previewed_black():
+    shape = (1, 28, 28)
+    a = occlusions.occlusion_masks("random:0.5", shape, [3, 4])
+    np.testing.assert_array_equal(a[1], occlusions.occlusion_mask("random:0.5", shape, 4))
+    assert a[0].sum() == round(0.5 * 28 * 28) and not np.array_equal(a[0], a[1])
+    centre = occlusions.occlusion_mask("center:10", shape, 0)
+    assert centre.sum() == 100 and centre[0, 9:19, 9:19].all()
+    image = np.full(shape, 0.5, np.float32)
+    preview = occlusions.occluded(image, centre)
+    assert (preview[centre > 0.5] == -1).all() and (preview[centre < 0.5] == 0.5).all()
+    with pytest.raises(ValueError, match="center:99"):
+        occlusions.occlusion_mask("center:99", shape, 0)
+
+
+# ---- files -------------------------------------------------------------------------------------------------
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "out.json"
+    files.atomic_write_json(target, {"a": 1})
+
+    def crash(fh):
+        fh.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        files.atomic_write(target, crash)
+    assert target.read_text() == '{\n  "a": 1\n}\n' and os.listdir(tmp_path) == ["out.json"]
+    assert files.sha256_file(target) == __import__("hashlib").sha256(target.read_bytes()).hexdigest()
+
+
+def test_replace_dir_swaps_a_whole_directory(tmp_path):
+    target = tmp_path / "bundle"
+    for version in ("1", "2"):
+        tmp = files.make_temp_dir(target)
+        (tmp / "v").write_text(version)
+        files.replace_dir(tmp, target)
+    assert (target / "v").read_text() == "2" and sorted(os.listdir(tmp_path)) == ["bundle"]
+
+
+# ---- flags -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    name: str = "x"
+    steps: int = 3
+    rate: float = 0.5
+    noise: bool = True
+    restarts: int | None = None
+
+    def validate(self) -> DemoConfig:
+        if self.steps < 0:
+            raise ValueError("--steps: must be >= 0")
+        return self
+
+
+def test_flags_precedence_defaults_then_toml_then_flags(tmp_path):
+    parser = flags.Parser(prog="demo")
+    flags.add_flags(parser, DemoConfig, {"steps": "how many"})
+    toml = tmp_path / "c.toml"
+    toml.write_text('steps = 7\nrate = 1\nname = "from-file"\n')
+    given = vars(parser.parse_args(["--rate", "0.25", "--no-noise"]))
+    config = flags.resolve(DemoConfig, given, str(toml))
+    assert config == DemoConfig(name="from-file", steps=7, rate=0.25, noise=False, restarts=None)
+    assert flags.resolve(DemoConfig, vars(parser.parse_args(["--restarts", "2"]))).restarts == 2
+    assert "how many (default: 3)" in parser.format_help()
+    assert flags.from_dict(DemoConfig, {"steps": 1, "gone": True}) == DemoConfig(steps=1)
+
+
+def test_flag_errors_are_one_line(tmp_path, capsys):
+    parser = flags.Parser(prog="demo")
+    flags.add_flags(parser, DemoConfig, {})
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--steps", "many"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "see demo --help" in err
+    toml = tmp_path / "c.toml"
+    for text, words in (("stepz = 1", "unknown key 'stepz'"), ("steps = true", "steps must be int")):
+        toml.write_text(text)
+        with pytest.raises(ValueError, match=words):
+            flags.resolve(DemoConfig, {}, str(toml))
+    code = flags.cli_main("demo", lambda: flags.resolve(DemoConfig, {"steps": -1}) and 0)
+    assert code == 2 and capsys.readouterr().err == "demo: error: --steps: must be >= 0\n"
+
+
+# ---- the sampler -------------------------------------------------------------------------------------------
+
+
+def test_progress_comes_after_every_step_in_order(engine):
+    params = CompletionParams(3, 0.05, True, 2, 0.002, True, 2)
+    seen = []
+    masks = occlusions.occlusion_masks("center:10", engine.image_shape, [0, 1])
+    images = engine.synthesize([5, 6]).images
+    out = sampling.run(
+        engine.completion_steps(images, masks, [0, 1], params),
+        on_progress=lambda p: seen.append((p.phase, p.step, p.value().shape)),
+    )
+    d, (c, h, w) = engine.latent_dim, engine.image_shape
+    assert seen == [("latent", t, (4, d)) for t in (1, 2, 3)] + [
+        ("langevin", t, (2, c, h, w)) for t in (0, 1, 2)
+    ]
+    np.testing.assert_array_equal(out.images[masks < 0.5], images[masks < 0.5])  # observed pixels exactly
+
+
+def test_should_stop_cancels_between_steps(engine):
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(Cancelled) as e:
+        engine.synthesize([0], SynthesisParams(steps=50, delta=0.002, noise=True), should_stop=stop)
+    assert e.value.steps_done == 2  # start, step 1, step 2 ran; the 4th check stopped it
+    assert len(calls) == 4
+
+
+def test_image_i_is_its_own_seed_in_any_batch(engine):
+    params = dataclasses.replace(engine.synthesis_defaults, steps=3)
+    batch = engine.synthesize([7, 8, 9], params)
+    alone = engine.synthesize([8], params)
+    np.testing.assert_array_equal(batch.images[1], alone.images[0])
+    # f(Y) is one conv stack summed: ONNX Runtime may order the sums differently at another batch size
+    np.testing.assert_allclose(
+        [batch.energy[1], batch.score[1]], [alone.energy[0], alone.score[0]], rtol=1e-6
+    )
+
+
+def test_params_check_their_ranges_and_name_the_field():
+    with pytest.raises(sampling.ParamError) as e:
+        SynthesisParams(steps=5, delta=2.0, noise=True).checked(max_steps=10, prefix="langevin.")
+    assert e.value.field == "langevin.step_size"
+    with pytest.raises(sampling.ParamError) as e:
+        CompletionParams(1, 0.05, False, 1, 0.002, True, restarts=17).checked()
+    assert e.value.field == "restarts"
+    with pytest.raises(sampling.ParamError) as e:
+        CompletionParams(11, 0.05, False, 1, 0.002, True, 1).checked(max_steps=10)
+    assert e.value.field == "latent_steps"
