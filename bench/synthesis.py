@@ -1,0 +1,184 @@
+"""Synthesis speed: the service's engine (ONNX Runtime) vs the same sampler in PyTorch eager vs torch.compile.
+
+    .venv/bin/python bench/synthesis.py [--repeats 7] [--steps 15] [--counts 1,16,64] [--threads 2]
+
+For each net (mnist28: 1×28×28, cifar32: 3×32×32; seeded weights scaled up from the official init so that
+activations are far from zero) and each count, three cases run interleaved in one window:
+    engine   serving.engine.Engine.synthesize on an exported bundle (what coop-serve runs per batch)
+    eager    contract.sampling.synthesize over trainer.reference.TorchBackend (autograd input gradients)
+    compile  the same sampler with each Langevin step a torch.compile'd trainer.grads.LangevinStep
+All three draw the same per-image numpy noise and run the same K steps from the same drafts (checked: max
+|engine − eager| is printed). GFLOP/s counts the convolutions and matmuls of the draft and of K forward +
+input-gradient passes (torch.utils.flop_counter), over the median wall time. Ends with
+`synth_speedup_vs_eager_min=` (the smallest eager/engine ratio in the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import fp32_peak, interleave, machine, table  # noqa: E402
+
+from contract import sampling  # noqa: E402
+from contract.sampling import SynthesisParams  # noqa: E402
+from serving.engine import Engine  # noqa: E402
+from trainer.export import export_bundle  # noqa: E402
+from trainer.grads import LangevinStep  # noqa: E402
+from trainer.nets import NetSpec, build_nets  # noqa: E402
+from trainer.reference import TorchBackend  # noqa: E402
+
+NETS = {"mnist28": NetSpec("mnist28", 1, 100), "cifar32": NetSpec("cifar32", 3, 100)}
+S, SIGMA, DELTA = 0.016, 0.3, 0.002
+
+
+def seeded_nets(spec: NetSpec):
+    torch.manual_seed(0)
+    descriptor, generator = build_nets(spec)
+    with torch.no_grad():
+        for net, scale in ((descriptor, 4.0), (generator, 8.0)):
+            for p in net.parameters():
+                if p.dim() > 1:
+                    p.mul_(scale)
+    return descriptor.eval(), generator.eval()
+
+
+class CompiledBackend(TorchBackend):
+    """TorchBackend whose Langevin step is the explicit-gradient module, compiled."""
+
+    def __init__(self, descriptor, generator, *, s: float, sigma: float):
+        super().__init__(descriptor, generator, s=s, sigma=sigma)
+        self.step = torch.compile(LangevinStep(self.descriptor).eval(), dynamic=False)
+
+    def chain(self, y, mask, delta):
+        return _CompiledChain(self, y, mask, delta)
+
+
+class _CompiledChain:
+    def __init__(self, backend: CompiledBackend, y, mask, delta):
+        self.backend = backend
+        self.y, self.mask = torch.from_numpy(np.array(y, np.float32)), torch.from_numpy(mask)
+        self.delta, self.s = torch.tensor(float(delta)), torch.tensor(backend.s)
+
+    def step(self, noise) -> None:
+        with torch.no_grad():
+            self.y, _ = self.backend.step(self.y, torch.from_numpy(noise), self.mask, self.delta, self.s)
+
+    def value(self):
+        return self.y.numpy()
+
+
+def flops_per_image(backend: TorchBackend, params: SynthesisParams) -> float:
+    """FLOPs of one image's synthesis: the draft g(X) and K Langevin steps, each a descriptor forward and its
+    input gradient (counted on trainer.grads.LangevinStep, the explicit form of the same arithmetic:
+    FlopCounterMode does not follow torch.autograd.grad)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step = LangevinStep(backend.descriptor).eval()
+    y = torch.zeros(1, *backend.image_shape)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        backend.generator(torch.zeros(1, backend.latent_dim))
+        for _ in range(params.steps):
+            step(y, y, y, torch.tensor(DELTA), torch.tensor(S))
+    return float(counter.get_total_flops())
+
+
+def measure(name: str, n: int, paths, flops: float, params, args, peak: float) -> tuple[list[str], float]:
+    """One table row: the three paths at count `n`, interleaved; returns the row and eager/engine."""
+    engine, eager, compiled = paths
+    seeds = list(range(n))
+    a = engine.synthesize(seeds, params).images
+    b = sampling.synthesize(eager, seeds, params).images
+    c = sampling.synthesize(compiled, seeds, params).images  # compiles for this shape
+    diff = max(float(np.abs(a - b).max()), float(np.abs(a - c).max()))
+    st = interleave(
+        {
+            "engine": lambda: engine.synthesize(seeds, params),
+            "eager": lambda: sampling.synthesize(eager, seeds, params),
+            "compile": lambda: sampling.synthesize(compiled, seeds, params),
+        },
+        args.repeats,
+        args.warmup,
+    )
+    e, g, k = st["engine"], st["eager"], st["compile"]
+
+    def rate(x) -> str:
+        r = flops * n / x.median  # FLOP/s
+        return f"{r / 1e9:.0f} ({r / peak:.0%})"
+
+    print(f"  {name} count {n}: engine {e.ms()} ms, eager {g.ms()} ms, compile {k.ms()} ms", flush=True)
+    row = [
+        name, str(n), e.ms(), g.ms(), k.ms(), f"{g.median / e.median:.2f}", f"{k.median / e.median:.2f}",
+        rate(e), rate(g), "/".join(f"{x.cpu_per_wall:.2f}" for x in (e, g, k)), f"{diff:.1e}",
+    ]  # fmt: skip
+    return row, g.median / e.median
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--counts", default="1,16,64")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--nets", default=",".join(NETS))
+    args = p.parse_args(argv)
+    counts = [int(c) for c in args.counts.split(",")]
+    torch.set_num_threads(args.threads)
+    params = SynthesisParams(steps=args.steps, delta=DELTA, noise=True)
+    peak, how = fp32_peak()
+    print(f"machine: {machine()}")
+    print(f"threads: torch {torch.get_num_threads()}, ONNX Runtime intra-op {args.threads}, inter-op 1")
+    print(f"fp32 peak: {how}")
+    print(
+        f"steps K = {params.steps}, δ = {params.delta}, noise on; {args.repeats} repeats after {args.warmup}"
+    )
+    rows, ratios = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.nets.split(","):
+            descriptor, generator = seeded_nets(NETS[name])
+            langevin = {"s": S, "delta": DELTA, "steps": params.steps, "sigma": SIGMA, "noise": True}
+            bundle = export_bundle(descriptor, generator, Path(tmp) / name, langevin=langevin)
+            engine = Engine.open(bundle, device="cpu", threads=args.threads)
+            eager = TorchBackend(descriptor, generator, s=S, sigma=SIGMA)
+            compiled = CompiledBackend(descriptor, generator, s=S, sigma=SIGMA)
+            flops = flops_per_image(eager, params)
+            for n in counts:
+                row, ratio = measure(name, n, (engine, eager, compiled), flops, params, args, peak)
+                rows.append(row)
+                ratios.append(ratio)
+    print()
+    print(
+        table(
+            [
+                "net",
+                "count",
+                "engine ms (p10–p90)",
+                "eager ms",
+                "compile ms",
+                "eager/engine",
+                "compile/engine",
+                "engine GFLOP/s (peak)",
+                "eager GFLOP/s (peak)",
+                "cpu/wall e/g/c",
+                "max |Δ|",
+            ],
+            rows,
+        )  # fmt: skip
+    )
+    print(f"synth_speedup_vs_eager_min={min(ratios):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
