@@ -87,7 +87,10 @@ def add_flags(
                 default=argparse.SUPPRESS,
             )
             continue
-        text = f"{text} (default: {'the model' if default is None and optional else repr(default)})"
+        if default is None and optional:
+            text = f"{text} (default: the model's)"
+        elif default != "":
+            text = f"{text} (default: {default!r})"
         names = [flag_name(f.name)] + ([f"--{f.name}"] if "_" in f.name else [])
         if kind is bool:
             parser.add_argument(
