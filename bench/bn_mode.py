@@ -3,6 +3,7 @@ ones (batch statistics, as during training and in the paper's code)? Issue 2's q
 evaluation classifier's Fréchet distance against Fashion-MNIST's held-out split.
 
     .venv/bin/python bench/bn_mode.py runs/demo/checkpoint.pt --n 1000
+    .venv/bin/python bench/bn_mode.py CKPT --n 10 --data-dir DIR --cache-dir /tmp/clf    # smoke
 
 Both modes use the same latents X and the same Langevin noise; train mode runs the generator in batches of the
 training batch size (batch statistics depend on it). Prints a table and ends with NAME=VALUE lines.
@@ -10,7 +11,6 @@ training batch size (batch statistics depend on it). Prints a table and ends wit
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import sys
@@ -20,22 +20,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from contract.flags import Parser, add_flags, cli_main, resolve
 from evaluation.classifier import ClassifierConfig, load_or_train
 from evaluation.data import load_split
 from evaluation.metrics import frechet_distance, precision_recall
 from trainer.checkpoint import load_models
-from trainer.data import DataError
 from trainer.langevin import revise, torch_noise
+
+HELP = {
+    "checkpoint": "a coop-train checkpoint.pt",
+    "n": "samples per mode and held-out images",
+    "batch": "train-mode batch size (0 = the training one)",
+    "data_dir": "folder with the Fashion-MNIST idx files",
+    "cache_dir": "feature classifier cache",
+}
 
 
 @dataclass(frozen=True)
 class BnModeConfig:
-    checkpoint: str
+    checkpoint: str = ""
     n: int = 1000
     batch: int = 0  # 0 = the checkpoint's training batch size
     seed: int = 0
     data_dir: str = ""
     cache_dir: str = str(Path.home() / ".cache" / "coopnets")
+
+    def validate(self) -> BnModeConfig:
+        if self.n < 10 or self.batch < 0:
+            raise ValueError("--n must be at least 10 and --batch not negative")
+        return self
 
 
 def sample(generator, descriptor, x: torch.Tensor, batch: int, train_mode: bool, cfg, seed: int):
@@ -91,24 +104,16 @@ def run(config: BnModeConfig) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="a coop-train checkpoint.pt")
-    p.add_argument("--n", type=int, default=1000, help="samples per mode and held-out images (default 1000)")
-    p.add_argument("--batch", type=int, default=0, help="train-mode batch size (default: the training one)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default="", help="folder with the Fashion-MNIST idx files")
-    p.add_argument("--cache-dir", default=BnModeConfig.cache_dir, help="feature classifier cache")
-    args = p.parse_args(argv)
+    parser = Parser(prog="bn_mode.py", description=__doc__.splitlines()[0])
+    add_flags(parser, BnModeConfig, HELP, positional=("checkpoint",))
+    args = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.n < 10 or args.batch < 0:
-        print("error: --n must be at least 10 and --batch not negative", file=sys.stderr)
-        return 2
-    try:
-        run(BnModeConfig(**vars(args)))
-    except (ValueError, DataError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    return 0
+
+    def body() -> int:
+        run(resolve(BnModeConfig, args))
+        return 0
+
+    return cli_main("bn_mode.py", body)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Export benchmarks: bundle export time per exporter, ORT Langevin-step latency, and the completion defaults.
 
     .venv/bin/python bench/export_step.py                         # export time + step latency, all archs
+    .venv/bin/python bench/export_step.py --archs mnist28 --exporters torchscript      # one row (smoke)
     .venv/bin/python bench/export_step.py --completion CKPT       # λ_max of U's Hessian and a (η, L) sweep
 
 The completion sweep completes held-out Fashion-MNIST test images (t10k, evaluation only) with a centre 14×14
@@ -9,23 +10,56 @@ hole by latent gradient steps (no noise, as the default); PSNR on the observed a
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from trainer.export import export_bundle
+from contract.codec import from_uint8
+from contract.flags import Parser, add_flags, cli_main, resolve
+from contract.sampling import latent_step
+from trainer.data import DEBIAN_DIR
+from trainer.export import EXPORTERS, export_bundle
 from trainer.langevin import latent_energy_grad
 from trainer.nets import NetSpec, build_nets
 
 LANGEVIN = {"s": 0.016, "delta": 0.002, "steps": 15, "sigma": 0.3, "noise": True}
-SPECS = [NetSpec("mnist28", 1, 100), NetSpec("cifar32", 3, 100), NetSpec("scene64", 3, 100)]
-TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+CHANNELS = {"mnist28": 1, "cifar32": 3, "scene64": 3}
+TEST_IMAGES = "t10k-images-idx3-ubyte.gz"  # Fashion-MNIST's held-out split: evaluation only
+
+HELP = {
+    "archs": f"comma-separated architectures to export ({', '.join(CHANNELS)})",
+    "exporters": f"comma-separated exporters ({', '.join(EXPORTERS)})",
+    "completion": "sweep completion steps on this checkpoint instead",
+    "images": "test images for --completion",
+    "sigma": "σ of U for --completion",
+    "data_dir": f"folder with {TEST_IMAGES} for --completion",
+}
+
+
+@dataclass(frozen=True)
+class ExportBenchConfig:
+    archs: str = ",".join(CHANNELS)
+    exporters: str = ",".join(EXPORTERS)
+    completion: str = ""
+    images: int = 64
+    sigma: float = 0.3
+    data_dir: str = str(DEBIAN_DIR)
+
+    def validate(self) -> ExportBenchConfig:
+        for name, known in (("archs", CHANNELS), ("exporters", EXPORTERS)):
+            unknown = set(getattr(self, name).split(",")) - set(known)
+            if unknown:
+                raise ValueError(f"--{name}: unknown {', '.join(sorted(unknown))}; use {', '.join(known)}")
+        if self.images < 1 or not self.sigma > 0:
+            raise ValueError("--images must be >= 1 and --sigma > 0")
+        return self
 
 
 def step_latency_ms(bundle: Path, spec: NetSpec, n: int, reps: int = 5, steps: int = 10) -> float:
@@ -51,13 +85,14 @@ def step_latency_ms(bundle: Path, spec: NetSpec, n: int, reps: int = 5, steps: i
     return statistics.median(times)
 
 
-def export_table() -> None:
+def export_table(archs: list[str], exporters: list[str]) -> None:
     print("| arch | exporter | export + verify (s) | step b1 (ms) | step b16 (ms) |")
     print("|---|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        for spec in SPECS:
+        for arch in archs:
+            spec = NetSpec(arch, CHANNELS[arch], 100)
             descriptor, generator = build_nets(spec)
-            for exporter in ("torchscript", "dynamo"):
+            for exporter in exporters:
                 t = time.perf_counter()
                 out = export_bundle(
                     descriptor,
@@ -80,14 +115,14 @@ def psnr(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> float:
     return (10 * torch.log10(4 / mse)).mean().item()
 
 
-def completion_table(checkpoint: str, n_images: int, sigma: float) -> None:
+def completion_table(checkpoint: str, n_images: int, sigma: float, data_dir: str) -> None:
     from trainer.checkpoint import load_models
     from trainer.data import read_idx_images
 
     _, generator, _ = load_models(checkpoint)
     generator.requires_grad_(False)
-    pixels = read_idx_images(TEST_IMAGES)[:n_images]
-    y = torch.from_numpy(pixels[:, None].astype(np.float32) / 127.5 - 1)  # (N, 1, 28, 28)
+    pixels = read_idx_images(Path(data_dir) / TEST_IMAGES)[:n_images]  # (N, 28, 28)
+    y = torch.from_numpy(from_uint8(pixels[:, None]))  # (N, 1, 28, 28)
     mask = torch.zeros_like(y)
     mask[:, :, 7:21, 7:21] = 1  # 1 = missing
     keep = 1 - mask
@@ -117,7 +152,7 @@ def completion_table(checkpoint: str, n_images: int, sigma: float) -> None:
     for eta in (0.02, 0.05, 0.1, 0.2):
         z, cells = z0.clone(), []
         for step in range(1, max(lengths) + 1):
-            z = z - 0.5 * eta**2 * latent_energy_grad(generator, z, y, mask, sigma)  # (N, d)
+            z = latent_step(z, latent_energy_grad(generator, z, y, mask, sigma), 0.0, eta)  # (N, d), no noise
             if step in lengths:
                 with torch.no_grad():
                     y_gen = generator(z)
@@ -127,18 +162,22 @@ def completion_table(checkpoint: str, n_images: int, sigma: float) -> None:
     print(f"baseline, hole filled with the mean test image: {mean_fill:.2f} dB")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--completion", metavar="CHECKPOINT", help="sweep completion steps on this model")
-    parser.add_argument("--images", type=int, default=64, help="test images for --completion")
-    parser.add_argument("--sigma", type=float, default=0.3)
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    if args.completion:
-        completion_table(args.completion, args.images, args.sigma)
-    else:
-        export_table()
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="export_step.py", description=__doc__.splitlines()[0])
+    add_flags(parser, ExportBenchConfig, HELP)
+    args = vars(parser.parse_args(argv))
+
+    def body() -> int:
+        cfg = resolve(ExportBenchConfig, args)
+        torch.manual_seed(0)
+        if cfg.completion:
+            completion_table(cfg.completion, cfg.images, cfg.sigma, cfg.data_dir)
+        else:
+            export_table(cfg.archs.split(","), cfg.exporters.split(","))
+        return 0
+
+    return cli_main("export_step.py", body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,9 +17,7 @@ error other than RESOURCE_EXHAUSTED was seen or when the burst got no RESOURCE_E
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import subprocess
 import sys
@@ -27,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,9 +35,28 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from clients.client import CoopNetsClient  # noqa: E402
+from contract.files import atomic_write_json  # noqa: E402
+from contract.flags import Parser, add_flags, cli_main, resolve  # noqa: E402
 
 MIX = {"Synthesize": 4, "SynthesizeStream": 2, "Complete": 2, "Energy": 3, "ModelInfo": 1}  # weights
 EXPECTED = {"OK", "RESOURCE_EXHAUSTED"}  # the only codes a correct server gives this traffic
+
+
+HELP = {
+    "bundle": "the model bundle to serve",
+    "clients": "concurrent clients of the mix phase",
+    "seconds": "length of the mix phase",
+    "steps": "Langevin steps per synthesis (small: many requests, not long ones)",
+    "latent_steps": "latent steps per completion",
+    "refine_steps": "refinement steps per completion",
+    "max_count": "images per Synthesize/Energy request: 1..max_count",
+    "threads": "ONNX Runtime intra-op threads of the server",
+    "max_queue": "coop-serve --max-queue of the mix server",
+    "burst": "overload phase: concurrent heavy requests ...",
+    "burst_queue": "... against this queue bound",
+    "workers": "coop-serve --workers; 0 = its default",
+    "json": "also write the results here",
+}
 
 
 @dataclass(frozen=True)
@@ -300,27 +317,20 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> LoadConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for f in fields(LoadConfig):
-        default = getattr(LoadConfig, f.name)
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            type=type(default),
-            default=default,
-            help=f"(default: {default!r})",
-        )
-    return LoadConfig(**vars(parser.parse_args(argv)))
+def parse_args(argv: list[str] | None = None) -> dict:
+    parser = Parser(prog="load.py", description=__doc__.split("\n\n")[0])
+    add_flags(parser, LoadConfig, HELP)
+    return vars(parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
+    args = parse_args(argv)
+    return cli_main("load.py", lambda: load_test(resolve(LoadConfig, args)))
+
+
+def load_test(cfg: LoadConfig) -> int:
     if not (Path(cfg.bundle) / "manifest.json").is_file():
-        print(
-            f"load.py: --bundle {cfg.bundle} is not a model bundle: run `make demo` or pass a bundle dir",
-            file=sys.stderr,
-        )
-        return 2
+        raise ValueError(f"--bundle {cfg.bundle} is not a model bundle: run `make demo` or pass a bundle dir")
     with tempfile.TemporaryDirectory(prefix="coop-load-") as tmp:
         (Path(tmp) / "mix").mkdir()
         (Path(tmp) / "overload").mkdir()
@@ -331,10 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     print(report(result))
     if cfg.json:
-        fd, tmp_json = tempfile.mkstemp(prefix=".load.", dir=Path(cfg.json).resolve().parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp_json, cfg.json)
+        atomic_write_json(cfg.json, result)
     unexpected = set(result["mix"]["codes"]) - EXPECTED
     refused = result["overload"]["codes"].get("RESOURCE_EXHAUSTED", 0)
     return 1 if unexpected or not refused else 0

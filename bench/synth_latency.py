@@ -1,8 +1,8 @@
 """Synthesis latency at count 1, 16, 64 with the bundle's default Langevin steps: the engine called directly
-and
-the same request through coop-serve (gRPC, loopback), side by side, median of several runs.
+and the same request through coop-serve (gRPC, loopback), side by side, median of several runs.
 
     .venv/bin/python bench/synth_latency.py --bundle runs/demo/bundle [--runs 5] [--device cpu] [--threads 0]
+    .venv/bin/python bench/synth_latency.py --bundle tests/data/legacy/bundle --runs 1 --counts 1,4   # smoke
 
 The server runs in a subprocess on a free loopback port with the same device and thread settings. Runs of the
 two paths are interleaved so that a noisy machine affects both alike.
@@ -10,7 +10,6 @@ two paths are interleaved so that a noisy machine affects both alike.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -24,16 +23,36 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from clients.client import CoopNetsClient  # noqa: E402
+from contract.flags import Parser, add_flags, cli_main, resolve  # noqa: E402
 from serving.engine import Engine  # noqa: E402
+
+HELP = {
+    "bundle": "the model bundle to serve",
+    "counts": "comma-separated images per request",
+    "runs": "timed runs per count and path (the median is printed)",
+    "device": "auto | cuda | cpu, for the engine and the server",
+    "threads": "ONNX Runtime intra-op threads (0 = all cores)",
+}
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     bundle: str = "runs/demo/bundle"
-    counts: tuple[int, ...] = (1, 16, 64)
+    counts: str = "1,16,64"
     runs: int = 5
     device: str = "cpu"
     threads: int = 0
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int(n) for n in self.counts.split(",")]
+
+    def validate(self) -> BenchConfig:
+        if not all(n.strip().isdigit() and int(n) > 0 for n in self.counts.split(",")):
+            raise ValueError(f"--counts {self.counts!r}: give positive integers separated by commas")
+        if self.runs < 1:
+            raise ValueError(f"--runs {self.runs}: must be >= 1")
+        return self
 
 
 def start_server(cfg: BenchConfig, workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -54,9 +73,9 @@ def start_server(cfg: BenchConfig, workdir: Path) -> tuple[subprocess.Popen, str
             "--threads",
             str(cfg.threads),
             "--max-batch",
-            str(max(cfg.counts)),
+            str(max(cfg.sizes)),
             "--max-count",
-            str(max(cfg.counts)),
+            str(max(cfg.sizes)),
             "--max-delay-ms",
             "0",
             "--log-level",
@@ -79,13 +98,13 @@ def timed(fn) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", default=BenchConfig.bundle)
-    p.add_argument("--runs", type=int, default=BenchConfig.runs)
-    p.add_argument("--device", default=BenchConfig.device, choices=("auto", "cuda", "cpu"))
-    p.add_argument("--threads", type=int, default=BenchConfig.threads)
-    cfg = BenchConfig(**vars(p.parse_args(argv)))
+    parser = Parser(prog="synth_latency.py", description=__doc__.split("\n\n")[0])
+    add_flags(parser, BenchConfig, HELP, choices={"device": ("auto", "cuda", "cpu")})
+    args = vars(parser.parse_args(argv))
+    return cli_main("synth_latency.py", lambda: bench(resolve(BenchConfig, args)))
 
+
+def bench(cfg: BenchConfig) -> int:
     engine = Engine.open(cfg.bundle, device=cfg.device, threads=cfg.threads)
     with tempfile.TemporaryDirectory() as tmp:
         proc, address = start_server(cfg, Path(tmp))
@@ -94,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 while client.health() != "SERVING":
                     time.sleep(0.1)
                 rows = []
-                for n in cfg.counts:
+                for n in cfg.sizes:
                     seeds = list(range(n))
                     engine.synthesize(seeds)  # warm this batch size on both paths
                     client.synthesize(count=n)
@@ -107,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
             proc.wait(30)
 
-    lv = engine.langevin
+    lv = engine.synthesis_defaults
     print(
         f"bundle {cfg.bundle} ({engine.bundle.arch}, {engine.image_shape}), {lv.steps} Langevin steps, "
         f"noise {lv.noise}, device {engine.sessions.device}, threads {cfg.threads or 'all'}, "

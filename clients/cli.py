@@ -7,6 +7,10 @@
     coop-complete shirt.png --occlude center:14 --server 127.0.0.1:50051 --out rec/
     coop-complete shirt.png --mask hole.png --bundle runs/demo/bundle --out rec/       # local ONNX Runtime
 
+Every command is built from its config dataclass by contract.flags; the connection settings are one dataclass,
+ConnectionConfig, that every command's config extends, so its flags (and `--config FILE.toml` keys: a file of
+server, token_file, tls_* and timeout serves every command) are written once.
+
 coop-complete writes, per input, OUT/<stem>_recovered.png and OUT/<stem>_strip.png (input | occluded |
 recovered). Masks: **white (1) = missing**. Input i uses seed S + i. Errors: one line on stderr, exit 1
 (bad input, server errors) or 2 (bad flags).
@@ -15,6 +19,7 @@ recovered). Masks: **white (1) = missing**. Input i uses seed S + i. Errors: one
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -27,7 +32,8 @@ import numpy as np
 from google.protobuf.json_format import MessageToDict
 
 from clients.client import CoopNetsClient
-from clients.images import save_grid, save_image, save_strip
+from contract.codec import decode_png, save_grid, save_image, save_strip
+from contract.flags import Parser, add_flags, resolve
 
 
 class CliError(Exception):
@@ -37,16 +43,131 @@ class CliError(Exception):
 @dataclass(frozen=True)
 class Recovered:
     recovered: np.ndarray  # (C, H, W)
-    occluded: np.ndarray  # (C, H, W), holes black
+    occluded: np.ndarray  # (C, H, W), holes black (-1)
 
 
-def _connection_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", required=True, metavar="HOST:PORT", help="coop-serve address")
-    p.add_argument("--token-file", help="file with the bearer token the server expects")
-    p.add_argument("--tls-ca", help="PEM CA that signed the server certificate (enables TLS)")
-    p.add_argument("--tls-cert", help="PEM client certificate (mTLS)")
-    p.add_argument("--tls-key", help="PEM client key (mTLS)")
-    p.add_argument("--timeout", type=float, default=300.0, help="deadline per call in seconds (default 300)")
+# ---- configs ----------------------------------------------------------------------------------------------
+
+CONNECTION_HELP = {
+    "server": "coop-serve address HOST:PORT",
+    "token_file": "file with the bearer token the server expects",
+    "tls_ca": "PEM CA that signed the server certificate (enables TLS)",
+    "tls_cert": "PEM client certificate (mTLS)",
+    "tls_key": "PEM client key (mTLS)",
+    "timeout": "deadline per call in seconds",
+}
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """How to reach coop-serve; every command's config extends it."""
+
+    server: str = ""
+    token_file: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    timeout: float = 300.0
+
+    def validate(self) -> ConnectionConfig:
+        if not self.server:
+            raise ValueError("--server HOST:PORT is required: the address of coop-serve")
+        return self.check_connection()
+
+    def check_connection(self) -> ConnectionConfig:
+        if not self.timeout > 0:
+            raise ValueError(f"--timeout {self.timeout}: must be a positive number of seconds")
+        return self
+
+
+@dataclass(frozen=True)
+class SynthConfig(ConnectionConfig):
+    count: int = 16
+    seed: int = 0
+    steps: int | None = None
+    step_size: float | None = None
+    noise: bool | None = None
+    out: str = ""
+
+    def validate(self) -> SynthConfig:
+        if self.count < 1:
+            raise ValueError(f"--count {self.count}: must be at least 1")
+        if not self.out:
+            raise ValueError("--out DIR is required: where grid.png and seed_<s>.png go")
+        return super().validate()
+
+
+@dataclass(frozen=True)
+class HealthConfig(ConnectionConfig):
+    wait: float = 0.0
+
+
+@dataclass(frozen=True)
+class CompleteConfig(ConnectionConfig):
+    mask: str = ""
+    occlude: str = ""
+    bundle: str = ""
+    out: str = ""
+    seed: int = 0
+    latent_steps: int | None = None
+    refine_steps: int | None = None
+    restarts: int | None = None
+    device: str = "auto"
+
+    def validate(self) -> CompleteConfig:
+        if bool(self.mask) == bool(self.occlude):
+            raise ValueError("give exactly one of --mask PNG (white = missing) and --occlude SPEC")
+        if bool(self.server) == bool(self.bundle):
+            raise ValueError("give exactly one of --server HOST:PORT (coop-serve) and --bundle DIR (locally)")
+        if not self.out:
+            raise ValueError("--out DIR is required: where <stem>_recovered.png and <stem>_strip.png go")
+        if self.seed < 0:
+            raise ValueError(f"--seed {self.seed}: must be >= 0")
+        if self.restarts is not None and self.restarts < 1:
+            raise ValueError(f"--restarts {self.restarts}: must be at least 1 (omit it for the default)")
+        for name in ("latent_steps", "refine_steps"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"--{name.replace('_', '-')}: must be >= 0 (omit it for the default)")
+        return self.check_connection()
+
+
+SYNTH_HELP = {
+    "count": "images to synthesize",
+    "seed": "image i uses seed S + i",
+    "steps": "Langevin steps",
+    "step_size": "Langevin step size δ",
+    "noise": "Langevin noise on/off",
+    "out": "output directory (required)",
+}
+HEALTH_HELP = {"wait": "poll up to this many seconds for SERVING"}
+COMPLETE_HELP = {
+    "mask": "PNG mask, white = missing (applied to every input)",
+    "occlude": "named occlusion: center:N | random:P | left-half | rects",
+    "bundle": "complete locally with ONNX Runtime on this bundle directory (instead of --server)",
+    "out": "output directory (required)",
+    "seed": "input i uses seed S + i",
+    "latent_steps": "latent inference steps",
+    "refine_steps": "descriptor refinement steps",
+    "restarts": "latent chains per image, the lowest-energy one kept",
+    "device": "ONNX Runtime device, with --bundle",
+}
+
+
+def _add_config(parser: argparse.ArgumentParser, config: type, help: dict[str, str], **kw) -> None:
+    """The flags of `config` (the connection ones included) and --config FILE.toml."""
+    parser.add_argument("--config", metavar="FILE.toml", help="TOML file of these fields (flags override it)")
+    add_flags(parser, config, {**CONNECTION_HELP, **help}, **kw)
+
+
+def _resolve(parser: Parser, config: type, args: argparse.Namespace):
+    """The validated config; a bad flag or TOML file is a one-line usage error (exit 2)."""
+    try:
+        return resolve(config, vars(args), config_file=args.config)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+# ---- running ----------------------------------------------------------------------------------------------
 
 
 def _read_text(path: str, what: str) -> str:
@@ -56,19 +177,18 @@ def _read_text(path: str, what: str) -> str:
         raise CliError(f"cannot read {what} {path!r} ({e.strerror})") from None
 
 
-def _client(args) -> CoopNetsClient:
+def _client(conn: ConnectionConfig) -> CoopNetsClient:
     for name in ("tls_ca", "tls_cert", "tls_key"):
-        path = getattr(args, name)
+        path = getattr(conn, name)
         if path and not Path(path).is_file():
             raise CliError(f"--{name.replace('_', '-')} {path!r} does not exist")
-    token = _read_text(args.token_file, "--token-file") if args.token_file else None
     return CoopNetsClient(
-        args.server,
-        token=token,
-        tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        timeout=args.timeout,
+        conn.server,
+        token=_read_text(conn.token_file, "--token-file") if conn.token_file else None,
+        tls_ca=conn.tls_ca or None,
+        tls_cert=conn.tls_cert or None,
+        tls_key=conn.tls_key or None,
+        timeout=conn.timeout,
     )
 
 
@@ -86,7 +206,7 @@ def _run(prog: str, fn: Callable[[], int]) -> int:
                 "for long requests)"
             )
     except (OSError, ValueError) as e:  # unreadable files, bad images, bundle problems
-        msg = str(e)
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     print(f"{prog}: {msg}", file=sys.stderr)
     return 1
 
@@ -94,14 +214,16 @@ def _run(prog: str, fn: Callable[[], int]) -> int:
 # ---- coop-client ------------------------------------------------------------------------------------------
 
 
-def _synth(args) -> int:
-    if args.count < 1:
-        raise CliError("--count must be >= 1")
-    with _client(args) as c:
+def _synth(config: SynthConfig) -> int:
+    with _client(config) as c:
         out = c.synthesize(
-            count=args.count, seed=args.seed, steps=args.steps, step_size=args.step_size, noise=args.noise
+            count=config.count,
+            seed=config.seed,
+            steps=config.steps,
+            step_size=config.step_size,
+            noise=config.noise,
         )
-    out_dir = Path(args.out)
+    out_dir = Path(config.out)
     save_grid(out.images, out_dir / "grid.png")
     for image, seed in zip(out.images, out.seeds, strict=True):
         save_image(image, out_dir / f"seed_{seed}.png")
@@ -112,17 +234,17 @@ def _synth(args) -> int:
     return 0
 
 
-def _info(args) -> int:
-    with _client(args) as c:
+def _info(config: ConnectionConfig) -> int:
+    with _client(config) as c:
         info = c.info()
     print(json.dumps(MessageToDict(info, always_print_fields_with_no_presence=True), indent=2))
     return 0
 
 
-def _health(args) -> int:
+def _health(config: HealthConfig) -> int:
     """Prints the grpc.health.v1 status; with --wait S polls until SERVING for up to S seconds."""
-    deadline = time.monotonic() + args.wait
-    with _client(args) as c:
+    deadline = time.monotonic() + config.wait
+    with _client(config) as c:
         while True:
             try:
                 status = c.health(timeout=2.0)
@@ -135,111 +257,93 @@ def _health(args) -> int:
     return 0 if status == "SERVING" else 1
 
 
-def _energy(args) -> int:
-    with _client(args) as c:
-        energy = c.energy([Path(p) for p in args.images])
-    for path, e in zip(args.images, energy, strict=True):
+def _energy(config: ConnectionConfig, images: list[str]) -> int:
+    with _client(config) as c:
+        energy = c.energy([Path(p) for p in images])
+    for path, e in zip(images, energy, strict=True):
         print(f"{path}\t{e:.4f}")
     return 0
 
 
 def client_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="coop-client", description="Client of coop-serve.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    synth = sub.add_parser("synth", help="synthesize images: OUT/grid.png and OUT/seed_<s>.png")
-    _connection_flags(synth)
-    synth.add_argument("--count", type=int, default=16)
-    synth.add_argument("--seed", type=int, default=0, help="image i uses seed S + i")
-    synth.add_argument("--steps", type=int, help="Langevin steps (default: the bundle's)")
-    synth.add_argument("--step-size", type=float, help="Langevin step size δ (default: the bundle's)")
-    synth.add_argument(
-        "--noise",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Langevin noise on/off (default: the bundle's)",
-    )
-    synth.add_argument("--out", required=True, help="output directory")
-    info = sub.add_parser("info", help="print ModelInfo as JSON")
-    _connection_flags(info)
-    health = sub.add_parser("health", help="print the health status (exit 0 only when SERVING)")
-    _connection_flags(health)
-    health.add_argument("--wait", type=float, default=0.0, help="poll up to this many seconds for SERVING")
-    energy = sub.add_parser("energy", help="print the descriptor energy of PNG images (lower = more typical)")
-    _connection_flags(energy)
-    energy.add_argument("images", nargs="+")
+    parser = Parser(prog="coop-client", description="Client of coop-serve.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    commands = {  # name -> (config, help of its own flags, what it does, run(config, args))
+        "synth": (SynthConfig, SYNTH_HELP, "synthesize images: OUT/grid.png and OUT/seed_<s>.png",
+                  lambda config, args: _synth(config)),
+        "info": (ConnectionConfig, {}, "print ModelInfo as JSON", lambda config, args: _info(config)),
+        "health": (HealthConfig, HEALTH_HELP, "print the health status (exit 0 only when SERVING)",
+                   lambda config, args: _health(config)),
+        "energy": (ConnectionConfig, {}, "print the descriptor energy of PNG images (lower = more typical)",
+                   lambda config, args: _energy(config, args.images)),
+    }  # fmt: skip
+    parsers = {}
+    for name, (config, help, what, _) in commands.items():
+        parsers[name] = sub.add_parser(name, help=what, description=what)
+        _add_config(parsers[name], config, help)
+    parsers["energy"].add_argument("images", nargs="+", metavar="IMAGE", help="PNG images, the model's size")
     args = parser.parse_args(argv)
-    fn = {"synth": _synth, "info": _info, "health": _health, "energy": _energy}[args.command]
-    return _run("coop-client", lambda: fn(args))
+    config_type, _, _, run = commands[args.command]
+    config = _resolve(parsers[args.command], config_type, args)
+    return _run("coop-client", lambda: run(config, args))
 
 
 # ---- coop-complete -----------------------------------------------------------------------------------------
 
 
-def _complete_remote(args, inputs: list[Path]) -> list[Recovered]:
-    mask = Path(args.mask).read_bytes() if args.mask else None
+def _complete_remote(config: CompleteConfig, inputs: list[Path]) -> list[Recovered]:
+    mask = Path(config.mask).read_bytes() if config.mask else None
     out = []
-    with _client(args) as c:
+    with _client(config) as c:
         for i, path in enumerate(inputs):
             r = c.complete(
                 path.read_bytes(),
                 mask=mask,
-                occlusion=args.occlude,
-                seed=args.seed + i,
-                latent_steps=args.latent_steps,
-                refine_steps=args.refine_steps,
-                restarts=args.restarts,
+                occlusion=config.occlude or None,
+                seed=config.seed + i,
+                latent_steps=config.latent_steps,
+                refine_steps=config.refine_steps,
+                restarts=config.restarts,
             )
             out.append(Recovered(r.recovered, r.occluded))
     return out
 
 
-def _complete_local(args, inputs: list[Path]) -> list[Recovered]:
+def _complete_local(config: CompleteConfig, inputs: list[Path]) -> list[Recovered]:
+    """The service's completion without a server: the same engine, masks and defaults, in this process."""
     from coopnets.v1 import coopnets_pb2 as pb
 
-    from evaluation.occlusions import occlusion_mask
-    from serving.bundle import BundleError
-    from serving.codec import decode_png, mask_from_proto
+    from contract.codec import mask_from_message
+    from contract.occlusions import occluded, occlusion_mask
     from serving.engine import Engine
 
-    try:
-        engine = Engine.open(args.bundle, device=args.device)
-    except BundleError as e:
-        raise CliError(str(e)) from None
+    engine = Engine.open(config.bundle, device=config.device)  # BundleError is a ValueError: one line
     shape = engine.image_shape
     images = np.stack([decode_png(p.read_bytes(), shape, str(p)) for p in inputs])  # (N, C, H, W)
-    seeds = [args.seed + i for i in range(len(inputs))]
-    if args.mask:
-        mask = mask_from_proto(pb.Image(png=Path(args.mask).read_bytes()), shape, args.mask)
+    seeds = [config.seed + i for i in range(len(inputs))]
+    if config.mask:  # checked as the service checks a mask PNG
+        mask = mask_from_message(pb.Image(png=Path(config.mask).read_bytes()), shape, config.mask)
         masks = np.stack([mask] * len(inputs))  # (N, C, H, W)
     else:
-        masks = np.stack([occlusion_mask(args.occlude, shape, s) for s in seeds])  # (N, C, H, W)
-    out = engine.complete(
-        images,
-        masks,
-        seeds,
-        latent_steps=args.latent_steps,
-        refine_steps=args.refine_steps,
-        restarts=args.restarts,
-    )
-    occluded = np.where(masks > 0.5, -1.0, images).astype(np.float32)
-    return [Recovered(out.images[i], occluded[i]) for i in range(len(inputs))]
+        masks = np.stack([occlusion_mask(config.occlude, shape, s) for s in seeds])  # (N, C, H, W)
+    overrides = {"latent_steps": config.latent_steps, "refine_steps": config.refine_steps,
+                 "restarts": config.restarts}  # fmt: skip
+    params = dataclasses.replace(
+        engine.completion_defaults, **{k: v for k, v in overrides.items() if v is not None}
+    ).checked()
+    out = engine.complete(images, masks, seeds, params)
+    preview = occluded(images, masks)  # (N, C, H, W)
+    return [Recovered(out.images[i], preview[i]) for i in range(len(inputs))]
 
 
-def _complete(args) -> int:
-    inputs = [Path(p) for p in args.inputs]
+def _complete(config: CompleteConfig, inputs: list[Path]) -> int:
     for p in inputs:
         if not p.is_file():
             raise CliError(f"input {str(p)!r} does not exist")
-    if args.mask and not Path(args.mask).is_file():
-        raise CliError(f"--mask {args.mask!r} does not exist")
-    if args.seed < 0:
-        raise CliError("--seed must be >= 0")
-    if args.restarts is not None and args.restarts < 1:
-        raise CliError("--restarts must be at least 1 (omit it for the model's default)")
-    results = _complete_remote(args, inputs) if args.server else _complete_local(args, inputs)
-    out_dir = Path(args.out)
-    from serving.codec import decode_png
-
+    if config.mask and not Path(config.mask).is_file():
+        raise CliError(f"--mask {config.mask!r} does not exist")
+    results = _complete_remote(config, inputs) if config.server else _complete_local(config, inputs)
+    out_dir = Path(config.out)
     for path, r in zip(inputs, results, strict=True):
         original = decode_png(path.read_bytes(), r.recovered.shape, str(path))  # (C, H, W)
         save_image(r.recovered, out_dir / f"{path.stem}_recovered.png")
@@ -249,33 +353,12 @@ def _complete(args) -> int:
 
 
 def complete_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="coop-complete",
         description="Recover occluded images (white mask pixels = missing) through coop-serve or locally.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG images of the model's size")
-    how = parser.add_mutually_exclusive_group(required=True)
-    how.add_argument("--mask", help="PNG mask, white = missing (applied to every input)")
-    how.add_argument("--occlude", metavar="SPEC", help="center:N | random:P | left-half | rects")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--server", metavar="HOST:PORT", help="complete through coop-serve")
-    where.add_argument("--bundle", help="complete locally with ONNX Runtime on this bundle directory")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--seed", type=int, default=0, help="input i uses seed S + i")
-    parser.add_argument("--latent-steps", type=int, help="latent inference steps (default: the bundle's)")
-    parser.add_argument(
-        "--refine-steps", type=int, help="descriptor refinement steps (default: the bundle's)"
-    )
-    parser.add_argument(
-        "--restarts",
-        type=int,
-        help="latent chains per image, the lowest-energy one kept (default: the bundle's)",
-    )
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"), help="with --bundle")
-    parser.add_argument("--token-file", help="file with the bearer token the server expects")
-    parser.add_argument("--tls-ca", help="PEM CA that signed the server certificate (enables TLS)")
-    parser.add_argument("--tls-cert", help="PEM client certificate (mTLS)")
-    parser.add_argument("--tls-key", help="PEM client key (mTLS)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="deadline per call in seconds")
+    _add_config(parser, CompleteConfig, COMPLETE_HELP, choices={"device": ("auto", "cuda", "cpu")})
     args = parser.parse_args(argv)
-    return _run("coop-complete", lambda: _complete(args))
+    config = _resolve(parser, CompleteConfig, args)
+    return _run("coop-complete", lambda: _complete(config, [Path(p) for p in args.inputs]))

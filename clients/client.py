@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from PIL import Image as PILImage
 
-from serving.codec import image_from_proto, tensor_to_proto
+from contract.codec import decode_png, set_image, tensor_from_message
 
 ImageLike = np.ndarray | PILImage.Image | str | os.PathLike | bytes  # array (C, H, W) in [-1, 1], or a PNG
 
@@ -53,7 +53,7 @@ class StreamEvent:
 @dataclass(frozen=True)
 class Completion:
     recovered: np.ndarray  # (C, H, W), observed pixels as given
-    occluded: np.ndarray  # (C, H, W), holes black
+    occluded: np.ndarray  # (C, H, W), the server's preview: holes black (-1)
     mask: np.ndarray  # (C, H, W), 1 = missing
     energy: float
 
@@ -286,23 +286,19 @@ class CoopNetsClient:
     # ---- encoding -------------------------------------------------------------------------------------
 
     def _decode(self, msg: pb.Image) -> np.ndarray:
+        """The server's image as float32: a tensor exactly as sent (any shape: masks and images alike, and
+        not checked for finiteness, since a diverged chain is an answer too), a PNG at the model's shape."""
         if msg.WhichOneof("kind") == "tensor":
-            return (
-                np.frombuffer(msg.tensor.data, dtype="<f4")
-                .reshape(tuple(msg.tensor.shape))
-                .astype(np.float32)
-            )
-        return image_from_proto(msg, self.image_shape)
+            return tensor_from_message(msg.tensor)
+        return decode_png(msg.png, self.image_shape)
 
     @staticmethod
     def _encode(image: ImageLike) -> pb.Image:
         if isinstance(image, np.ndarray):
-            return pb.Image(tensor=tensor_to_proto(image.astype(np.float32)))
+            return set_image(pb.Image(), image, png=False)  # exact float32
         if isinstance(image, bytes):
             return pb.Image(png=image)
-        if isinstance(
-            image, PILImage.Image
-        ):  # sent as PNG: the server converts grey/RGB (masks: white = missing)
+        if isinstance(image, PILImage.Image):  # as PNG: the server converts grey/RGB (masks: white = missing)
             buf = io.BytesIO()
             image.save(buf, format="PNG")
             return pb.Image(png=buf.getvalue())

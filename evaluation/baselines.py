@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from skimage.restoration import inpaint_biharmonic
 
-from trainer.images import from_uint8, to_uint8
+from contract.codec import from_uint8, to_uint8
 
 CV_RADIUS = 3  # OpenCV inpainting neighbourhood in pixels (its documentation's example value)
 

@@ -12,7 +12,6 @@ A cached file whose checksum does not match is retrained, not trusted.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from trainer.checkpoint import atomic_write_bytes
+from contract.files import atomic_write, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +90,6 @@ def _data_key(images: np.ndarray, labels: np.ndarray, config: ClassifierConfig) 
     return h.hexdigest()[:16]
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def train_classifier(
     train_images: np.ndarray, train_labels: np.ndarray, config: ClassifierConfig, progress: bool = True
 ) -> FeatureNet:
@@ -148,7 +139,7 @@ def load_or_train(
     num_classes = int(train_labels.max()) + 1
     if path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         if digest == meta.get("sha256"):
             net = FeatureNet(train_images.shape[1], num_classes)
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -159,13 +150,11 @@ def load_or_train(
 
     log.info("training the feature classifier on %d images (then cached in %s)", len(train_images), path)
     net = train_classifier(train_images, train_labels, config, progress)
-    buf = io.BytesIO()
-    torch.save(net.state_dict(), buf)
-    atomic_write_bytes(path, buf.getvalue())
-    digest = _sha256_file(path)
+    atomic_write(path, lambda fh: torch.save(net.state_dict(), fh))
+    digest = sha256_file(path)
     clf = Classifier(net, num_classes, 0.0, digest, path)
     clf.test_accuracy = accuracy(clf, test_images, test_labels)
     meta = {"sha256": digest, "test_accuracy": clf.test_accuracy, "train_images": len(train_images),
             "config": asdict(config), "version": VERSION}  # fmt: skip
-    atomic_write_bytes(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_json(meta_path, meta)
     return clf

@@ -8,37 +8,39 @@ split.
 
 Writes OUT/report.md, OUT/report.json, OUT/samples.png and OUT/completion-<occlusion>.png, and prints the
 report. The model runs through serving.engine (ONNX Runtime), as users deploy it; the feature classifier
-is trained once per training set and cached in --cache-dir. Bad input exits with status 2 and one line.
+is trained once per training set and cached in --cache-dir. Flags (and `--config FILE.toml`) are EvalConfig's
+fields, built by contract.flags; bad input exits with status 2 and one line.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import os
 import platform
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from contract.flags import Parser, add_flags, cli_main, resolve
+from contract.occlusions import DEFAULT_OCCLUSIONS, parse_occlusion
 from evaluation.completion import METHODS
-from evaluation.occlusions import DEFAULT_OCCLUSIONS, parse_occlusion
 
 log = logging.getLogger("evaluation")
 
 HELP = {
     "model": "model bundle directory, or a coop-train checkpoint .pt (exported to a temporary bundle)",
     "out": "output directory for report.md, report.json and the PNG strips",
-    "data_dir": "folder with the Fashion-MNIST idx files, train-* and t10k-* (default: Debian's, then "
-                "~/.cache/coopnets/fashion-mnist)",
+    "data_dir": "folder with the Fashion-MNIST idx files, train-* and t10k-*; '' = Debian's, then "
+                "~/.cache/coopnets/fashion-mnist",
     "n": "N for the synthesis metrics (generated images per set, held-out and floor images)",
     "completion_n": "held-out images per occlusion for the completion metrics",
     "seed": "base seed: image i uses seed + i (its latent, noise and random mask)",
-    "steps": "descriptor Langevin steps of the revised samples (-1 = the bundle's default)",
+    "steps": "descriptor Langevin steps of the revised samples",
     "occlusions": "comma-separated: center:N, random:P, left-half, rects",
     "methods": f"comma-separated completion methods out of {','.join(METHODS)}",
     "langevin_only_steps": "descriptor Langevin steps of the langevin-only ablation (from a noise fill)",
@@ -50,10 +52,11 @@ HELP = {
     "batch": "images per engine call",
     "cache_dir": "where the feature classifier is cached",
     "classifier_epochs": "training epochs of the feature classifier (part of its cache key)",
-    "device": "cpu | cuda | auto: ONNX Runtime device for the model",
+    "device": "ONNX Runtime device for the model",
     "threads": "ONNX Runtime intra-op threads (0 = its default)",
     "progress": "progress bars",
 }  # fmt: skip
+DEVICES = ("cpu", "cuda", "auto")
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class EvalConfig:
     n: int = 1000
     completion_n: int = 200
     seed: int = 0
-    steps: int = -1
+    steps: int | None = None
     occlusions: str = ",".join(DEFAULT_OCCLUSIONS)
     methods: str = ",".join(METHODS)
     langevin_only_steps: int = 100
@@ -101,12 +104,10 @@ class EvalConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.n < 10 and self.synthesis:
             raise ValueError("--n must be at least 10 (k-NN precision/recall and covariances need samples)")
-        if self.steps < -1 or self.langevin_only_steps < 0 or self.threads < 0:
-            raise ValueError(
-                "--steps, --langevin-only-steps and --threads must not be negative (-1 steps = default)"
-            )
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"--device {self.device!r}: use cpu, cuda or auto")
+        if (self.steps or 0) < 0 or self.langevin_only_steps < 0 or self.threads < 0:
+            raise ValueError("--steps, --langevin-only-steps and --threads must not be negative")
+        if self.device not in DEVICES:
+            raise ValueError(f"--device {self.device!r}: use {', '.join(DEVICES)}")
         unknown = [m for m in self.method_list if m not in METHODS]
         if unknown or not self.method_list:
             raise ValueError(
@@ -121,45 +122,18 @@ class EvalConfig:
         return self
 
 
-def _parser() -> argparse.ArgumentParser:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str):  # one line instead of usage + message
-            self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
+def _parser() -> Parser:
     p = Parser(
         prog="coop-eval",
         description="Synthesis (classifier FD/KID, precision/recall, class histogram, "
         "memorisation) and completion (PSNR/SSIM vs baselines) quality of a CoopNets model on "
         "Fashion-MNIST's held-out split.",
     )
-    defaults = EvalConfig()
-    for f in fields(EvalConfig):
-        default = getattr(defaults, f.name)
-        help_text = f"{HELP[f.name]} (default: {default!r})"
-        if f.name == "model":
-            p.add_argument("model", help=HELP["model"])
-        elif isinstance(default, bool):
-            p.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=help_text,
-            )
-        else:
-            p.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                dest=f.name,
-                type=type(default),
-                default=default,
-                help=help_text,
-            )
+    p.add_argument(
+        "--config", metavar="FILE.toml", help="TOML file of these flags' fields (flags override it)"
+    )
+    add_flags(p, EvalConfig, HELP, positional=("model",), choices={"device": DEVICES})
     return p
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
 
 
 def open_engine(model: Path, device: str, threads: int, tmp: Path):
@@ -169,7 +143,7 @@ def open_engine(model: Path, device: str, threads: int, tmp: Path):
     if model.is_dir():
         return Engine.open(model, device=device, threads=threads)
     from trainer.checkpoint import load_models
-    from trainer.cli import export_run
+    from trainer.export import export_run
 
     descriptor, generator, train_config = load_models(model)
     log.info("exporting checkpoint %s to a temporary bundle", model)
@@ -207,9 +181,12 @@ def run(config: EvalConfig) -> str:
             f"feature classifier: test accuracy {clf.test_accuracy:.4f} on {len(test.labels)} held-out "
             f"images, sha256 {clf.sha256[:16]} ({clf.path})"
         )
-        steps = engine.langevin.steps if config.steps < 0 else config.steps
+        revision = engine.synthesis_defaults  # the revised samples: the bundle's Langevin, --steps if given
+        if config.steps is not None:
+            revision = dataclasses.replace(revision, steps=config.steps)
+        steps = revision.steps
         rng = np.random.default_rng(config.seed)
-        lang, comp = engine.langevin, engine.completion
+        lang, comp = engine.bundle.langevin, engine.completion_defaults
         header = {
             "model": f"{config.model} ({engine.bundle.arch}, manifest sha256 {engine.bundle.digest[:16]})",
             "data": f"Fashion-MNIST, held-out t10k ({len(test.labels)} images); the train split "
@@ -228,7 +205,7 @@ def run(config: EvalConfig) -> str:
             seeds = [config.seed + i for i in range(n)]
             drafts = draw(engine.draft, seeds, config.batch, "drafts", config.progress)
             revised = draw(
-                lambda s: engine.synthesize(s, steps=steps).images,
+                lambda s: engine.synthesize(s, revision).images,
                 seeds,
                 config.batch,
                 "revised",
@@ -271,8 +248,6 @@ def run(config: EvalConfig) -> str:
 def _with_inception(rows, sets, train_images, heldout, config: EvalConfig):
     """Adds Inception FD to the rows (the floor too), at its own N; skipped with one log line when
     unavailable. Returns (rows, a line for the report header)."""
-    import dataclasses
-
     from evaluation.inception import inception_frechet, unavailable_reason
 
     reason = unavailable_reason()
@@ -291,21 +266,18 @@ def _with_inception(rows, sets, train_images, heldout, config: EvalConfig):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = vars(_parser().parse_args(argv))
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from serving.bundle import BundleError
-    from trainer.data import DataError
 
-    try:
-        config = EvalConfig(**args).validate()
-        text = run(config)
-    except (ValueError, DataError, BundleError, OSError) as e:
-        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-    print(text)
-    print(f"written: {Path(config.out) / 'report.md'}, report.json, PNG strips")
-    return 0
+    def evaluate() -> int:
+        # bad flags, a missing dataset (trainer.data.DataError) and a bad bundle (contract.bundle.BundleError)
+        # are all ValueErrors: cli_main turns them into one line and exit status 2
+        config = resolve(EvalConfig, vars(args), config_file=args.config)
+        print(run(config))
+        print(f"written: {Path(config.out) / 'report.md'}, report.json, PNG strips")
+        return 0
+
+    return cli_main("coop-eval", evaluate)
 
 
 if __name__ == "__main__":

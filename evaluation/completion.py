@@ -2,13 +2,16 @@
 with this project's completion, its two ablations and the baselines; PSNR and SSIM on the missing region
 and on the whole image, per image, summarised as mean and 95% interval.
 
-Methods (the model ones run through the served engine, exactly as a client gets them):
+Methods (the model ones run the one sampler, contract.sampling, through the served engine, exactly as a
+client gets them):
     coop            latent inference of X on the observed pixels (the lowest-U of R restarts), fill the hole
                     with g(X), then K descriptor Langevin steps on the hole (Engine.complete at the bundle's
                     defaults)
-    latent-only     the same with refine_steps = 0: what the generator alone recovers
+    latent-only     the same run's image before refinement (the hole filled with g(X)): what the generator
+                    alone recovers, equal to Engine.complete with refine_steps = 0
     langevin-only   no generator: the hole filled with uniform noise in [-1, 1], then descriptor Langevin
-                    on the hole (the descriptor alone, `langevin_only_steps` steps)
+                    on the hole (contract.sampling.langevin_steps: the descriptor alone, `langevin_only_steps`
+                    steps at the bundle's step size and noise)
     mean, biharmonic, telea, ns    the baselines of evaluation.baselines
 Observed pixels (mask = 0) are the original's in every method, so whole-image numbers differ from the
 missing-region ones only by the share of the image that was hidden.
@@ -23,10 +26,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
+from contract import sampling
+from contract.occlusions import occluded, occlusion_masks
+from contract.sampling import Progress
 from evaluation import metrics
 from evaluation.baselines import all_baselines
-from evaluation.occlusions import occlusion_masks
-from serving.engine import Engine, rngs_for
+from serving.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +63,29 @@ def model_runners(engine: Engine, langevin_only_steps: int) -> dict[tuple[str, .
     """The engine-backed methods. Seeds are per image: image i's latent and noise come from
     default_rng(seed_i).
 
-    `coop` and `latent-only` share one latent inference (the expensive part: L generator-gradient calls),
-    run step by step as Engine.complete runs it: infer X, fill the hole with g(X) (= latent-only), refine
-    (= coop). tests/test_eval_completion.py holds `coop` equal to Engine.complete."""
+    `coop` and `latent-only` come from ONE completion run (the latent inference, L generator-gradient calls
+    per restart, is the expensive part): latent-only is the start of its descriptor phase (the hole filled
+    with g(X)), coop its result. tests/test_eval_completion.py holds them equal to Engine.complete."""
 
     def latent_then_refine(images, masks, seeds):
-        rngs = rngs_for(seeds)
-        z = engine.infer_latent(images, masks, rngs)  # (N, d)
-        filled = np.where(masks > 0.5, engine.generate(z), images).astype(np.float32)  # (N, C, H, W)
-        refined = engine.refine(filled, masks, rngs, engine.completion.refine_steps)  # (N, C, H, W)
-        return {"latent-only": filled, "coop": refined}
+        filled = []
+
+        def keep_fill(p: Progress) -> None:
+            if p.phase == "langevin" and p.step == 0:
+                filled.append(p.value())  # (N, C, H, W)
+
+        out = sampling.run(engine.completion_steps(images, masks, seeds), on_progress=keep_fill)
+        return {"latent-only": filled[0], "coop": out.images}
 
     def langevin_only(images, masks, seeds):
-        rngs = rngs_for(seeds)
+        rngs = sampling.rngs_for(seeds)
         noise = np.stack([r.uniform(-1, 1, engine.image_shape).astype(np.float32) for r in rngs])
         start = np.where(masks > 0.5, noise, images).astype(np.float32)  # (N, C, H, W) hole = noise
-        return {"langevin-only": engine.refine(start, masks, rngs, steps=langevin_only_steps)}
+        d = engine.completion_defaults
+        steps = sampling.langevin_steps(
+            engine.backend, start, masks, rngs, langevin_only_steps, d.refine_step_size, d.noise
+        )
+        return {"langevin-only": sampling.run(steps)}
 
     return {("coop", "latent-only"): latent_then_refine, ("langevin-only",): langevin_only}
 
@@ -128,8 +140,10 @@ def evaluate_completion(
     bar = tqdm(total=len(occlusions) * len(todo), desc="completion", disable=not progress)
     for occlusion in occlusions:
         masks = occlusion_masks(occlusion, images.shape[1:], seeds)  # (N, C, H, W), 1 = missing
-        occluded = np.where(masks > 0.5, 0.0, images).astype(np.float32)  # holes mid-grey (strips only)
-        shown[occlusion] = {"original": images[:examples], "occluded": occluded[:examples]}
+        shown[occlusion] = {
+            "original": images[:examples],
+            "occluded": occluded(images[:examples], masks[:examples]),
+        }
         completed = {}
         for names, runner in todo.items():
             bar.set_postfix_str(f"{occlusion} {'+'.join(names)}")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data import DataError, _fit, find_fashion_mnist, read_idx_images
-from trainer.images import from_uint8
+from contract.codec import from_uint8
+from trainer.data import DataError, find_fashion_mnist, fit_pixels, read_idx_images
 
 IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 SPLIT_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -75,4 +75,4 @@ def load_split(split: str, shape: tuple[int, int, int], data_dir: str = "") -> S
         raise DataError(
             f"the model's images are {h}x{w}; only square models can be evaluated on Fashion-MNIST"
         )
-    return Split(from_uint8(_fit(pixels, h, c)), labels.astype(np.int64))
+    return Split(from_uint8(fit_pixels(pixels, h, c)), labels.astype(np.int64))

@@ -1,24 +1,23 @@
 """Writes what coop-eval measured: `report.md` (Markdown tables), `report.json` (every number, the same),
-and PNG strips of examples. Every file is written atomically (temporary sibling, then rename).
+and PNG strips of examples. Every file is written atomically (contract.files: temporary sibling, then rename).
 
 Strips (`completion-<occlusion>.png`): one column per example image, rows top to bottom = original,
-occluded (holes mid-grey), then each method in the table's order. `samples.png`: drafts g(X) | revised,
-same chains.
+occluded (contract.occlusions.occluded: holes black, as the service and the clients show them), then each
+method in the table's order. `samples.png`: drafts g(X) | revised, same chains.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from contract.codec import save_grid, save_side_by_side
+from contract.files import atomic_write_json, atomic_write_text
 from evaluation.completion import MethodScores
 from evaluation.metrics import Summary
 from evaluation.synthesis import SetScores
-from trainer.checkpoint import atomic_write_bytes
-from trainer.images import save_grid, save_side_by_side
 
 PSNR_GAP_MODEL, PSNR_GAP_BASELINE = ("coop",), ("mean", "biharmonic", "telea", "ns")
 
@@ -136,8 +135,8 @@ def write_report(
         "completion": [s.to_dict() for s in completion or []],
         "completion_margins": completion_margins(completion or []),
     }
-    atomic_write_bytes(out_dir / "report.md", text.encode())
-    atomic_write_bytes(out_dir / "report.json", (json.dumps(data, indent=2) + "\n").encode())
+    atomic_write_text(out_dir / "report.md", text)
+    atomic_write_json(out_dir / "report.json", data)
     return text
 
 

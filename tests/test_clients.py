@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from support import TOKEN
 from PIL import Image as PILImage
+from support import TOKEN
 
 from clients.cli import client_main, complete_main
-from serving.codec import encode_png
+from contract.codec import encode_png
 
 
 @pytest.fixture()
@@ -159,6 +159,66 @@ def test_complete_errors_are_one_line(
     assert complete_main([subs.get(a, a) for a in argv]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("coop-complete: ") and message in err[0], err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["IN", "--mask", "IN", "--occlude", "center:14", "--bundle", "B", "--out", "O"],
+            "exactly one of --mask",
+        ),
+        (["IN", "--occlude", "center:14", "--out", "O"], "exactly one of --server"),
+        (["IN", "--occlude", "center:14", "--bundle", "B", "--server", "S", "--out", "O"], "exactly one of"),
+        (["IN", "--occlude", "center:14", "--bundle", "B"], "--out"),
+        (["IN", "--occlude", "center:14", "--bundle", "B", "--out", "O", "--restarts", "0"], "--restarts"),
+        (["IN", "--occlude", "center:14", "--server", "S", "--out", "O", "--timeout", "0"], "--timeout"),
+        (["IN", "--occlude", "center:14", "--bundle", "B", "--out", "O", "--device", "tpu"], "--device"),
+    ],
+)
+def test_complete_bad_flags_exit_2_with_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit:
+        complete_main(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["info"], "--server"),
+        (["health", "--server", "S", "--timeout", "-1"], "--timeout"),
+        (["synth", "--server", "S", "--count", "0", "--out", "O"], "--count"),
+        (["synth", "--server", "S"], "--out"),
+        (["energy", "--server", "S", "--steps", "3", "a.png"], "--steps"),  # synth's flag, not energy's
+    ],
+)
+def test_client_bad_flags_exit_2_with_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit:
+        client_main(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_synth_noise_is_tri_state_and_the_connection_comes_from_toml(
+    coop_server, client, token_file, tmp_path
+):
+    """No flag = the bundle's noise (on for the tiny bundle), --no-noise = off; server and token from a
+    TOML file that any command could read."""
+    conn = tmp_path / "conn.toml"
+    conn.write_text(f'server = "{coop_server.address}"\ntoken_file = "{token_file}"\n')
+    common = ["synth", "--config", str(conn), "--count", "1", "--seed", "9", "--steps", "50", "--out"]
+    assert client_main([*common, str(tmp_path / "default")]) == 0
+    assert client_main([*common, str(tmp_path / "off"), "--no-noise"]) == 0
+    for name, noise in (("default", True), ("off", False)):
+        png = client.synthesize(count=1, seed=9, steps=50, noise=noise, png=True).images[0]
+        expected = np.rint((png[0] + 1) * 127.5).astype(np.uint8)
+        assert np.array_equal(_pixels(tmp_path / name / "seed_9.png"), expected), name
+    assert not np.array_equal(
+        _pixels(tmp_path / "default" / "seed_9.png"), _pixels(tmp_path / "off" / "seed_9.png")
+    )
 
 
 def test_client_error_for_an_unreachable_server(capsys, tmp_path):

@@ -59,6 +59,13 @@ def test_one_iteration_matches_hand_computation():
     for p, g in zip(run.descriptor.parameters(), grads_d, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
     assert stats.loss_d == pytest.approx(loss_d.item(), rel=1e-5)
+    # the logged statistics: E(Y) = ‖Y‖²/(2s²) − f(Y) under the nets before the update, Langevin's move
+    with torch.no_grad():
+        half_sq = lambda y_: y_.pow(2).sum((1, 2, 3)) / (2 * cfg.s**2)  # noqa: E731 - (N,)
+        assert stats.energy_data == pytest.approx((half_sq(y_data) - f0(y_data)).mean().item(), rel=1e-6)
+        assert stats.energy_revised == pytest.approx((half_sq(y) - f0(y)).mean().item(), rel=1e-6)
+        moved = (y - y_draft).flatten(1).norm(dim=1).mean().item()
+    assert stats.displacement == pytest.approx(moved, rel=1e-5)
     # ... and the update moved f(data) up relative to f(revised)
     with torch.no_grad():
         gap_before = (f0(y_data).mean() - f0(y).mean()).item()

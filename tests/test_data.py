@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import write_idx
 
 from trainer.data import (
     DataError,
@@ -19,12 +19,6 @@ from trainer.data import (
     read_idx_images,
     to_tensor,
 )
-
-
-def write_idx(path, images: np.ndarray, magic: int = 0x00000803, gz: bool = True) -> None:
-    n, h, w = images.shape
-    raw = b"".join(v.to_bytes(4, "big") for v in (magic, n, h, w)) + images.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if gz else raw)
 
 
 @pytest.fixture
@@ -111,6 +105,19 @@ def test_folder_skips_bad_file_with_warning(tmp_path, caplog):
     assert pixels.shape == (3, 3, 32, 32)
     assert "broken.png" in caplog.text
     assert np.all(pixels[2] == 200)  # c.bmp, sorted after b.jpg and broken.png
+
+
+def test_folder_rgb_pixels_land_in_their_channel_row_and_column(tmp_path):
+    """An RGB file read at its own size comes back as (C, H, W) with every value where it was. Its R, G and B
+    planes differ from each other and from pixel to pixel (unlike a constant colour), so a reshape in place
+    of the (H, W, C) -> (C, H, W) transpose, or swapped channels or axes, cannot pass."""
+    h = w = 8
+    rows, cols = np.mgrid[0:h, 0:w]  # (H, W)
+    hwc = np.stack([rows * 30 + cols, 255 - cols * 31, (rows * 7 + cols * 13) % 256], axis=-1)  # (H, W, 3)
+    Image.fromarray(hwc.astype(np.uint8)).save(tmp_path / "a.png")  # PNG: lossless
+    (pixels,) = load_images(f"folder:{tmp_path}", size=w, channels=3)  # (3, H, W)
+    assert np.array_equal(pixels, hwc.transpose(2, 0, 1))
+    assert (pixels[0, 1, 2], pixels[1, 1, 2], pixels[2, 5, 3]) == (32, 193, 74)  # R(1, 2), G(1, 2), B(5, 3)
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):

@@ -1,26 +1,20 @@
 """coop-eval end to end on tiny data: a tiny Fashion-MNIST-format dataset written here as idx files, the real
 tiny bundle of tests/conftest.py (trainer.nets exported by trainer.export.export_bundle), a one-epoch
-classifier; and its one-line failures."""
+classifier that a second run takes from its cache; and its one-line failures."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 
 import numpy as np
 import pytest
+from support import write_idx
 
 from evaluation.cli import main
 from evaluation.completion import METHODS
 
 OCCLUSIONS = "center:12,random:0.5,left-half,rects"
-
-
-def _write_idx(path, array: np.ndarray, magic: int) -> None:
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + array.astype(np.uint8).tobytes())
 
 
 def write_tiny_fashion(folder, n_train: int = 200, n_test: int = 60, splits=("train", "t10k")):
@@ -34,8 +28,8 @@ def write_tiny_fashion(folder, n_train: int = 200, n_test: int = 60, splits=("tr
             continue
         labels = np.arange(n) % 10
         images = np.clip(templates[labels] + rng.normal(0, 20, (n, 28, 28)), 0, 255)  # (n, 28, 28)
-        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", images, 0x803)
-        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels, 0x801)
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
     return folder
 
 
@@ -76,18 +70,25 @@ def test_coop_eval_end_to_end(serving_bundle, tiny_fashion, tmp_path, capsys):
     for name in ("samples.png", *(f"completion-{s}.png" for s in strips)):
         assert (out / name).stat().st_size > 0
 
-    # the classifier is cached with its checksum: a second run reuses it and reports the same numbers
-    meta = next(cache.glob("classifier-*.json"))
-    assert json.loads(meta.read_text())["test_accuracy"] > 0.5
+    # the classifier is cached with its checksum, and a second run takes it from there without training: the
+    # accuracy it reports is the cache file's, here one that no classifier can score on 60 images
+    meta_path = next(cache.glob("classifier-*.json"))
+    meta = json.loads(meta_path.read_text())
+    assert meta["test_accuracy"] > 0.5
+    meta_path.write_text(json.dumps({**meta, "test_accuracy": 0.0123}))
     assert main([*argv[:2], str(tmp_path / "eval2"), *argv[3:], "--no-completion"]) == 0
+    assert (
+        f"test accuracy 0.0123 on 60 held-out images, sha256 {meta['sha256'][:16]}" in capsys.readouterr().out
+    )
     again = json.loads((tmp_path / "eval2" / "report.json").read_text())
-    assert again["synthesis"] == report["synthesis"]
+    assert again["synthesis"] == report["synthesis"]  # the same weights give the same numbers
+    assert again["header"]["classifier"].startswith("test accuracy 0.0123")
     assert len(list(cache.glob("classifier-*.pt"))) == 1
 
 
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.startswith("coop-eval: error: ") and "Traceback" not in err
     return err
 
 
@@ -109,6 +110,19 @@ def test_missing_dataset_fails_with_one_line(serving_bundle, tmp_path, capsys):
 def test_bad_flags_fail_with_one_line(serving_bundle, tmp_path, capsys, extra, needle):
     assert main([str(serving_bundle), "--out", str(tmp_path / "o"), *extra]) == 2
     assert needle in _one_line_error(capsys)
+
+
+def test_config_file_is_read_and_checked(serving_bundle, tmp_path, capsys):
+    config = tmp_path / "eval.toml"
+    config.write_text('methods = "coop,magic"\n')
+    assert main([str(serving_bundle), "--config", str(config)]) == 2
+    assert "--methods: unknown magic" in _one_line_error(capsys)
+    config.write_text("n = 0\n")  # a flag given on the command line overrides the file
+    assert main([str(serving_bundle), "--config", str(config), "--n", "5"]) == 2
+    assert "--n must be at least 10" in _one_line_error(capsys)
+    config.write_text("samples = 3\n")
+    assert main([str(serving_bundle), "--config", str(config)]) == 2
+    assert "unknown key 'samples'" in _one_line_error(capsys)
 
 
 def test_bad_model_fails_with_one_line(tmp_path, capsys):

@@ -1,12 +1,15 @@
 """The completion benchmark's model methods are the served ones: `coop` equals Engine.complete and
-`latent-only` equals Engine.complete with refine_steps = 0, bit for bit, on the tiny bundle of conftest.py."""
+`latent-only` equals Engine.complete with refine_steps = 0, bit for bit, on the tiny bundle of conftest.py;
+`langevin-only` starts from each image's own uniform-noise fill."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from contract.occlusions import occlusion_masks
 from evaluation.completion import baseline_runners, evaluate_completion, model_runners
-from evaluation.occlusions import occlusion_masks
 from serving.engine import Engine
 
 
@@ -18,10 +21,19 @@ def test_model_methods_match_engine_complete(serving_bundle):
     runner = model_runners(engine, langevin_only_steps=2)[("coop", "latent-only")]
     out = runner(images, masks, seeds)
     np.testing.assert_array_equal(out["coop"], engine.complete(images, masks, seeds).images)
-    latent_only = engine.complete(images, masks, seeds, refine_steps=0).images
-    np.testing.assert_array_equal(out["latent-only"], latent_only)
-    noise_start = model_runners(engine, 2)[("langevin-only",)](images, masks, seeds)["langevin-only"]
-    np.testing.assert_array_equal(noise_start[masks < 0.5], images[masks < 0.5])  # observed pixels clamped
+    no_refinement = dataclasses.replace(engine.completion_defaults, refine_steps=0)
+    np.testing.assert_array_equal(
+        out["latent-only"], engine.complete(images, masks, seeds, no_refinement).images
+    )
+    assert not np.array_equal(out["latent-only"], out["coop"])  # the refinement moved the hole
+
+    hole = masks > 0.5
+    fill = np.stack([np.random.default_rng(s).uniform(-1, 1, (1, 28, 28)).astype(np.float32) for s in seeds])
+    start = model_runners(engine, 0)[("langevin-only",)](images, masks, seeds)["langevin-only"]
+    np.testing.assert_array_equal(start, np.where(hole, fill, images))  # 0 steps: the noise fill itself
+    moved = model_runners(engine, 2)[("langevin-only",)](images, masks, seeds)["langevin-only"]
+    np.testing.assert_array_equal(moved[~hole], images[~hole])  # observed pixels clamped
+    assert not np.array_equal(moved[hole], fill[hole])
 
 
 def test_evaluate_completion_rows_and_examples(serving_bundle):
@@ -34,3 +46,5 @@ def test_evaluate_completion_rows_and_examples(serving_bundle):
     assert result.scores[0].missing_fraction == 0.5 and result.scores[0].psnr_missing.n == 5
     assert list(result.examples["left-half"]) == ["original", "occluded", "ns", "coop"]
     assert result.examples["left-half"]["coop"].shape == (2, 1, 28, 28)
+    shown = result.examples["left-half"]["occluded"]  # the holes black (-1), as the service shows them
+    assert (shown[..., :14] == -1).all() and np.array_equal(shown[..., 14:], images[:2, ..., 14:])

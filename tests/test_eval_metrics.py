@@ -1,14 +1,15 @@
-"""evaluation.metrics, occlusions and baselines on known cases: identical sets give ~0, shifted sets more,
-PSNR/SSIM of identical images, exact mask fractions, baselines keep observed pixels."""
+"""evaluation.metrics, contract.occlusions and baselines on known cases: identical sets give ~0, shifted sets
+more, PSNR/SSIM of identical images, exact mask fractions, baselines keep observed pixels; the classifier
+cache is reused (no training) and checked."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from contract.occlusions import DEFAULT_OCCLUSIONS, occlusion_mask, occlusion_masks, parse_occlusion
 from evaluation import metrics
 from evaluation.baselines import all_baselines
-from evaluation.occlusions import DEFAULT_OCCLUSIONS, occlusion_mask, occlusion_masks, parse_occlusion
 
 SHAPE = (1, 28, 28)
 
@@ -139,7 +140,12 @@ def test_baselines_keep_observed_pixels_and_fill_smooth_images():
             assert metrics.psnr(filled, ramp, masks[:2]).min() > 25, name
 
 
-def test_classifier_cache_is_checked(tmp_path):
+def test_classifier_cache_is_reused_and_checked(tmp_path):
+    import json
+
+    import torch
+
+    from contract.files import sha256_file
     from evaluation.classifier import ClassifierConfig, load_or_train
 
     rng = np.random.default_rng(5)
@@ -147,14 +153,28 @@ def test_classifier_cache_is_checked(tmp_path):
     images = (np.eye(3)[labels] @ rng.uniform(-1, 1, (3, 784))).reshape(60, 1, 28, 28).astype(np.float32)
     config = ClassifierConfig(epochs=1, batch_size=20)
     first = load_or_train(images, labels, images, labels, tmp_path, config, progress=False)
-    again = load_or_train(images, labels, images, labels, tmp_path, config, progress=False)
-    assert again.sha256 == first.sha256 and again.test_accuracy == first.test_accuracy
-    feats, probs = again.features_and_probs(images[:4])
+    feats, probs = first.features_and_probs(images[:4])
     assert feats.shape == (4, 128) and probs.shape == (4, 3)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    assert not np.allclose(probs, 1 / 3)
+
+    # Reuse means no training: replace the cached weights by zeros (which training never produces) with a
+    # matching checksum and a made-up accuracy; the second call must hand back exactly that.
+    zeros = {k: torch.zeros_like(v) for k, v in first.net.state_dict().items()}
+    torch.save(zeros, first.path)
+    meta_path = first.path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    meta.update(sha256=sha256_file(first.path), test_accuracy=0.125)
+    meta_path.write_text(json.dumps(meta))
+    again = load_or_train(images, labels, images, labels, tmp_path, config, progress=False)
+    assert again.sha256 == meta["sha256"] and again.test_accuracy == 0.125
+    feats, probs = again.features_and_probs(images[:4])
+    assert (feats == 0).all() and np.allclose(probs, 1 / 3)  # zero weights: no features, uniform classes
+
     first.path.write_bytes(b"tampered")  # a cache file that fails its checksum is retrained, not loaded
     retrained = load_or_train(images, labels, images, labels, tmp_path, config, progress=False)
-    assert retrained.sha256 != "" and retrained.path.read_bytes() != b"tampered"
+    assert retrained.sha256 == first.sha256 and retrained.test_accuracy == first.test_accuracy
+    assert sha256_file(retrained.path) == first.sha256  # seeded: the same weights as the first training
 
 
 def test_inception_is_skipped_with_a_reason_when_missing(monkeypatch):

@@ -1,7 +1,8 @@
 """The model bundle: every graph against PyTorch autograd in ONNX Runtime, masks, manifest, sha256, atomicity.
 
-Nets get larger random weights and random BatchNorm running statistics (`perturbed_nets`) so that activations
-and gradients are O(1), not the near-zero of the official initialisation, and a wrong backward cannot hide.
+Nets get larger random weights and random BatchNorm running statistics (support.perturbed_nets) so that
+activations and gradients are O(1), not the near-zero of the official initialisation, and a wrong backward
+cannot hide. The manifest is read back through contract.bundle, the reader the service uses.
 """
 
 from __future__ import annotations
@@ -13,40 +14,20 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from support import perturbed_nets
 from torch import nn
 
+from contract.bundle import DEFAULT_COMPLETION, BundleError, read_bundle
 from trainer import grads
-from trainer.export import (
-    DEFAULT_COMPLETION,
-    BundleError,
-    ExportError,
-    export_bundle,
-    verify_bundle,
-)
+from trainer.config import TrainConfig
+from trainer.export import ExportError, export_bundle, export_run
 from trainer.grads import DescriptorWithGrad, GeneratorGrad, UnsupportedLayerError, kink_margin
 from trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy_grad
-from trainer.nets import NetSpec, build_nets
+from trainer.nets import NetSpec
 
 LANGEVIN = {"s": 0.016, "delta": 0.002, "steps": 15, "sigma": 0.3, "noise": True}
 SPECS = [NetSpec("mnist28", 1, 100), NetSpec("cifar32", 3, 100), NetSpec("scene64", 3, 16)]
 GRAPHS = ("generator", "descriptor", "langevin_step", "generator_grad")
-
-
-def perturbed_nets(spec: NetSpec, seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """Descriptor and generator (eval mode) with weights ~ N(0, 1/fan_in), nonzero biases and random BatchNorm
-    affine parameters and running statistics."""
-    torch.manual_seed(seed)
-    descriptor, generator = build_nets(spec)
-    for m in [*descriptor.modules(), *generator.modules()]:
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, m.weight[0].numel() ** -0.5)
-            nn.init.normal_(m.bias, 0.0, 0.1)
-        elif isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0.0, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-            nn.init.normal_(m.bias, 0.0, 0.1)
-    return descriptor.eval(), generator.eval()
 
 
 def rel_err(got: np.ndarray, want: torch.Tensor) -> float:
@@ -157,7 +138,10 @@ def test_manifest_and_sha256(exported):
     descriptor, _, out, _ = exported
     spec = descriptor.spec
     manifest = json.loads((out / "manifest.json").read_text())
-    assert verify_bundle(out) == manifest
+    read = read_bundle(out)
+    assert read.manifest == manifest
+    assert (read.image_shape, read.latent_dim) == (spec.image_shape, spec.latent_dim)
+    assert (read.langevin.s, read.langevin.delta, read.langevin.steps) == (0.016, 0.002, 15)
     assert manifest["format"] == "coopnets.bundle" and manifest["format_version"] == 1
     assert manifest["net"] == {"arch": spec.arch, "channels": spec.channels, "latent_dim": spec.latent_dim}
     assert manifest["image"] == {"shape": list(spec.image_shape), "value_range": [-1.0, 1.0]}
@@ -194,22 +178,22 @@ def test_manifest_and_sha256(exported):
         assert meta == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def test_verify_bundle_rejects_damage(tmp_path):
+def test_read_bundle_rejects_damage(tmp_path):
     descriptor, generator = perturbed_nets(SPECS[0])
     out = export_bundle(descriptor, generator, tmp_path / "bundle", langevin=LANGEVIN)
     data = bytearray((out / "descriptor.onnx").read_bytes())
     data[len(data) // 2] ^= 1
     (out / "descriptor.onnx").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="descriptor.onnx does not match its sha256"):
-        verify_bundle(out)
+        read_bundle(out)
     (out / "descriptor.onnx").unlink()
     with pytest.raises(BundleError, match="descriptor.onnx is missing"):
-        verify_bundle(out)
+        read_bundle(out)
     (out / "manifest.json").write_text("{")
     with pytest.raises(BundleError, match="not valid JSON"):
-        verify_bundle(out)
+        read_bundle(out)
     with pytest.raises(BundleError, match="no manifest.json"):
-        verify_bundle(tmp_path)
+        read_bundle(tmp_path)
 
 
 def test_atomic_replacement(tmp_path, monkeypatch):
@@ -217,18 +201,18 @@ def test_atomic_replacement(tmp_path, monkeypatch):
     temporary directories; a directory that is not a bundle is never replaced."""
     descriptor, generator = perturbed_nets(SPECS[0])
     out = export_bundle(descriptor, generator, tmp_path / "bundle", langevin=LANGEVIN, training={"run": 1})
-    first = verify_bundle(out)
+    first = read_bundle(out).manifest
 
     # a wrong backward (tanh' = 1) passes onnx.checker but not the comparison with autograd
     monkeypatch.setitem(grads._BACKWARD, nn.Tanh, lambda m, x, y, g: g)
     with pytest.raises(ExportError, match="generator_grad.onnx: output grad_z differs from PyTorch"):
         export_bundle(descriptor, generator, out, langevin=LANGEVIN, training={"run": 2})
-    assert verify_bundle(out) == first
+    assert read_bundle(out).manifest == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
     monkeypatch.undo()
 
     export_bundle(descriptor, generator, out, langevin=LANGEVIN, training={"run": 3})
-    assert verify_bundle(out)["training"] == {"run": 3}
+    assert read_bundle(out).manifest["training"] == {"run": 3}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
     precious = tmp_path / "precious"
@@ -270,4 +254,19 @@ def test_dynamo_exporter_gives_an_equivalent_bundle(tmp_path):
     """The alternative exporter (torch.export based) passes the same verification."""
     descriptor, generator = perturbed_nets(NetSpec("mnist28", 1, 8))
     out = export_bundle(descriptor, generator, tmp_path / "bundle", langevin=LANGEVIN, exporter="dynamo")
-    assert verify_bundle(out)["exporter"] == "dynamo"
+    assert read_bundle(out).manifest["exporter"] == "dynamo"
+
+
+def test_export_run_writes_the_runs_settings_and_leaves_its_nets_alone(tmp_path):
+    """The bundle of a training run: its Langevin settings as the defaults, its config as "training"; the
+    caller's nets (maybe still training) are neither switched to eval mode nor changed."""
+    descriptor, generator = perturbed_nets(NetSpec("mnist28", 1, 8))
+    generator.train()
+    before = {k: v.clone() for k, v in generator.state_dict().items()}
+    config = TrainConfig(latent_dim=8, langevin_steps=7, delta=0.003, sigma=0.2, langevin_noise=False)
+    out = export_run(descriptor, generator, config, tmp_path / "bundle")
+    manifest = read_bundle(out).manifest
+    assert manifest["langevin"] == {"s": 0.016, "delta": 0.003, "steps": 7, "sigma": 0.2, "noise": False}
+    assert manifest["training"] == json.loads(json.dumps(config.to_dict()))
+    assert generator.training
+    assert all(torch.equal(v, before[k]) for k, v in generator.state_dict().items())

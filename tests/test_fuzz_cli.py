@@ -339,7 +339,7 @@ def test_coop_train_bad_data_is_one_line(tmp_path, capsys):
     ]
     for argv, words in cases:
         code = train_main([*argv, "--out", str(tmp_path / "run"), "--dry-run"])
-        assert words in one_line_error(capsys, code, "error: "), argv
+        assert words in one_line_error(capsys, code, "coop-train: error: "), argv
 
 
 def test_coop_train_resume_from_a_truncated_checkpoint_is_one_line(tmp_path, capsys):
@@ -347,9 +347,9 @@ def test_coop_train_resume_from_a_truncated_checkpoint_is_one_line(tmp_path, cap
     run.mkdir()
     (run / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated torch zip")
     code = train_main(["--dataset", "digits", "--image-size", "28", "--out", str(run), "--resume"])
-    assert "not a readable coopnets checkpoint" in one_line_error(capsys, code, "error: ")
+    assert "not a readable coopnets checkpoint" in one_line_error(capsys, code, "coop-train: error: ")
     code = export_main([str(run / "checkpoint.pt"), str(tmp_path / "bundle")])
-    assert "not a readable coopnets checkpoint" in one_line_error(capsys, code, "error: ")
+    assert "not a readable coopnets checkpoint" in one_line_error(capsys, code, "coop-export: error: ")
 
 
 def test_coop_serve_refuses_a_missing_or_tampered_bundle_file(broken_bundles, capsys):

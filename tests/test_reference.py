@@ -1,29 +1,70 @@
-"""The torch reference sampler: one rng per image, the contract's draw order, observed pixels kept, and the
-contract replayed on the exported ONNX graphs giving the same images."""
+"""The torch backend (trainer.reference.TorchBackend: the nets with autograd) under the one sampler of
+contract.sampling, and against the service's engine (serving.engine.Engine: the same sampler over ONNX Runtime
+on the exported graphs, whose gradients are the explicit ones of trainer.grads).
+
+The per-image draw order is checked by hand on the torch side; the engine must then give the same images,
+energies and scores to float32 tolerance, for synthesis and for completion with every switch (restarts 1 and
+> 1, latent noise and descriptor noise on and off, masks of different shapes per image). f(Y) is compared on
+its own scale: E(Y) ≈ 8e5 here while |f| ≈ 0.8, so a tolerance on E alone would not see f change sign.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
-from test_export import LANGEVIN, perturbed_nets
+from support import perturbed_nets
 
+from contract import sampling
+from contract.sampling import CompletionParams, SynthesisParams
+from serving.engine import Engine
 from trainer.export import export_bundle
 from trainer.langevin import descriptor_score_and_grad
 from trainer.nets import NetSpec
-from trainer.reference import reference_complete, reference_synthesize
+from trainer.reference import TorchBackend
 
 SPEC = NetSpec("mnist28", 1, 100)
-S, DELTA, SIGMA = LANGEVIN["s"], LANGEVIN["delta"], LANGEVIN["sigma"]
+S, DELTA, SIGMA = 0.016, 0.002, 0.3
+LANGEVIN = {"s": S, "delta": DELTA, "steps": 3, "sigma": SIGMA, "noise": True}
 # Batched torch convolutions are not bit-stable across batch sizes on CPU (measured: up to 9.3e-10 at batch 3
 # vs batch 1 after 5 steps); a wrong draw order or a shared rng would differ by O(1).
 BATCH_ATOL = 1e-6
+# ORT against autograd after a few steps (measured: images 1.3e-6, f 3.3e-6 at |f| ≈ 0.8).
+IMAGE_ATOL, SCORE_ATOL = 1e-5, 2e-5
+
+
+def completion(restarts: int = 1, latent_noise: bool = True, noise: bool = True, refine_steps: int = 3):
+    return CompletionParams(
+        latent_steps=4,
+        latent_step_size=0.05,
+        latent_noise=latent_noise,
+        refine_steps=refine_steps,
+        refine_step_size=DELTA,
+        noise=noise,
+        restarts=restarts,
+    )
 
 
 @pytest.fixture(scope="module")
 def nets():
     return perturbed_nets(SPEC, seed=1)
+
+
+@pytest.fixture(scope="module")
+def torch_backend(nets):
+    return TorchBackend(*nets, s=S, sigma=SIGMA)
+
+
+@pytest.fixture(scope="module")
+def engine(nets, tmp_path_factory):
+    bundle = export_bundle(*nets, tmp_path_factory.mktemp("ref") / "bundle", langevin=LANGEVIN)
+    return Engine.open(bundle, device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def images(torch_backend):
+    """Three drafts g(X) to complete: (3, C, H, W)."""
+    return sampling.synthesize(torch_backend, [1, 2, 3], SynthesisParams(0, DELTA, False)).images
 
 
 def center_masks(n: int) -> np.ndarray:
@@ -32,127 +73,119 @@ def center_masks(n: int) -> np.ndarray:
     return mask
 
 
-def test_synthesis_draws_z_then_noise_from_each_images_rng(nets):
-    """Zero steps give g(z) with z = default_rng(seed).standard_normal(d, float32); one noise-free step is the
-    contract's update from it; energies are ‖Y‖²/(2s²) − f(Y)."""
+def mixed_masks() -> np.ndarray:
+    """A different hole per image: centre square, left half, random pixels. (3, C, H, W)"""
+    mask = np.zeros((3, *SPEC.image_shape), np.float32)
+    mask[0, :, 7:21, 7:21] = 1
+    mask[1, :, :, :14] = 1
+    mask[2] = np.random.default_rng(0).random(SPEC.image_shape) < 0.5
+    return mask
+
+
+def test_synthesis_draws_z_then_noise_from_each_images_rng(nets, torch_backend):
+    """Zero steps give g(z) with z = default_rng(seed).standard_normal(d, float32); one step is the
+    contract's update from it with the noise drawn next; energies are ‖Y‖²/(2s²) − f(Y)."""
     descriptor, generator = nets
-    draft, energies = reference_synthesize(descriptor, generator, [5, 6], 0, DELTA, S, noise=False)
+    draft = sampling.synthesize(torch_backend, [5, 6], SynthesisParams(0, DELTA, noise=False))
     rngs = [np.random.default_rng(s) for s in (5, 6)]
     z = np.stack([r.standard_normal(SPEC.latent_dim, dtype=np.float32) for r in rngs])
     with torch.no_grad():
-        assert np.array_equal(draft, generator(torch.from_numpy(z)).numpy())
-        f = descriptor(torch.from_numpy(draft)).numpy()
-    np.testing.assert_allclose(energies, (draft**2).sum((1, 2, 3)) / (2 * S**2) - f, rtol=1e-6)
+        assert np.array_equal(draft.images, generator(torch.from_numpy(z)).numpy())
+        f = descriptor(torch.from_numpy(draft.images)).numpy()
+    np.testing.assert_allclose(draft.score, f, rtol=1e-6)
+    np.testing.assert_allclose(draft.energy, (draft.images**2).sum((1, 2, 3)) / (2 * S**2) - f, rtol=1e-6)
 
-    one, _ = reference_synthesize(descriptor, generator, [5, 6], 1, DELTA, S, noise=True)
-    _, grad = descriptor_score_and_grad(descriptor, torch.from_numpy(draft))
+    one = sampling.synthesize(torch_backend, [5, 6], SynthesisParams(1, DELTA, noise=True)).images
+    _, grad = descriptor_score_and_grad(descriptor, torch.from_numpy(draft.images))
     rng = np.random.default_rng(6)
     rng.standard_normal(SPEC.latent_dim, dtype=np.float32)  # z comes first
     noise = rng.standard_normal(SPEC.image_shape, dtype=np.float32)
-    want = draft[1] - DELTA**2 / 2 * (draft[1] / S**2 - grad[1].numpy()) + DELTA * noise
+    y = draft.images[1]
+    want = y - DELTA**2 / 2 * (y / S**2 - grad[1].numpy()) + DELTA * noise
     np.testing.assert_allclose(one[1], want, atol=1e-6)
 
 
-def test_synthesis_is_batch_independent(nets):
-    descriptor, generator = nets
-    seeds = [11, 12, 13, 14, 15, 16, 17]
-    batch, energies = reference_synthesize(descriptor, generator, seeds, 3, DELTA, S, noise=True)
+def test_synthesis_is_batch_independent(torch_backend):
+    seeds, params = [11, 12, 13, 14, 15, 16, 17], SynthesisParams(3, DELTA, noise=True)
+    batch = sampling.synthesize(torch_backend, seeds, params)
     for i in (0, 3, 6):
-        alone, e = reference_synthesize(descriptor, generator, [seeds[i]], 3, DELTA, S, noise=True)
-        np.testing.assert_allclose(batch[i], alone[0], rtol=0, atol=BATCH_ATOL)
-        np.testing.assert_allclose(energies[i], e[0], rtol=1e-6)
-    again, _ = reference_synthesize(descriptor, generator, seeds, 3, DELTA, S, noise=True)
-    assert np.array_equal(batch, again)
-    assert not np.allclose(batch[0], batch[1])  # different seeds, different images
+        alone = sampling.synthesize(torch_backend, [seeds[i]], params)
+        np.testing.assert_allclose(batch.images[i], alone.images[0], rtol=0, atol=BATCH_ATOL)
+        np.testing.assert_allclose(batch.score[i], alone.score[0], rtol=0, atol=BATCH_ATOL)
+    again = sampling.synthesize(torch_backend, seeds, params)
+    assert np.array_equal(batch.images, again.images)
+    assert not np.allclose(batch.images[0], batch.images[1])  # different seeds, different images
 
 
-def test_completion_keeps_observed_pixels_and_is_batch_independent(nets):
-    descriptor, generator = nets
-    images, _ = reference_synthesize(descriptor, generator, [1, 2, 3], 0, DELTA, S, noise=False)
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_completion_keeps_observed_pixels_and_is_batch_independent(torch_backend, images, restarts):
     masks = center_masks(3)
-    args = dict(
-        latent_steps=4, eta=0.05, latent_noise=True, refine_steps=3, delta=DELTA, s=S, sigma=SIGMA, noise=True
-    )
-    out = reference_complete(descriptor, generator, images, masks, [7, 8, 9], **args)
+    out = sampling.complete(torch_backend, images, masks, [7, 8, 9], completion(restarts)).images
     observed = masks == 0
     assert np.array_equal(out[observed], images[observed])
     assert np.abs(out - images)[~observed].max() > 1e-3  # the hole was filled and refined
     # alone, with a (1, 1, H, W) mask that broadcasts over channels
-    alone = reference_complete(descriptor, generator, images[1:2], masks[1:2, :1], [8], **args)
+    alone = sampling.complete(torch_backend, images[1:2], masks[1:2, :1], [8], completion(restarts)).images
     np.testing.assert_allclose(out[1], alone[0], rtol=0, atol=BATCH_ATOL)
     with pytest.raises(ValueError, match="one seed per image"):
-        reference_complete(descriptor, generator, images, masks, [7], **args)
+        sampling.complete(torch_backend, images, masks, [7], completion(restarts))
 
 
-def test_the_contract_on_the_onnx_bundle_reproduces_the_reference(nets, tmp_path):
-    """The sampling contract of docs/architecture.md, replayed with ONNX Runtime on the exported graphs (as
-    the service does), gives the reference's images."""
-    descriptor, generator = nets
-    bundle = export_bundle(descriptor, generator, tmp_path / "bundle", langevin=LANGEVIN)
-    sess = {
-        g: ort.InferenceSession(str(bundle / f"{g}.onnx"), providers=["CPUExecutionProvider"])
-        for g in ("generator", "langevin_step", "generator_grad")
-    }
-    scalar = lambda v: np.array(v, np.float32)  # noqa: E731
-    seeds, steps, eta, latent_steps = [3, 4], 3, 0.05, 4
+def test_completion_keeps_the_restart_with_the_lowest_latent_energy(torch_backend, images):
+    """With R chains per image the hole is filled from the chain whose final X has the lowest U(X): seen on
+    the last latent state of all N·R chains, with no refinement after the fill."""
+    masks, r = center_masks(3), 4
+    last = {}
 
-    def refine(y, mask, rngs, k):
-        for _ in range(k):
-            noise = np.stack([r.standard_normal(SPEC.image_shape, dtype=np.float32) for r in rngs])
-            feed = {"y": y, "noise": noise, "mask": mask, "delta": scalar(DELTA), "s": scalar(S)}
-            y, _ = sess["langevin_step"].run(None, feed)
-        return y
+    def keep_latent(progress: sampling.Progress) -> None:
+        if progress.phase == "latent":
+            last["x"] = progress.value()  # (N·R, d)
 
-    rngs = [np.random.default_rng(s) for s in seeds]
-    z = np.stack([r.standard_normal(SPEC.latent_dim, dtype=np.float32) for r in rngs])
-    (y,) = sess["generator"].run(None, {"z": z})
-    y = refine(y, np.ones_like(y), rngs, steps)
-    want, _ = reference_synthesize(descriptor, generator, seeds, steps, DELTA, S, noise=True)
-    np.testing.assert_allclose(y, want, rtol=0, atol=1e-5)
-
-    images, masks = want, center_masks(2)
-    rngs = [np.random.default_rng(s) for s in seeds]
-    z = np.stack([r.standard_normal(SPEC.latent_dim, dtype=np.float32) for r in rngs])
-    for _ in range(latent_steps):
-        grad_z, _, _ = sess["generator_grad"].run(
-            None, {"z": z, "y": images, "mask": masks, "sigma": scalar(SIGMA)}
-        )
-        z = (
-            z
-            - eta**2 / 2 * grad_z
-            + eta * np.stack([r.standard_normal(SPEC.latent_dim, dtype=np.float32) for r in rngs])
-        )
-    (y_gen,) = sess["generator"].run(None, {"z": z.astype(np.float32)})
-    y = refine(np.where(masks == 1, y_gen, images), masks, rngs, steps)
-    want = reference_complete(
-        descriptor,
-        generator,
-        images,
-        masks,
-        seeds,
-        latent_steps=latent_steps,
-        eta=eta,
-        latent_noise=True,
-        refine_steps=steps,
-        delta=DELTA,
-        s=S,
-        sigma=SIGMA,
-        noise=True,
+    steps = sampling.completion_steps(
+        torch_backend, images, masks, [7, 8, 9], completion(r, latent_noise=True, refine_steps=0)
     )
-    np.testing.assert_allclose(y, want, rtol=0, atol=1e-5)
-    assert np.array_equal(y[masks == 0], images[masks == 0])
+    out = sampling.run(steps, on_progress=keep_latent).images
+    x = last["x"]
+    _, u = torch_backend.latent_grad(x, np.repeat(images, r, 0), np.repeat(masks, r, 0))  # (N·R,)
+    best = u.reshape(3, r).argmin(1)  # (N,)
+    assert (best != 0).any()  # some image keeps another chain than its first: the choice is seen
+    fill = torch_backend.generate(x.reshape(3, r, -1)[np.arange(3), best])  # (N, C, H, W)
+    assert np.array_equal(out, np.where(masks > 0.5, fill, images))
 
 
-def test_completion_restarts_are_batch_independent_and_validated(nets):
-    descriptor, generator = nets
-    images, _ = reference_synthesize(descriptor, generator, [1, 2, 3], 0, DELTA, S, noise=False)
-    masks = center_masks(3)
-    args = dict(
-        latent_steps=3, eta=0.05, latent_noise=True, refine_steps=2, delta=DELTA, s=S, sigma=SIGMA, noise=True
+@pytest.mark.parametrize("noise", [True, False])
+def test_engine_synthesis_equals_the_torch_backend(torch_backend, engine, noise):
+    seeds, params = [3, 4, 5], SynthesisParams(steps=5, delta=DELTA, noise=noise)
+    want = sampling.synthesize(torch_backend, seeds, params)
+    got = engine.synthesize(seeds, params)
+    np.testing.assert_allclose(got.images, want.images, rtol=0, atol=IMAGE_ATOL)
+    np.testing.assert_allclose(got.score, want.score, rtol=0, atol=SCORE_ATOL)
+    np.testing.assert_allclose(got.energy, want.energy, rtol=1e-6)
+    assert np.abs(want.score).min() > 100 * SCORE_ATOL  # f is far from 0: the tolerance sees its sign
+    np.testing.assert_allclose(
+        engine.draft(seeds), sampling.drafts(torch_backend, sampling.rngs_for(seeds)), rtol=0, atol=IMAGE_ATOL
     )
-    out = reference_complete(descriptor, generator, images, masks, [7, 8, 9], restarts=3, **args)
-    alone = reference_complete(descriptor, generator, images[2:], masks[2:], [9], restarts=3, **args)
-    np.testing.assert_allclose(out[2], alone[0], rtol=0, atol=BATCH_ATOL)
-    assert np.array_equal(out[masks == 0], images[masks == 0])
-    with pytest.raises(ValueError, match="restarts"):
-        reference_complete(descriptor, generator, images, masks, [7, 8, 9], restarts=0, **args)
+
+
+@pytest.mark.parametrize(
+    ("restarts", "latent_noise", "noise"),
+    [(1, True, True), (1, False, False), (3, True, True), (3, False, True)],
+)
+def test_engine_completion_equals_the_torch_backend(
+    torch_backend, engine, images, restarts, latent_noise, noise
+):
+    masks, seeds = mixed_masks(), [7, 8, 9]
+    params = completion(restarts, latent_noise=latent_noise, noise=noise)
+    want = sampling.complete(torch_backend, images, masks, seeds, params)
+    got = engine.complete(images, masks, seeds, params)
+    np.testing.assert_allclose(got.images, want.images, rtol=0, atol=IMAGE_ATOL)
+    np.testing.assert_allclose(got.score, want.score, rtol=0, atol=SCORE_ATOL)
+    np.testing.assert_allclose(got.energy, want.energy, rtol=1e-6)
+    assert np.array_equal(got.images[masks == 0], images[masks == 0])
+
+
+def test_engine_energy_equals_the_torch_backend(torch_backend, engine, images):
+    energy, score = engine.energy(images)
+    want_energy, want_score = sampling.measure(torch_backend, images)
+    np.testing.assert_allclose(score, want_score, rtol=0, atol=SCORE_ATOL)
+    np.testing.assert_allclose(energy, want_energy, rtol=1e-6)

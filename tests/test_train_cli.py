@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from trainer.cli import export_main, train_main
-from trainer.config import TrainConfig, resolve
+from trainer.config import TrainConfig
 
 TINY = [
     "--batch-size",
@@ -35,21 +35,30 @@ def npz(tmp_path) -> Path:
     return path
 
 
-def test_config_file_then_flags_override_defaults(tmp_path):
+def dry_run(capsys, *argv: str) -> dict:
+    """The config coop-train resolves for `argv`, as its --dry-run prints it."""
+    assert train_main([*argv, "--dataset", "digits", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    return json.loads(printed[: printed.index("dry run ok")])
+
+
+def test_config_file_then_flags_override_defaults(tmp_path, capsys):
     toml = tmp_path / "c.toml"
     toml.write_text("lr_descriptor = 0.002\nlangevin-steps = 7\nlangevin_noise = false\nbatch_size = 16\n")
-    cfg = resolve({"langevin_steps": 3}, str(toml))
-    assert (cfg.lr_descriptor, cfg.langevin_steps, cfg.langevin_noise, cfg.batch_size) == (
+    out = ["--out", str(tmp_path / "run")]
+    cfg = dry_run(capsys, *out, "--config", str(toml), "--langevin_steps", "3")  # the underscore alias too
+    assert (cfg["lr_descriptor"], cfg["langevin_steps"], cfg["langevin_noise"], cfg["batch_size"]) == (
         0.002,
         3,
         False,
         16,
     )
-    assert cfg.num_chains == 16 and cfg.resolved_arch == "mnist28"
-    assert resolve({}).to_dict() == TrainConfig().to_dict()
+    assert dry_run(capsys, *out, "--config", str(toml), "--langevin-noise")["langevin_noise"] is True
+    assert dry_run(capsys, *out) == {**TrainConfig().to_dict(), "dataset": "digits", "out": out[1]}
     toml.write_text("lr_descriptr = 0.1\n")
-    with pytest.raises(ValueError, match="unknown key 'lr_descriptr'"):
-        resolve({}, str(toml))
+    assert train_main([*out, "--config", str(toml), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'lr_descriptr'" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(
@@ -104,9 +113,24 @@ def test_tiny_run_resume_and_outputs(tmp_path, npz, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert train_main([*common, "--iterations", "2", "--resume"]) == 2  # already there
     assert "already at iteration 2" in capsys.readouterr().err
-    assert train_main([*common, "--iterations", "3", "--resume"]) == 0
+    # resumed with nothing but a file and a flag: the checkpoint's config < the file < the flags
+    toml = tmp_path / "more.toml"
+    toml.write_text("log_every = 2\nsample_every = 5\n")
+    resume = [
+        "--out",
+        str(out),
+        "--resume",
+        "--config",
+        str(toml),
+        "--iterations",
+        "3",
+        "--sample-every",
+        "1",
+    ]
+    assert train_main(resume) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["iterations"] == 3 and saved["batch_size"] == 4 and saved["dataset"] == f"npz:{npz}"
+    assert (saved["log_every"], saved["sample_every"], saved["export"]) == (2, 1, False)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["iteration"] for x in lines] == [1, 2, 3]
     for name in (

@@ -3,45 +3,28 @@
 A checkpoint holds both nets, both optimisers (and the fp16 grad scaler), the NetSpec, the resolved
 TrainConfig, the iteration count and every RNG state the loop draws from (the training torch.Generator, and
 torch's, CUDA's, numpy's and Python's global ones), so that `--resume` continues bit-identically on CPU. It
-is written to a temporary file in the same folder and renamed over the old one: a crash mid-write leaves the
-previous checkpoint intact. It loads with `torch.load(weights_only=True)` (no pickled code).
+is written with contract.files.atomic_write (a temporary file in the same folder, fsynced, renamed over the
+old one): a crash mid-write leaves the previous checkpoint intact. It loads with
+`torch.load(weights_only=True)` (no pickled code).
 """
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from trainer.config import TrainConfig, from_dict
+from contract.files import atomic_write
+from contract.flags import from_dict
+from trainer.config import TrainConfig
 from trainer.nets import Descriptor, Generator, NetSpec, build_nets
 
 FORMAT = "coopnets.checkpoint"
 VERSION = 1
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary sibling, fsync, os.replace."""
-    _atomic(path, lambda fh: fh.write(data))
-
-
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def rng_states(train_rng: torch.Generator) -> dict[str, Any]:
@@ -97,9 +80,7 @@ def save_checkpoint(
         "scaler": scaler.state_dict() if scaler is not None else {},
         "rng": rng_states(train_rng),
     }
-    path = Path(path)
-    _atomic(path, lambda fh: torch.save(state, fh))
-    return path
+    return atomic_write(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -130,4 +111,4 @@ def load_models(path: str | os.PathLike) -> tuple[Descriptor, Generator, TrainCo
     generator.load_state_dict(state["generator"])
     descriptor.eval()
     generator.eval()
-    return descriptor, generator, from_dict(state["config"])
+    return descriptor, generator, from_dict(TrainConfig, state["config"])

@@ -1,9 +1,9 @@
-"""TrainConfig: the one configuration of `coop-train`, its command-line flags and its TOML file.
+"""TrainConfig: the one configuration of `coop-train`; its flags and TOML file come from contract.flags.
 
-Precedence, lowest first: the dataclass defaults below, `--config FILE.toml` (top-level keys = field
-names), then command-line flags. Flags are generated from the fields (improved-diffusion's
-`add_dict_to_argparser` style): `lr_descriptor` is `--lr-descriptor` (or `--lr_descriptor`), booleans are
-`--langevin-noise / --no-langevin-noise`.
+Precedence, lowest first: the dataclass defaults below, (with --resume) the checkpoint's saved config,
+`--config FILE.toml` (top-level keys = field names), then command-line flags. Every field is a flag
+(contract.flags.add_flags with HELP): `lr_descriptor` is `--lr-descriptor` (or `--lr_descriptor`), booleans
+are `--langevin-noise / --no-langevin-noise`. `validate` names the flag in its one-line error.
 The resolved config is saved as RUN_DIR/config.json, in every checkpoint and in the bundle manifest.
 
 Defaults are the paper's (TPAMI 2018, MNIST net) except where docs/training.md records a measured reason.
@@ -11,20 +11,11 @@ Defaults are the paper's (TPAMI 2018, MNIST net) except where docs/training.md r
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from trainer.nets import ARCH_FOR_SIZE, ARCHS, NetSpec, arch_for_size, image_size
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 DATASET_KINDS = ("fashion-mnist", "digits", "folder:PATH", "npz:PATH")
 
@@ -151,79 +142,3 @@ class TrainConfig:
         if self.guard_max_abs <= 1 or self.guard_energy_gap <= 0:
             bad("guard_max_abs", "divergence guard limits must be > 1 (pixels) and > 0 (energy gap)")
         return self
-
-
-# ---- flags and files -----------------------------------------------------------------------------
-def _flag_type(field: dataclasses.Field) -> type:
-    return {"int": int, "float": float, "str": str, "bool": bool}[str(field.type)]
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field; defaults are SUPPRESSed so that only flags given on the command line
-    override the config file."""
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        names = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
-        default = getattr(defaults, f.name)
-        help_text = f"{HELP.get(f.name, f.name.replace('_', ' '))} (default: {default!r})"
-        kind = _flag_type(f)
-        if kind is bool:
-            parser.add_argument(
-                names[0],
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        else:
-            parser.add_argument(*names, dest=f.name, type=kind, default=argparse.SUPPRESS, help=help_text)
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Top-level keys of a TOML file as TrainConfig overrides; ValueError if unreadable or unknown keys."""
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ValueError(f"--config: {path} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(f"--config: {path} is not a readable TOML file ({e})") from None
-    return _checked_overrides(data, f"--config {path}")
-
-
-def _checked_overrides(data: dict[str, Any], where: str) -> dict[str, Any]:
-    known = {f.name: f for f in fields(TrainConfig)}
-    out = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise ValueError(f"{where}: unknown key {key!r} (see coop-train --help for the fields)")
-        kind = _flag_type(known[name])
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ValueError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
-        out[name] = value
-    return out
-
-
-def resolve(cli: dict[str, Any], config_file: str | None = None) -> TrainConfig:
-    """Defaults < config file < CLI flags, validated."""
-    merged: dict[str, Any] = {}
-    if config_file:
-        merged.update(load_toml(config_file))
-    merged.update({k: v for k, v in cli.items() if k in {f.name for f in fields(TrainConfig)}})
-    return TrainConfig(**merged).validate()
-
-
-def from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Rebuild a saved config (config.json, checkpoint); keys this version does not know are ignored."""
-    known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in data.items() if k in known})
-
-
-def save_json(config: TrainConfig, path: str | Path) -> None:
-    from trainer.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), (json.dumps(config.to_dict(), indent=2) + "\n").encode())

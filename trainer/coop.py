@@ -26,9 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer import images
+from contract.codec import save_side_by_side
+from contract.files import atomic_write_json
+from contract.flags import from_dict
+from contract.sampling import energy
 from trainer.checkpoint import load_checkpoint, save_checkpoint, set_rng_states
-from trainer.config import TrainConfig, from_dict, save_json
+from trainer.config import TrainConfig
 from trainer.langevin import infer_latent, revise, torch_noise
 from trainer.nets import Descriptor, Generator, build_nets
 
@@ -167,14 +170,13 @@ def cooperative_iteration(run: Run, y_data: torch.Tensor) -> tuple[IterStats, to
 
     with torch.no_grad():
         y_draft = y_draft.detach().float()
-        half_sq_norm = lambda y: y.pow(2).flatten(1).sum(1) / (2 * cfg.s**2)  # noqa: E731 - (N,)
         stats = IterStats(
             loss_d=loss_d.item(),
             loss_g=loss_g.item(),
             f_data=f_data.mean().item(),
             f_revised=f_rev.mean().item(),
-            energy_data=(half_sq_norm(y_data) - f_data.detach()).mean().item(),
-            energy_revised=(half_sq_norm(y_rev) - f_rev.detach()).mean().item(),
+            energy_data=energy(y_data, f_data.detach(), cfg.s).mean().item(),  # E(Y) = ‖Y‖²/(2s²) − f(Y)
+            energy_revised=energy(y_rev, f_rev.detach(), cfg.s).mean().item(),
             displacement=(y_rev - y_draft).flatten(1).norm(dim=1).mean().item(),
             max_abs=y_rev.abs().max().item(),
         )
@@ -227,14 +229,14 @@ def train(config: TrainConfig, data: np.ndarray, *, resume: bool = False, progre
     run = build_run(config)
     if resume:
         state = load_checkpoint(out / CHECKPOINT, map_location=run.device)
-        if from_dict(state["config"]).net_spec != config.net_spec:
+        if from_dict(TrainConfig, state["config"]).net_spec != config.net_spec:
             raise ValueError(
                 f"--resume: {out / CHECKPOINT} holds a {state['spec']} model, not {config.net_spec}"
             )
         restore_run(run, state)
         log.info("resumed %s at iteration %d", out / CHECKPOINT, run.iteration)
     out.mkdir(parents=True, exist_ok=True)
-    save_json(config, out / "config.json")
+    atomic_write_json(out / "config.json", config.to_dict())
     y_all = to_tensor(data)  # (N_data, C, H, W), kept on CPU; batches move to the device
     if tuple(y_all.shape[1:]) != config.net_spec.image_shape:
         raise ValueError(
@@ -276,7 +278,7 @@ def train(config: TrainConfig, data: np.ndarray, *, resume: bool = False, progre
                         writer.add_scalar(f"train/{key}", value, it)
             if it % config.sample_every == 0 or it == config.iterations:
                 n = min(GRID_IMAGES, len(y_rev))
-                images.save_side_by_side(
+                save_side_by_side(
                     [y_draft[:n].cpu().numpy(), y_rev[:n].cpu().numpy()],
                     out / "samples" / f"iter_{it:06d}.png",
                 )
@@ -312,7 +314,7 @@ def final_samples(run: Run, out_dir: Path, n: int = GRID_IMAGES) -> dict[str, fl
         with torch.no_grad():
             result[f"f_revised_{mode}"] = run.descriptor(y_rev).mean().item()
         drafts[mode] = y_draft
-        images.save_side_by_side([y_draft.cpu().numpy(), y_rev.cpu().numpy()], out_dir / f"final_{mode}.png")
+        save_side_by_side([y_draft.cpu().numpy(), y_rev.cpu().numpy()], out_dir / f"final_{mode}.png")
     result["draft_distance_eval_vs_train_bn"] = (
         (drafts["eval"] - drafts["train_bn"]).flatten(1).norm(dim=1).mean().item()
     )

@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -30,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from contract.codec import from_uint8
+from contract.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def load_images(
     elif spec == "digits":
         pixels = _digits()
     elif kind == "folder" and arg:
-        return _fit(_folder(Path(arg), size, channels, max_images), size, channels)
+        return fit_pixels(_folder(Path(arg), size, channels, max_images), size, channels)
     elif kind == "npz" and arg:
         pixels = _npz(Path(arg))
     else:
@@ -66,12 +68,12 @@ def load_images(
         )
     if max_images:
         pixels = pixels[:max_images]
-    return _fit(pixels, size, channels)
+    return fit_pixels(pixels, size, channels)
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32 tensor in [-1, 1] by p / 127.5 - 1."""
-    return torch.tensor(pixels, dtype=torch.float32) / 127.5 - 1.0  # copies: idx arrays are read-only
+    """uint8 (N, C, H, W) -> float32 tensor in [-1, 1] by p / 127.5 - 1 (contract.codec.from_uint8)."""
+    return torch.from_numpy(from_uint8(pixels))  # from_uint8 makes a new array: idx arrays are read-only
 
 
 # ---- Fashion-MNIST -------------------------------------------------------------------------------
@@ -110,24 +112,21 @@ def find_fashion_mnist(
 
 def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
     """Fetch `url` to `dest` atomically, keeping it only if its md5 is `md5` (DataError otherwise)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s", url)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
+
+    def fetch(out) -> None:
         digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as src:
+        with urllib.request.urlopen(url, timeout=timeout) as src:
             while chunk := src.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
-        if digest.hexdigest() != md5:
+        if digest.hexdigest() != md5:  # raised inside the write: the temporary file goes, dest is untouched
             raise DataError(
                 f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}; "
                 f"delete {dest.parent} and retry, or pass --data-dir"
             )
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return dest
+
+    return atomic_write(dest, fetch)
 
 
 def read_idx_images(path: Path) -> np.ndarray:
@@ -238,8 +237,9 @@ def _square_resize(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _fit(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """uint8 (N, C0, H0, W0) -> (N, channels, size, size): grey <-> RGB, centre crop and resize."""
+def fit_pixels(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 (N, C0, H0, W0) -> (N, channels, size, size): grey <-> RGB, centre crop and resize. Public:
+    evaluation fits its held-out split to the model exactly as training fitted the training images."""
     n, c, h, w = pixels.shape
     if c != channels:
         if c == 1:

@@ -16,8 +16,9 @@ Latent Langevin (inference of X given visible pixels of Y, mask M = 1 where a pi
 Mask convention, everywhere in this project: mask = 1 where a pixel is missing / may move, 0 where it is
 observed and clamped. For synthesis the mask is all ones. Masked-out pixels come out bit-identical.
 
-The step functions are pure (gradient in, next state out); the `*_chain` generators yield after every step so
-that callers can report progress, and `revise` / `infer_latent` run a chain to the end.
+The step functions are pure (gradient in, next state out); the latent step is contract.sampling.latent_step,
+the one the service's sampler takes too (it works on tensors). The `*_chain` generators yield after every
+step so that callers can report progress, and `revise` / `infer_latent` run a chain to the end.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
+
+from contract.sampling import latent_step
 
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]  # (step index, like-tensor) -> noise of that shape
 
@@ -83,10 +86,18 @@ def latent_energy_grad(
 ) -> torch.Tensor:
     """∂/∂X of ‖(1 − M) ⊙ (Y − g(X))‖²/(2σ²) + ‖X‖²/2, summed per image (not batch means), (N, d).
     mask=None means every pixel is observed (the paper's optional inference step during training)."""
+    return latent_energy_and_grad(generator, x, y, mask, sigma)[1]
+
+
+def latent_energy_and_grad(
+    generator: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, sigma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """U(X) (N,) and ∂U/∂X (N, d) from one forward and one backward of g (what a completion step needs)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(latent_energy(generator, x, y, mask, sigma).sum(), x)
-    return grad
+        u = latent_energy(generator, x, y, mask, sigma)  # (N,)
+        (grad,) = torch.autograd.grad(u.sum(), x)
+    return u.detach(), grad
 
 
 def latent_energy(
@@ -98,11 +109,6 @@ def latent_energy(
     if mask is not None:
         resid = resid * (1.0 - mask)
     return resid.pow(2).flatten(1).sum(1) / (2 * sigma**2) + 0.5 * x.pow(2).sum(1)  # (N,)
-
-
-def latent_step(x: torch.Tensor, grad_u: torch.Tensor, noise: torch.Tensor, eta: float) -> torch.Tensor:
-    """One latent Langevin step: X − (η²/2) ∂U/∂X + η·noise."""
-    return x - 0.5 * eta**2 * grad_u + eta * noise
 
 
 def infer_latent_chain(

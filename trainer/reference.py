@@ -6,7 +6,7 @@ backward of trainer.grads that the exported graphs use. So the service (the same
 and this reference share the recipe but not the gradients, and the tests holding them equal check the export.
 
     backend = TorchBackend(descriptor, generator, s=0.016, sigma=0.3)
-    out = sampling.synthesize(backend, seeds=[0, 1], params=SynthesisParams(steps=15, delta=0.002, noise=True))
+    out = sampling.synthesize(backend, [0, 1], SynthesisParams(steps=15, delta=0.002, noise=True))
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from trainer.grads import frozen_copy
-from trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy, latent_energy_grad
+from trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy_and_grad
 
 
 class TorchBackend:
@@ -30,20 +30,18 @@ class TorchBackend:
 
     def generate(self, z: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return self.generator(torch.from_numpy(np.ascontiguousarray(z, np.float32))).numpy()
+            return self.generator(_tensor(z)).numpy()  # (N, C, H, W)
 
     def score(self, y: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return self.descriptor(torch.from_numpy(np.ascontiguousarray(y, np.float32))).numpy()
+            return self.descriptor(_tensor(y)).numpy()  # (N,)
 
     def chain(self, y: np.ndarray, mask: np.ndarray, delta: float) -> _TorchChain:
         return _TorchChain(self, y, mask, delta)
 
     def latent_grad(self, z: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z_t, y_t, m_t = (torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in (z, y, mask))
-        grad = latent_energy_grad(self.generator, z_t, y_t, m_t, self.sigma)  # (N, d)
-        with torch.no_grad():
-            u = latent_energy(self.generator, z_t, y_t, m_t, self.sigma)  # (N,)
+        z_t, y_t, m_t = _tensor(z), _tensor(y), _tensor(mask)
+        u, grad = latent_energy_and_grad(self.generator, z_t, y_t, m_t, self.sigma)  # (N,), (N, d)
         return grad.numpy(), u.numpy()
 
 
@@ -53,12 +51,19 @@ class _TorchChain:
     def __init__(self, backend: TorchBackend, y: np.ndarray, mask: np.ndarray, delta: float):
         self.backend, self.delta = backend, float(delta)
         self.y = torch.from_numpy(np.array(y, np.float32))  # (N, C, H, W), a copy
-        self.mask = torch.from_numpy(np.ascontiguousarray(mask, np.float32))
+        self.mask = _tensor(mask)  # (N, C, H, W)
 
     def step(self, noise: np.ndarray) -> None:
         _, grad = descriptor_score_and_grad(self.backend.descriptor, self.y)
-        u = torch.from_numpy(np.ascontiguousarray(noise, np.float32))
+        u = _tensor(noise)  # (N, C, H, W)
         self.y = descriptor_step(self.y, grad, u, self.mask, self.delta, self.backend.s)
 
     def value(self) -> np.ndarray:
         return self.y.numpy()
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A float32 tensor on `a`'s memory where it can; a read-only array (the sampler passes broadcast views)
+    is copied, since torch has no read-only tensors."""
+    a = np.ascontiguousarray(a, np.float32)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
