@@ -1,10 +1,11 @@
-"""Dynamic batching: concurrent requests with the same parameters are merged into one engine call.
+"""Dynamic batching: concurrent requests of the same kind with equal parameters become one engine call.
 
-A request is a Job: a key (the RPC kind and every parameter that must be equal inside one ONNX Runtime batch,
-e.g. steps and step size) and per-image input arrays (rows along axis 0, e.g. seeds). One worker thread takes
-the oldest job, waits up to `max_delay_s` for more jobs with the same key until `max_batch` images are
-gathered, runs them as one batch, and splits the outputs back. Because every image has its own rng
-(serving/engine.py), a merged image is bit-identical to the same image run alone.
+A request is a Job: its kind ("synthesize", "complete", "energy"), its parameters (a frozen, hashable
+contract.sampling params dataclass, or None), and per-image input arrays (rows along axis 0, e.g. seeds). Jobs
+merge only when (kind, params) are equal, since one ONNX Runtime batch runs one step size and step count. One
+worker thread takes the oldest job, waits up to `max_delay_s` for more jobs with the same key until
+`max_batch` images are gathered, runs them as one batch, and splits the outputs back. Because every image has
+its own rng (contract.sampling), a merged image is bit-identical to the same image run alone.
 
 The queue is bounded: `submit` raises QueueFull beyond `max_queue` waiting jobs (the service answers
 RESOURCE_EXHAUSTED). A job whose `stop` event is set (client cancelled, deadline passed) is dropped before it
@@ -17,18 +18,20 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.engine import Cancelled, StopFn
+from contract.sampling import Cancelled
+from serving.engine import StopFn
 from serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-RunFn = Callable[[tuple, dict[str, np.ndarray], StopFn], dict[str, np.ndarray]]
+Arrays = dict[str, np.ndarray]
+RunFn = Callable[[str, Hashable, Arrays, StopFn], Arrays]  # (kind, params, inputs, should_stop) -> outputs
 
 
 class QueueFull(Exception):
@@ -37,12 +40,17 @@ class QueueFull(Exception):
 
 @dataclass
 class Job:
-    key: tuple  # jobs merge only when keys are equal; key[0] is the kind ("synthesize", "complete", ...)
-    inputs: dict[str, np.ndarray]  # each (rows, ...)
+    kind: str  # "synthesize", "complete", "energy"
+    params: Hashable  # SynthesisParams, CompletionParams or None; jobs merge only when (kind, params) match
+    inputs: Arrays  # each (rows, ...)
     stop: threading.Event
     rpc: str = ""
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> tuple[str, Hashable]:
+        return self.kind, self.params
 
     @property
     def rows(self) -> int:
@@ -123,7 +131,7 @@ class Batcher:
                 live.append(job)
         if not live:
             return
-        kind = live[0].key[0]
+        kind, params = live[0].key
         now = time.monotonic()
         if self.metrics:
             for job in live:
@@ -131,7 +139,7 @@ class Batcher:
             self.metrics.batch_images.labels(kind).observe(sum(j.rows for j in live))
         inputs = {name: np.concatenate([j.inputs[name] for j in live]) for name in live[0].inputs}
         try:
-            outputs = self.run(live[0].key, inputs, lambda: all(j.stop.is_set() for j in live))
+            outputs = self.run(kind, params, inputs, lambda: all(j.stop.is_set() for j in live))
         except Cancelled as e:
             for job in live:
                 if self.metrics:

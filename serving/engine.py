@@ -47,7 +47,9 @@ class OrtBackend:
         return f  # (N,)
 
     def chain(self, y: np.ndarray, mask: np.ndarray, delta: float):
-        return (_CudaChain if self._on_cuda else _CpuChain)(self.sessions["langevin_step"], y, mask, delta, self.s)
+        return (_CudaChain if self._on_cuda else _CpuChain)(
+            self.sessions["langevin_step"], y, mask, delta, self.s
+        )
 
     def latent_grad(self, z: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         feed = {"z": z, "y": y, "mask": mask, "sigma": scalar(self.sigma)}
@@ -119,15 +121,25 @@ class Engine:
         return sampling.synthesis_steps(self.backend, seeds, params or self.synthesis_defaults)
 
     def synthesize(
-        self, seeds: Sequence[int], params: SynthesisParams | None = None, *, should_stop: StopFn | None = None
+        self,
+        seeds: Sequence[int],
+        params: SynthesisParams | None = None,
+        *,
+        should_stop: StopFn | None = None,
     ) -> Samples:
         """Drafts then K descriptor Langevin steps, image i from seeds[i]; `params` None = the bundle's."""
         return sampling.run(self.synthesis_steps(seeds, params), should_stop)
 
     def completion_steps(
-        self, images: np.ndarray, masks: np.ndarray, seeds: Sequence[int], params: CompletionParams | None = None
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        seeds: Sequence[int],
+        params: CompletionParams | None = None,
     ) -> Steps:
-        return sampling.completion_steps(self.backend, images, masks, seeds, params or self.completion_defaults)
+        return sampling.completion_steps(
+            self.backend, images, masks, seeds, params or self.completion_defaults
+        )
 
     def complete(
         self,
@@ -138,7 +150,8 @@ class Engine:
         *,
         should_stop: StopFn | None = None,
     ) -> Samples:
-        """Recovers the missing pixels (mask = 1) of `images` (N, C, H, W); observed pixels come back exactly."""
+        """Recovers the missing pixels (mask = 1) of `images` (N, C, H, W); observed pixels come back
+        exactly."""
         return sampling.run(self.completion_steps(images, masks, seeds, params), should_stop)
 
     def energy(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

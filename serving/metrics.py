@@ -18,7 +18,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
+    """The server's metrics on a registry of their own, so that several servers in one process (tests) keep
+    separate counts."""
+
     def __init__(self) -> None:
+        self._httpd = None
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -53,5 +57,12 @@ class Metrics:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serves /metrics from a daemon thread; returns the bound port (port 0 = any free)."""
-        httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(httpd.server_port)
+        self._httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._httpd.server_port)
+
+    def close(self) -> None:
+        """Stops serving /metrics (if it was)."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None

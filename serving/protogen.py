@@ -1,7 +1,9 @@
 """Regenerates the Python code of the contract: `python -m serving.protogen` (then commit the result).
 
-The generated modules are committed so that a fresh clone imports them without a build step;
-tests/test_serving_proto.py regenerates into a temporary directory and fails when the committed copy is stale.
+The generated modules are committed so that a fresh clone imports them without a build step.
+tests/test_serving_proto.py fails when they are stale, comparing what matters rather than bytes (which
+change with the grpcio-tools version): the FileDescriptorProto embedded in coopnets_pb2 against `compiled`,
+the .proto compiled now, and the methods of the generated stubs against the compiled service.
 """
 
 from __future__ import annotations
@@ -33,6 +35,29 @@ def generate(out_root: Path) -> list[Path]:
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {PROTO_ROOT / PROTO}")
     return [out_root / "coopnets" / "v1" / name for name in GENERATED]
+
+
+def compiled(out_dir: Path):
+    """The .proto compiled now by grpc_tools.protoc, as the FileDescriptorProto that coopnets_pb2 embeds
+    (json_name cleared: the Python generator leaves it out, and it is derived from the field name)."""
+    import grpc_tools
+    from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc
+
+    include = str(Path(grpc_tools.__file__).parent / "_proto")
+    out = out_dir / "coopnets.pb"
+    if protoc.main(["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--descriptor_set_out={out}", PROTO]) != 0:
+        raise RuntimeError(f"protoc failed on {PROTO_ROOT / PROTO}")
+    (file,) = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
+
+    def clear(messages) -> None:
+        for message in messages:
+            for f in message.field:
+                f.ClearField("json_name")
+            clear(message.nested_type)
+
+    clear(file.message_type)
+    return file
 
 
 def main() -> int:

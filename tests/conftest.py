@@ -2,9 +2,10 @@
 
 `tiny_nets` are the real mnist28 nets from trainer.nets with seeded weights (scaled up from the official init
 so that f(Y) and its gradient are far from zero and the equality tests mean something); `serving_bundle` is
-them exported by trainer.export.export_bundle with small default step counts. `coop_server` is ONE real
-coop-serve process for the whole session (support.start_server), with a bearer token and a metrics port;
-`pki` is a throw-away certificate authority (support.make_pki).
+them exported by trainer.export.export_bundle with small default step counts, and `serving_engine` that bundle
+opened on one CPU thread. `coop_server` is ONE in-process coop-serve for the whole session
+(support.local_server), with a bearer token; tests that use it compare counters before and after, never
+absolute counts. `pki` is a throw-away certificate authority (support.make_pki).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import COMPLETION, LANGEVIN, TOKEN, make_pki, start_server
+from support import COMPLETION, LANGEVIN, TOKEN, local_server, make_pki
 
 
 @pytest.fixture(scope="session")
@@ -41,27 +42,26 @@ def serving_bundle(tiny_nets, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def serving_engine(serving_bundle):
+    from serving.engine import Engine
+
+    return Engine.open(serving_bundle, device="cpu", threads=1)
+
+
+@pytest.fixture(scope="session")
 def coop_server(serving_bundle, tmp_path_factory):
-    """The session's server: token auth, batching up to 16 images within 100 ms, warm-up 3 passes."""
-    server = start_server(
+    """The session's server: token auth, batching up to 16 images within 100 ms."""
+    server = local_server(
         serving_bundle,
         tmp_path_factory.mktemp("server"),
-        "--max-batch",
-        "16",
-        "--max-delay-ms",
-        "100",
-        "--max-count",
-        "32",
-        "--max-steps",
-        "200",
-        "--warmup-runs",
-        "3",
         token=TOKEN,
-        watch_health=True,
+        max_batch=16,
+        max_delay_ms=100,
+        max_count=32,
+        max_steps=200,
     )
     yield server
-    code = server.stop()
-    assert code == 0, server.log()
+    assert server.stop(), server.log()
 
 
 @pytest.fixture()

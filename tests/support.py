@@ -1,10 +1,14 @@
 """Helpers shared by the tests (imported as `from support import ...`; fixtures stay in conftest.py).
 
 - ROOT, TOKEN and the tiny bundle's sampling settings (LANGEVIN, COMPLETION);
+- `local_server`: serving.server.create_server in this process on a free loopback port (`LocalServer`), for
+  every test that needs no signal and no torch blocker: it starts in milliseconds;
 - `start_server`: a real coop-serve subprocess (torch and the trainer blocked) on a free loopback port, for
-  tests that need signals or a separate process; `ServerProc` reads its log and /metrics;
+  tests of signals (SIGTERM, SIGHUP) and of the blocker; `ServerProc` reads its log and /metrics.
+  Both kinds have .address, .port, .metrics_port, .token, .client(), .metric(name, **labels), .log() and
+  .stop() (the exit code of the process; for a LocalServer, whether no RPC was cut off);
 - `wait_for`, `write_idx` (idx image/label files as Fashion-MNIST ships them), `make_pki` (a CA, server and
-  client certificates, and a rogue CA that signs a rogue client).
+  client certificates, and a rogue CA that signs a rogue client and server).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import datetime
 import gzip
 import ipaddress
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -74,12 +79,7 @@ class ServerProc:
         text = (
             urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
         )
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    total += s.value
-        return total
+        return _sum_samples(text_string_to_metric_families(text), name, labels)
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
@@ -161,6 +161,116 @@ def start_server(
     return server
 
 
+def _sum_samples(families, name: str, labels: dict) -> float:
+    return sum(
+        s.value
+        for family in families
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+class LogRecorder(logging.Handler):
+    """Keeps the records of the server's loggers (serving.*, coop-serve) at INFO and above, formatted as the
+    coop-serve process writes them, tracebacks included. Those loggers are set to INFO for good: several
+    recorders may be open at once, so none may restore a level another one needs."""
+
+    LOGGERS = ("serving", "coop-serve")
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+        for name in self.LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
+            logging.getLogger(name).addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def close(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+        super().close()
+
+
+@dataclass
+class LocalServer:
+    """A coop-serve made by create_server in this process (see local_server)."""
+
+    server: object  # serving.server.Server
+    recorder: LogRecorder
+    token: str | None = None
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.server.metrics_port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def lifecycle(self):
+        return self.server.lifecycle
+
+    def client(self, **kw):
+        from clients.client import CoopNetsClient
+
+        return CoopNetsClient(self.address, token=self.token, **kw)
+
+    def log(self) -> str:
+        """What the server's loggers wrote since it was made (other servers of this process included)."""
+        return "\n".join(self.recorder.lines)
+
+    def metric(self, name: str, **labels) -> float:
+        """Sum of the samples of `name` whose labels include `labels`, read from the server's registry."""
+        return _sum_samples(self.server.metrics.registry.collect(), name, labels)
+
+    def stop(self, grace_s: float = 10.0) -> bool:
+        """Drains and stops it; True when no RPC was cut off."""
+        try:
+            return self.server.shutdown(grace_s)
+        finally:
+            self.recorder.close()
+
+
+def local_server(
+    bundle: Path,
+    workdir: Path | None = None,
+    *,
+    engine=None,
+    ready: bool = True,
+    token: str | None = None,
+    **config,
+) -> LocalServer:
+    """create_server on a free loopback port in this process. It serves `engine` (default: the bundle opened
+    on one CPU thread), or with ready=False nothing yet: health NOT_SERVING and RPCs UNAVAILABLE until
+    `.lifecycle.start(engine)`. `config`: ServeConfig fields, over port 0, cpu, one thread, no warm-up and no
+    /metrics port. A `token` is written to a file in `workdir`."""
+    from serving.engine import Engine
+    from serving.server import ServeConfig, create_server
+
+    if token:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "token").write_text(token + "\n")
+        config["token_file"] = str(workdir / "token")
+    base = {"port": 0, "device": "cpu", "threads": 1, "warmup_runs": 0, "metrics_port": -1}
+    cfg = ServeConfig(bundle=str(bundle), **{**base, **config}).validate()
+    if ready and engine is None:
+        engine = Engine.open(bundle, device="cpu", threads=1)
+    recorder = LogRecorder()
+    try:
+        server = create_server(cfg, engine if ready else None)
+    except BaseException:
+        recorder.close()
+        raise
+    return LocalServer(server, recorder, token)
+
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05) -> bool:
     """Polls `predicate` until it is true (returns True) or `timeout` seconds pass (returns False)."""
@@ -210,7 +320,6 @@ def _cert(name: str, key, issuer_name, issuer_key, ca: bool = False, server: boo
     return builder.sign(issuer_key or key, hashes.SHA256())
 
 
-
 def make_pki(d: Path) -> Path:
     """In `d`: ca.pem signs server.pem/.key (localhost, 127.0.0.1) and client.pem/.key; rogue-ca.pem signs
     rogue-client.pem/.key (and a rogue server)."""
@@ -238,3 +347,27 @@ def make_pki(d: Path) -> Path:
             key = ec.generate_private_key(ec.SECP256R1())
             write(f"{prefix}{name}", _cert(f"{prefix}{name}", key, ca.subject, ca_key, server=server), key)
     return d
+
+
+def perturbed_nets(spec, seed: int = 0):
+    """Descriptor and generator (eval mode) of `spec` (a trainer.nets.NetSpec) with weights ~ N(0, 1/fan_in),
+    nonzero biases and random BatchNorm affine parameters and running statistics: activations and gradients
+    are O(1), not the near-zero of the official initialisation, so a wrong backward or a wrong BatchNorm
+    mode cannot hide in a comparison."""
+    import torch
+    from torch import nn
+
+    from trainer.nets import build_nets
+
+    torch.manual_seed(seed)
+    descriptor, generator = build_nets(spec)
+    for m in [*descriptor.modules(), *generator.modules()]:
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, m.weight[0].numel() ** -0.5)
+            nn.init.normal_(m.bias, 0.0, 0.1)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0.0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.normal_(m.bias, 0.0, 0.1)
+    return descriptor.eval(), generator.eval()

@@ -1,8 +1,9 @@
 """Who may talk to coop-serve: TLS and mTLS with certificates made here (cryptography), the bearer token on
 every RPC except health, and the loopback default bind.
 
-Two real servers: TLS + token, and mTLS + token. Certificates come from a throw-away CA; a second, unrelated
-CA signs the certificates that must be refused.
+Two real gRPC servers in this process (create_server): TLS + token, and mTLS + token. Certificates come
+from the session's throw-away CA (conftest.pki); a second, unrelated CA signs the certificates that must be
+refused.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import start_server
 from coopnets.v1 import coopnets_pb2 as pb
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_serving_lifecycle import _cert
+from support import local_server
 
 from clients.client import CoopNetsClient
 from serving.server import ServeConfig
@@ -30,35 +30,6 @@ EVERY_RPC = {
 }
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Path:
-    """ca.pem signs server.pem (localhost, 127.0.0.1) and client.pem; rogue-ca.pem signs rogue-client.pem."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    d = tmp_path_factory.mktemp("pki")
-
-    def write(name: str, cert, key=None) -> None:
-        (d / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        if key is not None:
-            (d / f"{name}.key").write_bytes(
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
-
-    for prefix in ("", "rogue-"):
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = _cert(f"{prefix}coopnets test CA", ca_key, None, None, ca=True)
-        write(f"{prefix}ca", ca)
-        for name, server in (("server", True), ("client", False)):
-            key = ec.generate_private_key(ec.SECP256R1())
-            write(f"{prefix}{name}", _cert(f"{prefix}{name}", key, ca.subject, ca_key, server=server), key)
-    return d
-
-
 def channel_credentials(pki: Path, ca: str = "ca", client: str | None = None) -> grpc.ChannelCredentials:
     key_pair = (
         ((pki / f"{client}.key").read_bytes(), (pki / f"{client}.pem").read_bytes())
@@ -69,41 +40,34 @@ def channel_credentials(pki: Path, ca: str = "ca", client: str | None = None) ->
 
 
 @pytest.fixture(scope="module")
-def tls_server(serving_bundle, pki, tmp_path_factory):
-    server = start_server(
+def tls_server(serving_bundle, serving_engine, pki, tmp_path_factory):
+    """TLS and a token, /metrics on a free port (default host: loopback)."""
+    server = local_server(
         serving_bundle,
         tmp_path_factory.mktemp("tls"),
-        "--tls-cert",
-        str(pki / "server.pem"),
-        "--tls-key",
-        str(pki / "server.key"),
-        "--warmup-runs",
-        "0",
+        engine=serving_engine,
         token=TOKEN,
-        channel_credentials=channel_credentials(pki),
+        tls_cert=str(pki / "server.pem"),
+        tls_key=str(pki / "server.key"),
+        metrics_port=0,
     )
     yield server
-    assert server.stop() == 0
+    assert server.stop()
 
 
 @pytest.fixture(scope="module")
-def mtls_server(serving_bundle, pki, tmp_path_factory):
-    server = start_server(
+def mtls_server(serving_bundle, serving_engine, pki, tmp_path_factory):
+    server = local_server(
         serving_bundle,
         tmp_path_factory.mktemp("mtls"),
-        "--tls-cert",
-        str(pki / "server.pem"),
-        "--tls-key",
-        str(pki / "server.key"),
-        "--tls-client-ca",
-        str(pki / "ca.pem"),
-        "--warmup-runs",
-        "0",
+        engine=serving_engine,
         token=TOKEN,
-        channel_credentials=channel_credentials(pki, client="client"),
+        tls_cert=str(pki / "server.pem"),
+        tls_key=str(pki / "server.key"),
+        tls_client_ca=str(pki / "ca.pem"),
     )
     yield server
-    assert server.stop() == 0
+    assert server.stop()
 
 
 def code_of(call, request, metadata=()) -> str:
@@ -129,6 +93,7 @@ def health(channel: grpc.Channel) -> str:
 
 
 def test_tls_token_on_every_rpc_health_open(tls_server, pki):
+    refused = tls_server.metric("coopnets_requests_total", rpc="ModelInfo", code="UNAUTHENTICATED")
     with grpc.secure_channel(tls_server.address, channel_credentials(pki)) as ch:
         assert set(call_every_rpc(ch).values()) == {"UNAUTHENTICATED"}  # no token
         wrong = [("authorization", f"Bearer {TOKEN}x")]
@@ -143,7 +108,9 @@ def test_tls_token_on_every_rpc_health_open(tls_server, pki):
         raw = ch.unary_unary("/coopnets.v1.CoopNets/Synthesize")  # an undecodable body, no token
         assert code_of(raw, b"\xff\xff\xff") == "UNAUTHENTICATED"
         assert health(ch) == "SERVING"  # no token needed
-    assert tls_server.metric("coopnets_requests_total", rpc="ModelInfo", code="UNAUTHENTICATED") >= 3
+    assert (
+        tls_server.metric("coopnets_requests_total", rpc="ModelInfo", code="UNAUTHENTICATED") == refused + 3
+    )
 
 
 def test_tls_refuses_plaintext_and_untrusted_servers(tls_server, pki):
@@ -194,6 +161,6 @@ def listening_addresses(port: int) -> set[str]:
 
 def test_default_bind_is_loopback(tls_server):
     assert ServeConfig().host == "127.0.0.1"
-    # start_server passes no --host: both the gRPC port and the metrics port listen on 127.0.0.1 only
+    # the server was made with the default host: the gRPC port and the metrics port listen on 127.0.0.1 only
     for port in (tls_server.port, tls_server.metrics_port):
         assert listening_addresses(port) and listening_addresses(port) <= LOOPBACK, port

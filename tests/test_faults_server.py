@@ -1,26 +1,32 @@
 """coop-serve under faults: clients that vanish mid-stream or let deadlines expire, a bundle directory that
-changes on disk while serving (reload only on SIGHUP, only after it verifies), and SIGTERM with requests in
-flight (health NOT_SERVING first, new RPCs refused, in-flight ones finish, exit 0; past the grace period they
-end UNAVAILABLE).
+changes on disk while serving (reload only on SIGHUP, only after it verifies and keeps the latent size, and
+then the new weights answer), and SIGTERM with requests in flight (health NOT_SERVING first, new RPCs
+refused, in-flight ones finish, exit 0; past the grace period they end UNAVAILABLE).
 
-One real server (subprocess, torch unimportable, loopback port 0) on a private copy of the test bundle serves
-the module in file order and is stopped by the SIGTERM test; the grace-period test starts its own.
+Each test makes its own server: in this process for the client faults, a coop-serve subprocess (torch
+unimportable) where a signal is sent.
 """
 
 from __future__ import annotations
 
+import copy
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 
 import grpc
 import numpy as np
 import pytest
-from support import COMPLETION, LANGEVIN, ROOT, start_server
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import COMPLETION, LANGEVIN, ROOT, local_server, start_server, wait_for
+
+from contract.sampling import SynthesisParams
+from serving.engine import Engine
+
+LEGACY_BUNDLE = ROOT / "tests" / "data" / "legacy" / "bundle"  # the same image shape, latent size 8
 
 # A client process that opens a stream, reads one snapshot, prints "started" and then hangs until SIGKILLed:
 # its connection drops without a cancel from a live client.
@@ -35,40 +41,11 @@ time.sleep(600)
 """
 
 
-def wait_for(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(serving_bundle, tmp_path_factory):
-    """A copy of the test bundle that the tests may edit while the server serves it."""
-    path = tmp_path_factory.mktemp("faults") / "bundle"
-    shutil.copytree(serving_bundle, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(bundle_dir, tmp_path_factory):
-    proc = start_server(
-        bundle_dir,
-        tmp_path_factory.mktemp("faults_server"),
-        "--max-batch",
-        "8",
-        "--max-delay-ms",
-        "20",
-        "--grace-s",
-        "60",
-        "--warmup-runs",
-        "1",
-    )
-    yield proc
-    if proc.proc.poll() is None:  # the SIGTERM test did not run
-        proc.stop()
+@pytest.fixture()
+def server(serving_bundle):
+    server = local_server(serving_bundle, max_batch=8, max_delay_ms=20)
+    yield server
+    server.stop()
 
 
 def cancelled(server, rpc: str) -> float:
@@ -76,7 +53,6 @@ def cancelled(server, rpc: str) -> float:
 
 
 def test_a_client_that_vanishes_mid_stream_stops_its_work_and_others_are_served(server):
-    before = cancelled(server, "SynthesizeStream")
     victim = subprocess.Popen(
         [sys.executable, "-c", VANISHING_CLIENT, server.address], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
@@ -86,7 +62,7 @@ def test_a_client_that_vanishes_mid_stream_stops_its_work_and_others_are_served(
         victim.wait(30)
         with server.client(timeout=60) as c:  # served while (and after) the orphaned work stops
             assert c.synthesize(count=2, seed=5, steps=3).images.shape == (2, 1, 28, 28)
-        assert wait_for(lambda: cancelled(server, "SynthesizeStream") > before)
+        assert wait_for(lambda: cancelled(server, "SynthesizeStream") == 1)
     finally:
         if victim.poll() is None:
             victim.kill()
@@ -94,7 +70,6 @@ def test_a_client_that_vanishes_mid_stream_stops_its_work_and_others_are_served(
 
 
 def test_an_expired_deadline_stops_only_its_own_work(server):
-    before = cancelled(server, "Synthesize")
     results: dict[str, object] = {}
     with server.client(timeout=60, retries=1) as c:
 
@@ -103,58 +78,85 @@ def test_an_expired_deadline_stops_only_its_own_work(server):
 
         t = threading.Thread(target=patient)
         t.start()
-        with pytest.raises(
-            grpc.RpcError
-        ) as err:  # different steps: a batch of its own, stopped between steps
+        with pytest.raises(grpc.RpcError) as err:  # other steps: a batch of its own, stopped between steps
             c.synthesize(count=8, seed=10, steps=1000, timeout=0.5)
         t.join(120)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert results["patient"].shape == (2, 1, 28, 28)
-    assert wait_for(lambda: cancelled(server, "Synthesize") > before)
+    assert wait_for(lambda: cancelled(server, "Synthesize") == 1)
+
+
+@pytest.fixture(scope="module")
+def other_bundle(tiny_nets, tmp_path_factory):
+    """The tiny nets with other weights (the generator's scaled by 1.1) and other Langevin defaults."""
+    from trainer.export import export_bundle
+
+    descriptor, generator = tiny_nets
+    generator = copy.deepcopy(generator)
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.mul_(1.1)
+    out = tmp_path_factory.mktemp("other") / "bundle"
+    return export_bundle(descriptor, generator, out, langevin={**LANGEVIN, "steps": 5}, completion=COMPLETION)
 
 
 def test_a_bundle_changed_on_disk_is_ignored_until_sighup_and_a_bad_one_is_refused(
-    server, bundle_dir, tiny_nets, tmp_path
+    serving_bundle, other_bundle, tmp_path
 ):
-    from trainer.export import export_bundle
+    bundle_dir = tmp_path / "bundle"  # a copy the test may edit while the server serves it
+    shutil.copytree(serving_bundle, bundle_dir)
+    server = start_server(bundle_dir, tmp_path / "server", "--warmup-runs", "0")
+    try:
+        with server.client(timeout=60) as c:
+            served = c.info().bundle_sha256
+            reference = c.synthesize(count=2, seed=1, steps=2).images
 
-    with server.client(timeout=60) as c:
-        served = c.info().bundle_sha256
-        reference = c.synthesize(count=2, seed=1, steps=2).images
+            # 1. tampered file on disk: nothing changes while serving, and SIGHUP refuses it
+            onnx = bundle_dir / "generator.onnx"
+            onnx.write_bytes(onnx.read_bytes() + b"tampered")
+            np.testing.assert_array_equal(c.synthesize(count=2, seed=1, steps=2).images, reference)
+            server.proc.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: "reload refused" in server.log()), server.log()
+            assert "does not match its sha256" in server.log()
+            assert c.info().bundle_sha256 == served
+            np.testing.assert_array_equal(c.synthesize(count=2, seed=1, steps=2).images, reference)
 
-        # 1. tampered file on disk: nothing changes while serving, and SIGHUP refuses it
-        onnx = bundle_dir / "generator.onnx"
-        onnx.write_bytes(onnx.read_bytes() + b"tampered")
-        np.testing.assert_array_equal(c.synthesize(count=2, seed=1, steps=2).images, reference)
-        server.proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: "reload refused" in server.log()), server.log()
-        assert "does not match its sha256" in server.log()
-        assert c.info().bundle_sha256 == served
-        np.testing.assert_array_equal(c.synthesize(count=2, seed=1, steps=2).images, reference)
+            # 2. a missing file: refused as well
+            onnx.unlink()
+            server.proc.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: server.log().count("reload refused") == 2), server.log()
+            assert c.health("coopnets.v1.CoopNets") == "SERVING"
 
-        # 2. a missing file: refused as well
-        onnx.unlink()
-        server.proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: server.log().count("reload refused") == 2), server.log()
-        assert c.health("coopnets.v1.CoopNets") == "SERVING"
+            # 3. a valid bundle of another latent size (requests checked against the old one may be queued)
+            shutil.rmtree(bundle_dir)
+            shutil.copytree(LEGACY_BUNDLE, bundle_dir)
+            server.proc.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: server.log().count("reload refused") == 3), server.log()
+            assert "latent size 8 differ from the served (1, 28, 28) / 100" in server.log()
 
-        # 3. a valid new bundle (other Langevin defaults) is served only after SIGHUP
-        descriptor, generator = tiny_nets
-        new = export_bundle(
-            descriptor, generator, tmp_path / "new", langevin={**LANGEVIN, "steps": 5}, completion=COMPLETION
-        )
-        shutil.rmtree(bundle_dir)
-        shutil.copytree(new, bundle_dir)
-        assert c.info().bundle_sha256 == served and c.info().langevin.steps == LANGEVIN["steps"]
-        server.proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: "SIGHUP: reloaded" in server.log()), server.log()
-        info = c.info()
-        assert info.bundle_sha256 != served and info.langevin.steps == 5
-        np.testing.assert_array_equal(c.synthesize(count=2, seed=1, steps=2).images, reference)  # same nets
-    assert server.proc.poll() is None and "Traceback" not in server.log()
+            # 4. a valid bundle with other weights and defaults is served only after SIGHUP
+            shutil.rmtree(bundle_dir)
+            shutil.copytree(other_bundle, bundle_dir)
+            assert c.info().bundle_sha256 == served and c.info().langevin.steps == LANGEVIN["steps"]
+            np.testing.assert_array_equal(c.synthesize(count=2, seed=1, steps=2).images, reference)
+            server.proc.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: "SIGHUP: reloaded" in server.log()), server.log()
+            info = c.info()
+            assert info.bundle_sha256 != served and info.langevin.steps == 5
+            answer = c.synthesize(count=2, seed=1, steps=2).images
+    finally:
+        server.stop()
+    assert not np.allclose(answer, reference, atol=1e-3)  # the batches run on the new engine
+    new = Engine.open(other_bundle, device="cpu", threads=1)
+    expected = new.synthesize(
+        [1, 2], SynthesisParams(steps=2, delta=LANGEVIN["delta"], noise=LANGEVIN["noise"])
+    )
+    np.testing.assert_array_equal(answer, expected.images)
+    assert server.proc.returncode == 0 and "Traceback" not in server.log()
 
 
-def test_sigterm_flips_health_first_refuses_new_rpcs_finishes_in_flight_and_exits_0(server):
+def test_sigterm_flips_health_first_refuses_new_rpcs_finishes_in_flight_and_exits_0(serving_bundle, tmp_path):
+    server = start_server(serving_bundle, tmp_path, "--grace-s", "60", "--warmup-runs", "0")
     result: dict[str, object] = {}
     with server.client(timeout=120, retries=1) as c, grpc.insecure_channel(server.address) as ch:
         watch = health_pb2_grpc.HealthStub(ch).Watch(
@@ -164,14 +166,13 @@ def test_sigterm_flips_health_first_refuses_new_rpcs_finishes_in_flight_and_exit
 
         def in_flight():
             try:
-                result["images"] = c.synthesize(count=8, seed=0, steps=600).images
+                result["images"] = c.synthesize(count=8, seed=0, steps=250).images
             except grpc.RpcError as e:
                 result["error"] = e.code().name
 
-        batches = server.metric("coopnets_batch_images_count", kind="synthesize")
         t = threading.Thread(target=in_flight)
         t.start()
-        assert wait_for(lambda: server.metric("coopnets_batch_images_count", kind="synthesize") > batches)
+        assert wait_for(lambda: server.metric("coopnets_batch_images_count", kind="synthesize") > 0)
         server.proc.send_signal(signal.SIGTERM)
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING  # before anything else
         watch.cancel()  # an open Watch is an in-flight RPC too: it would hold shutdown to the grace period
@@ -183,6 +184,7 @@ def test_sigterm_flips_health_first_refuses_new_rpcs_finishes_in_flight_and_exit
     assert result.get("images") is not None and result["images"].shape == (8, 1, 28, 28), result
     assert server.proc.wait(60) == 0
     log = server.log()
+    assert "shutting down: health NOT_SERVING, 1 RPCs in flight" in log
     assert log.index("shutting down: health NOT_SERVING") < log.index("coop-serve: stopped")
 
 
@@ -205,3 +207,4 @@ def test_past_the_grace_period_in_flight_requests_end_unavailable_and_exit_is_0(
         t.join(60)
     assert codes == ["UNAVAILABLE"], codes
     assert server.proc.wait(60) == 0
+    assert "grace period over with RPCs still in flight" in server.log()

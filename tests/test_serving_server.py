@@ -1,30 +1,35 @@
-"""Every RPC of the real coop-serve (subprocess, torch unimportable, loopback port 0): health, batching,
-streams, cancellation, rich INVALID_ARGUMENT errors, token auth, reflection, metrics."""
+"""Every RPC of coop-serve on loopback: health, batching, streams, cancellation, rich INVALID_ARGUMENT errors,
+token auth, reflection, metrics, and the client's retries while the server warms up.
+
+The session's in-process server (conftest.coop_server) answers most tests; one test runs coop-serve itself in
+a subprocess with torch and the trainer unimportable. Answers are compared with the engine; energies also
+with the descriptor graph run directly, f on its own scale (E ≈ 1e5 would hide a sign flip of f ≈ 0.4).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
-import time
 
 import grpc
 import numpy as np
 import pytest
-from support import COMPLETION, LANGEVIN, TOKEN
 from coopnets.v1 import coopnets_pb2 as pb
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image as PILImage
+from support import COMPLETION, LANGEVIN, TOKEN, local_server, start_server, wait_for
 
 from clients.client import CoopNetsClient, bad_request_fields
-from serving.codec import encode_png, tensor_to_proto
-from serving.engine import Engine
+from contract.codec import encode_png, set_tensor
+from contract.sampling import SynthesisParams
 
 
 @pytest.fixture(scope="module")
-def engine(serving_bundle) -> Engine:
-    return Engine.open(serving_bundle, device="cpu", threads=1)
+def engine(serving_engine):
+    return serving_engine
 
 
 @pytest.fixture()
@@ -33,15 +38,37 @@ def stub(coop_server):
         yield pb_grpc.CoopNetsStub(channel)
 
 
+def params(steps: int) -> SynthesisParams:
+    return SynthesisParams(steps=steps, delta=LANGEVIN["delta"], noise=LANGEVIN["noise"])
+
+
+def tensor(array: np.ndarray) -> pb.Tensor:
+    return set_tensor(pb.Tensor(), array)
+
+
 AUTH = [("authorization", f"Bearer {TOKEN}")]
 
 
-def test_health_is_serving_only_after_warm_up(coop_server):
-    assert coop_server.health_history[0] == "NOT_SERVING"
-    assert coop_server.health_history[-1] == "SERVING"
-    log = coop_server.log()
+def test_coop_serve_is_live_before_ready_and_never_imports_torch(serving_bundle, engine, tmp_path):
+    """coop-serve itself, in a subprocess where importing torch or the trainer raises: health NOT_SERVING from
+    the moment the port is bound until warm-up is done, the stdout line and the port file, and answers."""
+    server = start_server(
+        serving_bundle, tmp_path, "--warmup-runs", "1", "--max-batch", "16", token=TOKEN, watch_health=True
+    )
+    try:
+        assert server.health_history[0] == "NOT_SERVING" and server.health_history[-1] == "SERVING"
+        with server.client(timeout=60) as c:
+            out = c.synthesize(count=2, seed=40, steps=3)
+        np.testing.assert_array_equal(out.images, engine.synthesize([40, 41], params(3)).images)
+        ports = json.loads((tmp_path / "port.json").read_text())
+        assert ports == {"port": server.port, "metrics_port": server.metrics_port}
+    finally:
+        code = server.stop()
+    log = server.log()
+    assert code == 0, log
+    assert f"coop-serve: listening on 127.0.0.1:{server.port} (plaintext, token); metrics port " in log
     assert log.index("live on") < log.index("warm-up done") < log.index("health SERVING")
-    assert "ImportError" not in log  # torch/trainer were never imported by the server process
+    assert "ImportError" not in log and "Traceback" not in log  # torch/trainer were never imported
 
 
 def test_health_needs_no_token_and_lists_the_service(coop_server):
@@ -117,10 +144,10 @@ def test_model_info(client, serving_bundle):
 
 def test_synthesize_equals_the_engine(client, engine):
     out = client.synthesize(count=3, seed=40, steps=5)
-    ref = engine.synthesize([40, 41, 42], steps=5)
+    ref = engine.synthesize([40, 41, 42], params(5))
     assert out.seeds == [40, 41, 42]
     np.testing.assert_allclose(out.images, ref.images, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(out.energy, ref.energy, rtol=1e-5)
+    np.testing.assert_allclose(out.energy, ref.energy, rtol=0, atol=0.05)  # E ≈ 1e5, |f| ≈ 0.4
     png = client.synthesize(count=3, seed=40, steps=5, png=True)  # 8-bit, clipped
     assert np.abs(png.images - np.clip(ref.images, -1, 1)).max() <= 1 / 127.5 + 1e-6
 
@@ -164,36 +191,31 @@ def test_stream_sends_snapshots_then_one_final_message_per_image(client):
     assert np.array_equal(np.stack([e.image for e in events[-2:]]), unary.images)
 
 
-def _wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_cancelling_a_stream_stops_the_work(coop_server, client):
     before = coop_server.metric("coopnets_cancelled_total", rpc="SynthesizeStream")
+    logged = len(coop_server.log())
     call = client.synthesize_stream_call(count=4, seed=1, steps=200, snapshot_every=1)
     next(call)  # the work has started
     call.cancel()
-    assert _wait_for(lambda: coop_server.metric("coopnets_cancelled_total", rpc="SynthesizeStream") > before)
-    assert "SynthesizeStream stopped after" in coop_server.log()
+    assert wait_for(lambda: coop_server.metric("coopnets_cancelled_total", rpc="SynthesizeStream") > before)
+    assert "SynthesizeStream stopped after" in coop_server.log()[logged:]
 
 
 def test_a_deadline_stops_the_work_between_steps(coop_server, client):
-    before = coop_server.metric("coopnets_cancelled_total", rpc="Synthesize")
+    before = coop_server.metric("coopnets_cancelled_total", rpc="Synthesize", stage="running")
+    logged = len(coop_server.log())
     with pytest.raises(grpc.RpcError) as err:
         client.synthesize(count=32, seed=0, steps=200, timeout=0.5)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert _wait_for(lambda: coop_server.metric("coopnets_cancelled_total", rpc="Synthesize") > before)
-    assert "stopped after" in coop_server.log()
+    assert wait_for(
+        lambda: coop_server.metric("coopnets_cancelled_total", rpc="Synthesize", stage="running") > before
+    )
+    assert "stopped after" in coop_server.log()[logged:]
     assert client.synthesize(count=1, seed=0, steps=1).images.shape == (1, 1, 28, 28)  # still serving
 
 
 def test_complete_keeps_observed_pixels_and_equals_the_engine(client, engine):
-    image = engine.synthesize([5], steps=0).images[0]  # (C, H, W)
+    image = engine.draft([5])[0]  # (C, H, W)
     rec = client.complete(image, occlusion="center:14", seed=9)
     mask = rec.mask  # (C, H, W), 1 = missing
     assert mask.sum() == 14 * 14 and mask[0, 7:21, 7:21].all()
@@ -201,22 +223,33 @@ def test_complete_keeps_observed_pixels_and_equals_the_engine(client, engine):
     assert np.all(rec.occluded[mask == 1] == -1)
     ref = engine.complete(image[None], mask[None], [9])
     np.testing.assert_allclose(rec.recovered, ref.images[0], rtol=0, atol=1e-6)
+    assert rec.energy == pytest.approx(float(ref.energy[0]), rel=0, abs=0.05)
     # the same hole as a PNG mask (white = missing) gives the same result
     png = PILImage.fromarray((mask[0] * 255).astype(np.uint8))
     by_png = client.complete(image, mask=png, seed=9)
     assert np.array_equal(by_png.recovered, rec.recovered)
     # restarts travel to the engine (0 / unset = the bundle's default)
     one = client.complete(image, occlusion="center:14", seed=9, restarts=1)
+    single = dataclasses.replace(engine.completion_defaults, restarts=1)
     np.testing.assert_allclose(
-        one.recovered, engine.complete(image[None], mask[None], [9], restarts=1).images[0], rtol=0, atol=1e-6
+        one.recovered, engine.complete(image[None], mask[None], [9], single).images[0], rtol=0, atol=1e-6
     )
-    default = client.complete(image, occlusion="center:14", seed=9, restarts=engine.completion.restarts)
+    assert not np.array_equal(one.recovered, rec.recovered)  # the default is not one chain
+    restarts = engine.completion_defaults.restarts
+    default = client.complete(image, occlusion="center:14", seed=9, restarts=restarts)
     assert np.array_equal(default.recovered, rec.recovered)
 
 
-def test_energy_equals_the_engine(client, engine):
-    images = engine.synthesize([1, 2], steps=2).images
-    np.testing.assert_allclose(client.energy(images), engine.energy(images), rtol=1e-6)
+def test_energy_is_f_of_the_descriptor_graph_and_the_formula(stub, client, engine):
+    """Against descriptor.onnx run here, not the engine: f to 1e-5 (|f| ≈ 0.4) and E to 0.05 (E ≈ 1e5)."""
+    images = engine.synthesize([3, 4, 5], params(5)).images  # (3, C, H, W)
+    resp = stub.Energy(pb.EnergyRequest(images=[pb.Image(tensor=tensor(y)) for y in images]), metadata=AUTH)
+    (f,) = engine.sessions["descriptor"].run(["f"], {"y": images})
+    assert np.abs(f).min() > 0.1  # far enough from 0 for a sign flip to show
+    np.testing.assert_allclose(resp.score, f, rtol=0, atol=1e-5)
+    sq = (images.astype(np.float64) ** 2).reshape(3, -1).sum(1)
+    np.testing.assert_allclose(resp.energy, sq / (2 * LANGEVIN["s"] ** 2) - f, rtol=0, atol=0.05)
+    np.testing.assert_array_equal(client.energy(images), np.float32(resp.energy))
 
 
 def _png(size=(28, 28), value=0) -> bytes:
@@ -226,7 +259,7 @@ def _png(size=(28, 28), value=0) -> bytes:
 
 
 GOOD_IMAGE = pb.Image(png=_png())
-GOOD_TENSOR = tensor_to_proto(np.zeros((1, 28, 28), np.float32))
+GOOD_TENSOR = tensor(np.zeros((1, 28, 28), np.float32))
 HALF = np.zeros((1, 28, 28), np.float32)
 HALF[..., :14] = 1
 
@@ -261,7 +294,7 @@ INVALID = [
     (
         "Complete",
         pb.CompleteRequest(
-            image=pb.Image(tensor=tensor_to_proto(np.zeros((3, 28, 28), np.float32))), occlusion="center:4"
+            image=pb.Image(tensor=tensor(np.zeros((3, 28, 28), np.float32))), occlusion="center:4"
         ),
         "image.tensor.shape",
     ),
@@ -275,7 +308,7 @@ INVALID = [
     (
         "Complete",
         pb.CompleteRequest(
-            image=pb.Image(tensor=tensor_to_proto(np.full((1, 28, 28), np.inf, np.float32))),
+            image=pb.Image(tensor=tensor(np.full((1, 28, 28), np.inf, np.float32))),
             occlusion="center:4",
         ),
         "image.tensor.data",
@@ -283,12 +316,12 @@ INVALID = [
     ("Complete", pb.CompleteRequest(image=GOOD_IMAGE), "mask"),
     (
         "Complete",
-        pb.CompleteRequest(image=GOOD_IMAGE, mask=pb.Image(tensor=tensor_to_proto(HALF * 0.5))),
+        pb.CompleteRequest(image=GOOD_IMAGE, mask=pb.Image(tensor=tensor(HALF * 0.5))),
         "mask.tensor.data",
     ),
     (
         "Complete",
-        pb.CompleteRequest(image=GOOD_IMAGE, mask=pb.Image(tensor=tensor_to_proto(HALF[:, :5]))),
+        pb.CompleteRequest(image=GOOD_IMAGE, mask=pb.Image(tensor=tensor(HALF[:, :5]))),
         "mask.tensor.shape",
     ),
     ("Complete", pb.CompleteRequest(image=GOOD_IMAGE, mask=pb.Image(png=_png(value=0))), "mask"),
@@ -338,12 +371,26 @@ def test_every_invalid_field_is_invalid_argument_naming_it(coop_server, stub):
     assert len(stub.Synthesize(pb.SynthesizeRequest(count=1), timeout=10, metadata=AUTH).images) == 1
 
 
-def test_metrics_count_requests_by_rpc_and_code(coop_server, client):
+def test_metrics_count_requests_by_rpc_and_code(coop_server, client, stub):
+    def counts():
+        m = coop_server.metric
+        return (
+            m("coopnets_requests_total", rpc="ModelInfo", code="OK"),
+            m("coopnets_request_seconds_count", rpc="Synthesize", code="OK"),
+            m("coopnets_requests_total", rpc="Synthesize", code="INVALID_ARGUMENT"),
+            m("coopnets_requests_total", rpc="Energy", code="UNAUTHENTICATED"),
+            m("coopnets_queue_seconds_count", kind="synthesize"),
+            m("coopnets_batch_images_sum", kind="synthesize"),
+        )
+
+    before = counts()
     client.info()
-    assert coop_server.metric("coopnets_requests_total", rpc="ModelInfo", code="OK") >= 1
-    assert coop_server.metric("coopnets_request_seconds_count", rpc="Synthesize", code="OK") >= 1
-    assert coop_server.metric("coopnets_queue_seconds_count", kind="synthesize") >= 1
-    assert coop_server.metric("coopnets_requests_total", code="UNAUTHENTICATED") >= 1
+    client.synthesize(count=3, seed=0, steps=1)
+    with pytest.raises(grpc.RpcError):
+        client.synthesize(count=0)
+    with pytest.raises(grpc.RpcError):
+        stub.Energy(pb.EnergyRequest(), timeout=5)  # no token
+    assert [a - b for a, b in zip(counts(), before, strict=True)] == [1, 1, 1, 1, 1, 3]
 
 
 def test_client_png_inputs(client):
@@ -352,7 +399,33 @@ def test_client_png_inputs(client):
     assert np.all(rec.recovered[:, :, 14:] == -1.0)  # observed right half unchanged (black in, black out)
 
 
-def test_client_retries_unavailable_until_the_deadline():
-    with CoopNetsClient("127.0.0.1:1", retries=2, timeout=1.0) as c, pytest.raises(grpc.RpcError) as err:
-        c.info()
-    assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+def refused(server) -> float:
+    return server.metric("coopnets_requests_total", rpc="ModelInfo", code="UNAVAILABLE")
+
+
+def test_the_client_retries_unavailable_while_the_server_warms_up(serving_engine, serving_bundle):
+    """A server that is live but not ready answers UNAVAILABLE; the client's retry policy keeps asking until
+    the engine is in, so one call succeeds after at least one refused attempt."""
+    server = local_server(serving_bundle, ready=False)
+    result = {}
+
+    def ask(c):
+        try:
+            result["info"] = c.info()
+        except grpc.RpcError as e:
+            result["error"] = e.code().name
+
+    try:
+        with CoopNetsClient(server.address, retries=4, timeout=30) as c:
+            call = threading.Thread(target=ask, args=(c,))
+            call.start()
+            assert wait_for(lambda: refused(server) >= 1 or not call.is_alive(), timeout=10)
+            server.lifecycle.start(serving_engine)
+            call.join(30)
+        assert "info" in result, f"the call was not retried: {result}"
+        assert list(result["info"].image_shape) == [1, 28, 28]
+        assert (
+            refused(server) >= 1 and server.metric("coopnets_requests_total", rpc="ModelInfo", code="OK") == 1
+        )
+    finally:
+        server.stop()

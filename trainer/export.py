@@ -36,7 +36,7 @@ from torch import nn
 from contract import bundle
 from contract.files import make_temp_dir, replace_dir
 from trainer.config import TrainConfig
-from trainer.grads import DescriptorWithGrad, GeneratorGrad, LangevinStep, frozen_copy, kink_margin
+from trainer.grads import DescriptorWithGrad, Generate, GeneratorGrad, LangevinStep, frozen_copy, kink_margin
 from trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy, latent_energy_grad
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def export_bundle(
     _check_replaceable(out_dir)
 
     graphs = [
-        _Graph("generator", generator),
+        _Graph("generator", Generate(generator).eval()),
         _Graph("descriptor", DescriptorWithGrad(descriptor).eval()),
         _Graph("langevin_step", LangevinStep(descriptor).eval()),
         _Graph("generator_grad", GeneratorGrad(generator).eval()),

@@ -8,6 +8,7 @@ layers of the module it is given, it stays in sync with the nets; a layer kind w
 `UnsupportedLayerError` naming it, and the export tests compare every graph with autograd.
 
 Modules (all nets must be in eval mode: BatchNorm uses its running statistics):
+    Generate(generator):             z (N, d) -> g(z) (N, C, H, W)
     DescriptorWithGrad(descriptor):  y (N, C, H, W) -> f (N,), ∂f/∂Y (N, C, H, W)
     LangevinStep(descriptor):        y, noise, mask (N, C, H, W), δ, s (scalars) -> y_next, f(y) (N,)
     GeneratorGrad(generator):        z (N, d), y, mask (N, C, H, W), σ -> ∂U/∂z (N, d), g(z), U (N,)
@@ -58,6 +59,9 @@ def _check_layer(layer: nn.Module) -> None:
                 f"{kind.__name__} with padding={layer.padding!r}, padding_mode={layer.padding_mode!r}: only "
                 "explicit integer zero padding has a backward here"
             )
+        if _pair(layer.dilation) != (1, 1) or layer.groups != 1:
+            raise UnsupportedLayerError(f"{kind.__name__}: only dilation 1 and groups 1 have a backward here")
+        _square(layer)
     if isinstance(layer, nn.BatchNorm2d) and (layer.training or not layer.track_running_stats):
         raise UnsupportedLayerError(
             "BatchNorm2d must be in eval mode with running statistics (call .eval() on the net first): the "
@@ -68,14 +72,48 @@ def _check_layer(layer: nn.Module) -> None:
 # Backward of each layer kind: (layer, x = its input, y = its output, g = ∂L/∂y) -> ∂L/∂x.
 
 
+def conv_transpose2d_as_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int, out_size: int
+) -> torch.Tensor:
+    """F.conv_transpose2d(x, weight, bias, stride, padding) cropped to `out_size` (square kernels, strides and
+    paddings, dilation 1, groups 1), computed as ONE ordinary convolution followed by a pixel shuffle.
+
+    Why: ONNX Runtime's CPU ConvTranspose spends most of its time in a single-threaded col2im (measured: 60%
+    of a Langevin step, twice the time of the Conv layers of the same FLOPs), while its Conv is
+    multi-threaded and blocked for AVX-512. Output pixel u + p = s·m + φ of a stride-s transposed conv only
+    sees kernel taps k = φ + s·t, t < T = ceil(K/s), and inputs m − t: for each phase φ that is a T×T
+    correlation with the flipped sub-kernel. All s² phases are stacked as output channels of one conv,
+    pixel_shuffle interleaves them (channel c·s² + φh·s + φw -> pixel (s·m + φh, s·n + φw)), and a slice
+    drops the padding rows.
+    Same FLOPs as the transposed conv when s divides K (zero taps otherwise)."""
+    c_in, c_out, k, _ = weight.shape
+    size_in = int(x.shape[2])
+    t = -(-k // stride)
+    last = (padding + out_size - 1) // stride  # the last phase row m any output needs
+    pad = max(t - 1, last - (size_in - 1))  # t - 1 rows before m = 0, and rows past the input after it
+    w = F.pad(weight, (0, stride * t - k, 0, stride * t - k))  # (C_in, C_out, sT, sT), zero taps past K
+    w = w.reshape(c_in, c_out, t, stride, t, stride).flip(2, 4)  # k = t·s + φ; correlation taps reversed
+    w = w.permute(1, 3, 5, 0, 2, 4).reshape(c_out * stride * stride, c_in, t, t)  # (C_out·s², C_in, T, T)
+    z = F.conv2d(x, w, None, 1, pad)  # (N, C_out·s², M, M)
+    if stride > 1:
+        z = F.pixel_shuffle(z, stride)  # (N, C_out, s·M, s·M)
+    start = padding + stride * (pad - t + 1)
+    out = z[:, :, start : start + out_size, start : start + out_size]  # (N, C_out, out_size, out_size)
+    return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+
+
+def _square(m: nn.Module) -> tuple[int, int]:
+    stride, pad, k = _pair(m.stride), _pair(m.padding), _pair(m.kernel_size)
+    if stride[0] != stride[1] or pad[0] != pad[1] or k[0] != k[1]:
+        raise UnsupportedLayerError(f"{type(m).__name__}: only square kernels, strides and paddings export")
+    return stride[0], pad[0]
+
+
 def _conv2d_backward(m: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    # The transposed conv with the same weight; output_padding restores rows/columns the stride dropped.
-    stride, pad, dil, k = _pair(m.stride), _pair(m.padding), _pair(m.dilation), _pair(m.kernel_size)
-    out_pad = tuple(
-        int(x.shape[2 + i]) - ((int(y.shape[2 + i]) - 1) * stride[i] - 2 * pad[i] + dil[i] * (k[i] - 1) + 1)
-        for i in range(2)
-    )
-    return F.conv_transpose2d(g, m.weight, None, stride, pad, out_pad, m.groups, dil)  # (N, C_in, H, W)
+    # The transposed conv with the same weight, cropped to the input's size (which restores the rows and
+    # columns the stride dropped), as a conv + pixel shuffle (conv_transpose2d_as_conv).
+    stride, pad = _square(m)
+    return conv_transpose2d_as_conv(g, m.weight, None, stride, pad, int(x.shape[2]))  # (N, C_in, H, W)
 
 
 def _conv_transpose2d_backward(m: nn.ConvTranspose2d, x, y, g):
@@ -119,11 +157,21 @@ _BACKWARD: dict[type, Callable] = {
 }
 
 
+def forward_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x), a transposed conv written as conv_transpose2d_as_conv (the form ONNX Runtime runs fast)."""
+    if isinstance(layer, nn.ConvTranspose2d):
+        stride, pad = _square(layer)
+        k, out_pad = _pair(layer.kernel_size)[0], _pair(layer.output_padding)[0]
+        size = (int(x.shape[2]) - 1) * stride - 2 * pad + k + out_pad
+        return conv_transpose2d_as_conv(x, layer.weight, layer.bias, stride, pad, size)
+    return layer(x)
+
+
 def forward_saving(body: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
     """Run `x` through `body`, keeping every layer's input and the output: [x, a_1, ..., out]."""
     acts = [x]
     for layer in body:
-        acts.append(layer(acts[-1]))
+        acts.append(forward_layer(layer, acts[-1]))
     return acts
 
 
@@ -198,6 +246,19 @@ class LangevinStep(nn.Module):
     def forward(self, y, noise, mask, delta, s) -> tuple[torch.Tensor, torch.Tensor]:
         f, grad = self.score(y)  # (N,), (N, C, H, W)
         return descriptor_step(y, grad, noise, mask, delta, s), f
+
+
+class Generate(nn.Module):
+    """z (N, d) -> g(z) (N, C, H, W), the generator's forward with its transposed convs in the conv +
+    pixel-shuffle form (forward_layer) that ONNX Runtime runs multi-threaded."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        probe = torch.randn(2, generator.spec.latent_dim)
+        self.body = _checked_body(generator, probe, lambda out: out)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return forward_saving(self.body, z)[-1]
 
 
 class GeneratorGrad(nn.Module):
