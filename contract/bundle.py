@@ -82,7 +82,7 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class LangevinDefaults:
-    """Descriptor Langevin as trained: reference std s, step size δ, steps K, generator noise σ, noise on/off."""
+    """Descriptor Langevin as trained: reference std s, step size δ, K steps, generator noise σ, noise."""
 
     s: float
     delta: float

@@ -241,6 +241,8 @@ def _export(graph: _Graph, args: tuple[torch.Tensor, ...], path: Path, exporter:
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice (module doc)
         # grads.py reads H and W as Python ints (static by design: only the batch axis is dynamic)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # the flipped sub-kernels of grads.conv_transpose2d_as_conv: ONNX Runtime folds them at session start
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         if exporter == "torchscript":
             axes = {name: {0: bundle.BATCH} for name in (*batched, *graph.outputs)}
             torch.onnx.export(

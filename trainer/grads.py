@@ -86,7 +86,9 @@ def conv_transpose2d_as_conv(
     pixel_shuffle interleaves them (channel c·s² + φh·s + φw -> pixel (s·m + φh, s·n + φw)), and a slice
     drops the padding rows.
     Same FLOPs as the transposed conv when s divides K (zero taps otherwise)."""
-    c_in, c_out, k, _ = weight.shape
+    # Python ints, not traced sizes: the exporter would otherwise record this arithmetic in the graph, and
+    # ONNX integer division truncates where Python's // floors (a wrong T for K = 5, s = 2)
+    c_in, c_out, k = (int(v) for v in weight.shape[:3])
     size_in = int(x.shape[2])
     t = -(-k // stride)
     last = (padding + out_size - 1) // stride  # the last phase row m any output needs
