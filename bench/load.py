@@ -17,9 +17,7 @@ error other than RESOURCE_EXHAUSTED was seen or when the burst got no RESOURCE_E
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +35,7 @@ import numpy as np  # noqa: E402
 from clients.client import CoopNetsClient  # noqa: E402
 from contract.files import atomic_write_json  # noqa: E402
 from contract.flags import Parser, add_flags, cli_main, resolve  # noqa: E402
+from serving.spawn import Spawned, spawn, wait_serving  # noqa: E402
 
 MIX = {"Synthesize": 4, "SynthesizeStream": 2, "Complete": 2, "Energy": 3, "ModelInfo": 1}  # weights
 EXPECTED = {"OK", "RESOURCE_EXHAUSTED"}  # the only codes a correct server gives this traffic
@@ -85,49 +84,11 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def start_server(bundle: str, workdir: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    """coop-serve on a free loopback port; returns (process, address) once health says SERVING."""
-    port_file = workdir / "port.json"
-    log = open(workdir / "server.log", "w")  # noqa: SIM115 - the server owns it until it exits
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving.server",
-            "--bundle",
-            bundle,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--device",
-            "cpu",
-            *args,
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 120
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"coop-serve did not start: see {workdir / 'server.log'}")
-        time.sleep(0.02)
-    address = f"127.0.0.1:{json.loads(port_file.read_text())['port']}"
-    with CoopNetsClient(address, timeout=10) as c:
-        while c.health("coopnets.v1.CoopNets") != "SERVING":
-            if time.monotonic() > deadline:
-                raise RuntimeError("coop-serve never got SERVING")
-            time.sleep(0.05)
-    return proc, address
-
-
-def stop_server(proc: subprocess.Popen) -> int:
-    proc.terminate()
-    return proc.wait(60)
+def start_server(bundle: str, workdir: Path, *args: str) -> Spawned:
+    """coop-serve on a free loopback port (CPU), once health says SERVING."""
+    server = spawn(bundle, workdir, "--device", "cpu", *args)
+    wait_serving(server.address)
+    return server
 
 
 class Recorder:
@@ -215,7 +176,7 @@ def run_clients(address: str, cfg: LoadConfig, clients: int, seconds: float, ima
 def mix_phase(cfg: LoadConfig, workdir: Path) -> dict:
     """N clients for cfg.seconds; RSS after warm-up (and a 1-second round of the same traffic) and at the
     end."""
-    proc, address = start_server(
+    server = start_server(
         cfg.bundle,
         workdir,
         "--threads",
@@ -229,16 +190,18 @@ def mix_phase(cfg: LoadConfig, workdir: Path) -> dict:
         str(max(cfg.steps, cfg.latent_steps)),
     )
     try:
-        with CoopNetsClient(address, timeout=60) as c:
+        with CoopNetsClient(server.address, timeout=60) as c:
             image = c.synthesize(count=1, seed=0, steps=cfg.steps).images[0]  # (C, H, W): the Complete input
-        run_clients(address, cfg, cfg.clients, min(1.0, cfg.seconds), image)  # warm-up: arenas, threads
-        rss_start = rss_mib(proc.pid)
+        run_clients(
+            server.address, cfg, cfg.clients, min(1.0, cfg.seconds), image
+        )  # warm-up: arenas, threads
+        rss_start = rss_mib(server.proc.pid)
         started = time.monotonic()
-        rec = run_clients(address, cfg, cfg.clients, cfg.seconds, image)
+        rec = run_clients(server.address, cfg, cfg.clients, cfg.seconds, image)
         elapsed = time.monotonic() - started
-        rss_end = rss_mib(proc.pid)
+        rss_end = rss_mib(server.proc.pid)
     finally:
-        code = stop_server(proc)
+        code = server.stop()
     return {
         **rec.summary(),
         "clients": cfg.clients,
@@ -251,7 +214,7 @@ def mix_phase(cfg: LoadConfig, workdir: Path) -> dict:
 
 def overload_phase(cfg: LoadConfig, workdir: Path) -> dict:
     """`burst` concurrent heavy calls against --max-queue burst_queue --max-batch 1."""
-    proc, address = start_server(
+    server = start_server(
         cfg.bundle,
         workdir,
         "--threads",
@@ -273,7 +236,7 @@ def overload_phase(cfg: LoadConfig, workdir: Path) -> dict:
         gate = threading.Barrier(cfg.burst)
 
         def heavy(i: int) -> None:
-            with CoopNetsClient(address, timeout=300, retries=1) as c:
+            with CoopNetsClient(server.address, timeout=300, retries=1) as c:
                 c.info()  # connected before the burst
                 gate.wait()
                 start = time.perf_counter()
@@ -290,7 +253,7 @@ def overload_phase(cfg: LoadConfig, workdir: Path) -> dict:
         for t in threads:
             t.join()
     finally:
-        code = stop_server(proc)
+        code = server.stop()
     return {**rec.summary(), "burst": cfg.burst, "max_queue": cfg.burst_queue, "server_exit": code}
 
 

@@ -10,9 +10,7 @@ two paths are interleaved so that a noisy machine affects both alike.
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from clients.client import CoopNetsClient  # noqa: E402
 from contract.flags import Parser, add_flags, cli_main, resolve  # noqa: E402
 from serving.engine import Engine  # noqa: E402
+from serving.spawn import Spawned, spawn, wait_serving  # noqa: E402
 
 HELP = {
     "bundle": "the model bundle to serve",
@@ -55,40 +54,22 @@ class BenchConfig:
         return self
 
 
-def start_server(cfg: BenchConfig, workdir: Path) -> tuple[subprocess.Popen, str]:
-    port_file = workdir / "port.json"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving.server",
-            "--bundle",
-            cfg.bundle,
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--device",
-            cfg.device,
-            "--threads",
-            str(cfg.threads),
-            "--max-batch",
-            str(max(cfg.sizes)),
-            "--max-count",
-            str(max(cfg.sizes)),
-            "--max-delay-ms",
-            "0",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-    )
-    while not port_file.exists():
-        if proc.poll() is not None:
-            raise SystemExit("coop-serve failed to start (see its stderr above)")
-        time.sleep(0.05)
-    return proc, f"127.0.0.1:{json.loads(port_file.read_text())['port']}"
+def start_server(cfg: BenchConfig, workdir: Path) -> Spawned:
+    """coop-serve with the engine's device and threads, batches as large as the largest count, no delay."""
+    biggest = str(max(cfg.sizes))
+    flags = [
+        "--device",
+        cfg.device,
+        "--threads",
+        str(cfg.threads),
+        "--max-batch",
+        biggest,
+        "--max-count",
+        biggest,
+    ]
+    server = spawn(cfg.bundle, workdir, *flags, "--max-delay-ms", "0", "--log-level", "warning")
+    wait_serving(server.address)
+    return server
 
 
 def timed(fn) -> float:
@@ -107,11 +88,9 @@ def main(argv: list[str] | None = None) -> int:
 def bench(cfg: BenchConfig) -> int:
     engine = Engine.open(cfg.bundle, device=cfg.device, threads=cfg.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, address = start_server(cfg, Path(tmp))
+        server = start_server(cfg, Path(tmp))
         try:
-            with CoopNetsClient(address, timeout=600) as client:
-                while client.health() != "SERVING":
-                    time.sleep(0.1)
+            with CoopNetsClient(server.address, timeout=600) as client:
                 rows = []
                 for n in cfg.sizes:
                     seeds = list(range(n))
@@ -123,8 +102,7 @@ def bench(cfg: BenchConfig) -> int:
                         grpc_.append(timed(lambda n=n: client.synthesize(count=n)))
                     rows.append((n, statistics.median(direct), statistics.median(grpc_)))
         finally:
-            proc.terminate()
-            proc.wait(30)
+            server.stop()
 
     lv = engine.synthesis_defaults
     print(

@@ -16,11 +16,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import ipaddress
-import json
 import logging
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -29,13 +25,16 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from serving.spawn import Spawned, spawn, wait_serving
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789"
 LANGEVIN = {"s": 0.016, "delta": 0.002, "steps": 4, "sigma": 0.3, "noise": True}
 COMPLETION = {"latent_steps": 6, "latent_step_size": 0.05, "latent_noise": False, "refine_steps": 3}
 
-# Runs coop-serve with `torch` and `trainer` made unimportable: any import of them raises ImportError.
-NO_TORCH_SERVE = """
+# Run in coop-serve's process before its main (serving.spawn's prelude): any import of torch or the trainer
+# raises ImportError, so a server that needed them would fail its start or its requests.
+NO_TORCH = """
 import sys
 class _Blocker:
     def find_spec(self, name, path=None, target=None):
@@ -44,33 +43,20 @@ class _Blocker:
         return None
 sys.meta_path.insert(0, _Blocker())
 sys.modules.pop('torch', None)
-from serving.server import main
-code = main()
-assert 'torch' not in sys.modules
-sys.exit(code)
 """
 
 
 @dataclass
-class ServerProc:
-    proc: subprocess.Popen
-    port: int
-    metrics_port: int | None
-    log_path: Path
+class ServerProc(Spawned):
+    """A coop-serve child process (serving.spawn) with what the tests read: client, /metrics, health seen."""
+
     token: str | None = None
     health_history: list[str] = field(default_factory=list)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def client(self, **kw):
         from clients.client import CoopNetsClient
 
         return CoopNetsClient(self.address, token=self.token, **kw)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
 
     def metric(self, name: str, **labels) -> float:
         """Sum of the samples of `name` whose labels include `labels`, read from /metrics."""
@@ -81,11 +67,6 @@ class ServerProc:
         )
         return _sum_samples(text_string_to_metric_families(text), name, labels)
 
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        return self.proc.wait(timeout)
-
 
 def start_server(
     bundle: Path,
@@ -95,69 +76,26 @@ def start_server(
     channel_credentials=None,
     watch_health: bool = False,
 ) -> ServerProc:
-    """Starts coop-serve (torch blocked) on a free loopback port and waits until health says SERVING."""
+    """Starts coop-serve (torch blocked) on a free loopback port and waits until health says SERVING; with
+    `watch_health`, records every status from the moment the port is bound."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    port_file, log_path = workdir / "port.json", workdir / "server.log"
-    argv = [
-        "--bundle",
-        str(bundle),
-        "--port",
-        "0",
-        "--port-file",
-        str(port_file),
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--metrics-port",
-        "0",
-        *args,
-    ]
+    argv = ["--device", "cpu", "--threads", "1", "--metrics-port", "0", *args]
     if token:
+        workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "token").write_text(token + "\n")
         argv += ["--token-file", str(workdir / "token")]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", NO_TORCH_SERVE, *argv],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"coop-serve did not start:\n{log_path.read_text()}")
-        time.sleep(0.01)
-    ports = json.loads(port_file.read_text())
-    server = ServerProc(proc, ports["port"], ports["metrics_port"], log_path, token)
-    target = server.address
-    channel = (
-        grpc.secure_channel(
-            target, channel_credentials, options=[("grpc.ssl_target_name_override", "localhost")]
-        )
-        if channel_credentials
-        else grpc.insecure_channel(target)
-    )
-    with channel:
+    spawned = spawn(bundle, workdir, *argv, prelude=NO_TORCH, timeout=60)
+    server = ServerProc(**vars(spawned), token=token)
+    if not watch_health:
+        wait_serving(server.address, 60, channel_credentials)
+        return server
+    with grpc.insecure_channel(server.address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        if watch_health:  # every status from the moment the port is bound until SERVING
-            for resp in stub.Watch(health_pb2.HealthCheckRequest(service="coopnets.v1.CoopNets"), timeout=60):
-                server.health_history.append(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-        else:
-            while (
-                stub.Check(health_pb2.HealthCheckRequest(), timeout=10, wait_for_ready=True).status
-                != health_pb2.HealthCheckResponse.SERVING
-            ):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"coop-serve never got SERVING:\n{log_path.read_text()}")
-                time.sleep(0.05)
+        for resp in stub.Watch(health_pb2.HealthCheckRequest(service="coopnets.v1.CoopNets"), timeout=60):
+            server.health_history.append(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+            if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                break
     return server
 
 
