@@ -4,7 +4,8 @@
 
 For each net (mnist28: 1×28×28, cifar32: 3×32×32; seeded weights scaled up from the official init so that
 activations are far from zero) and each count, three cases run interleaved in one window:
-    engine   serving.engine.Engine.synthesize on an exported bundle (what coop-serve runs per batch)
+    engine   serving.engine.Engine.synthesize on an exported bundle (what coop-serve runs per batch), and
+             the same with ONNX Runtime's thread spinning off (the previous default)
     eager    contract.sampling.synthesize over trainer.reference.TorchBackend (autograd input gradients)
     compile  the same sampler with each Langevin step a torch.compile'd trainer.grads.LangevinStep
 All three draw the same per-image numpy noise and run the same K steps from the same drafts (checked: max
@@ -55,8 +56,8 @@ def seeded_nets(spec: NetSpec):
 class CompiledBackend(TorchBackend):
     """TorchBackend whose Langevin step is the explicit-gradient module, compiled."""
 
-    def __init__(self, descriptor, generator, *, s: float, sigma: float):
-        super().__init__(descriptor, generator, s=s, sigma=sigma)
+    def __init__(self, descriptor, generator, *, s: float, sigma: float, device: str = "cpu"):
+        super().__init__(descriptor, generator, s=s, sigma=sigma, device=device)
         self.step = torch.compile(LangevinStep(self.descriptor).eval(), dynamic=False)
 
     def chain(self, y, mask, delta):
@@ -66,15 +67,16 @@ class CompiledBackend(TorchBackend):
 class _CompiledChain:
     def __init__(self, backend: CompiledBackend, y, mask, delta):
         self.backend = backend
-        self.y, self.mask = torch.from_numpy(np.array(y, np.float32)), torch.from_numpy(mask)
-        self.delta, self.s = torch.tensor(float(delta)), torch.tensor(backend.s)
+        self.y, self.mask = backend.tensor(np.array(y, np.float32)), backend.tensor(mask)
+        self.delta = torch.tensor(float(delta), device=backend.device)
+        self.s = torch.tensor(backend.s, device=backend.device)
 
     def step(self, noise) -> None:
         with torch.no_grad():
-            self.y, _ = self.backend.step(self.y, torch.from_numpy(noise), self.mask, self.delta, self.s)
+            self.y, _ = self.backend.step(self.y, self.backend.tensor(noise), self.mask, self.delta, self.s)
 
     def value(self):
-        return self.y.numpy()
+        return self.y.cpu().numpy()
 
 
 def flops_per_image(backend: TorchBackend, params: SynthesisParams) -> float:
@@ -93,33 +95,29 @@ def flops_per_image(backend: TorchBackend, params: SynthesisParams) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(name: str, n: int, paths, flops: float, params, args, peak: float) -> tuple[list[str], float]:
-    """One table row: the three paths at count `n`, interleaved; returns the row and eager/engine."""
-    engine, eager, compiled = paths
+def measure(
+    name: str, n: int, paths: dict, flops: float, params, args, peak: float
+) -> tuple[list[str], float]:
+    """One table row: every path at count `n`, interleaved; returns the row and eager/engine."""
     seeds = list(range(n))
-    a = engine.synthesize(seeds, params).images
-    b = sampling.synthesize(eager, seeds, params).images
-    c = sampling.synthesize(compiled, seeds, params).images  # compiles for this shape
-    diff = max(float(np.abs(a - b).max()), float(np.abs(a - c).max()))
-    st = interleave(
-        {
-            "engine": lambda: engine.synthesize(seeds, params),
-            "eager": lambda: sampling.synthesize(eager, seeds, params),
-            "compile": lambda: sampling.synthesize(compiled, seeds, params),
-        },
-        args.repeats,
-        args.warmup,
-    )
-    e, g, k = st["engine"], st["eager"], st["compile"]
+    run = {k: (lambda b=b: b.synthesize(seeds, params)) if isinstance(b, Engine)
+           else (lambda b=b: sampling.synthesize(b, seeds, params)) for k, b in paths.items()}  # fmt: skip
+    first = {k: fn().images for k, fn in run.items()}  # also compiles torch.compile for this shape
+    diff = max(float(np.abs(first["engine"] - x).max()) for x in first.values())
+    st = interleave(run, args.repeats, args.warmup)
+    e, g = st["engine"], st["eager"]
 
     def rate(x) -> str:
         r = flops * n / x.median  # FLOP/s
         return f"{r / 1e9:.0f} ({r / peak:.0%})"
 
-    print(f"  {name} count {n}: engine {e.ms()} ms, eager {g.ms()} ms, compile {k.ms()} ms", flush=True)
+    ms = {k: v.ms() for k, v in st.items()}
+    print(f"  {name} count {n}: " + ", ".join(f"{k} {v} ms" for k, v in ms.items()), flush=True)
+    ratio = lambda k: f"{st[k].median / e.median:.2f}" if k in st else "–"  # noqa: E731
     row = [
-        name, str(n), e.ms(), g.ms(), k.ms(), f"{g.median / e.median:.2f}", f"{k.median / e.median:.2f}",
-        rate(e), rate(g), "/".join(f"{x.cpu_per_wall:.2f}" for x in (e, g, k)), f"{diff:.1e}",
+        name, str(n), ms["engine"], ms.get("engine no-spin", "–"), ms["eager"], ms.get("compile", "–"),
+        ratio("eager"), ratio("compile"), rate(e), rate(g),
+        "/".join(f"{x.cpu_per_wall:.2f}" for x in st.values()), f"{diff:.1e}",
     ]  # fmt: skip
     return row, g.median / e.median
 
@@ -132,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--counts", default="1,16,64")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--nets", default=",".join(NETS))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="engine and eager device")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile case")
     args = p.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
     torch.set_num_threads(args.threads)
@@ -149,12 +149,19 @@ def main(argv: list[str] | None = None) -> int:
             descriptor, generator = seeded_nets(NETS[name])
             langevin = {"s": S, "delta": DELTA, "steps": params.steps, "sigma": SIGMA, "noise": True}
             bundle = export_bundle(descriptor, generator, Path(tmp) / name, langevin=langevin)
-            engine = Engine.open(bundle, device="cpu", threads=args.threads)
-            eager = TorchBackend(descriptor, generator, s=S, sigma=SIGMA)
-            compiled = CompiledBackend(descriptor, generator, s=S, sigma=SIGMA)
+            paths = {
+                "engine": Engine.open(bundle, device=args.device, threads=args.threads),
+                "engine no-spin": Engine.open(bundle, device=args.device, threads=args.threads, spin=False),
+                "eager": TorchBackend(descriptor, generator, s=S, sigma=SIGMA, device=args.device),
+            }
+            if args.compile:
+                paths["compile"] = CompiledBackend(
+                    descriptor, generator, s=S, sigma=SIGMA, device=args.device
+                )
+            eager = paths["eager"]
             flops = flops_per_image(eager, params)
             for n in counts:
-                row, ratio = measure(name, n, (engine, eager, compiled), flops, params, args, peak)
+                row, ratio = measure(name, n, paths, flops, params, args, peak)
                 rows.append(row)
                 ratios.append(ratio)
     print()
@@ -164,15 +171,16 @@ def main(argv: list[str] | None = None) -> int:
                 "net",
                 "count",
                 "engine ms (p10–p90)",
+                "engine no-spin ms",
                 "eager ms",
                 "compile ms",
                 "eager/engine",
                 "compile/engine",
                 "engine GFLOP/s (peak)",
                 "eager GFLOP/s (peak)",
-                "cpu/wall e/g/c",
+                "cpu/wall (cases in order)",
                 "max |Δ|",
-            ],
+            ],  # fmt: skip
             rows,
         )  # fmt: skip
     )

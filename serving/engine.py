@@ -108,10 +108,10 @@ class Engine:
         self.completion_defaults: CompletionParams = bundle.completion_params
 
     @classmethod
-    def open(cls, bundle_dir, *, device: str = "auto", threads: int = 0) -> Engine:
+    def open(cls, bundle_dir, *, device: str = "auto", threads: int = 0, spin: bool = True) -> Engine:
         """Reads and verifies the bundle and opens its sessions (raises contract.bundle.BundleError)."""
         bundle = read_bundle(bundle_dir)
-        return cls(bundle, open_sessions(bundle, device=device, threads=threads))
+        return cls(bundle, open_sessions(bundle, device=device, threads=threads, spin=spin))
 
     def draft(self, seeds: Sequence[int]) -> np.ndarray:
         """Drafts Ŷ = g(X), X drawn from each seed's rng as synthesis draws it: (N, C, H, W)."""

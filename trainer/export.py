@@ -255,6 +255,10 @@ def _export(graph: _Graph, args: tuple[torch.Tensor, ...], path: Path, exporter:
                 dynamo=False,
                 dynamic_axes=axes,
             )
+            # The exporter may declare an output's static sizes as symbols (seen after the pixel shuffle and
+            # slices of grads.conv_transpose2d_as_conv); ONNX shape inference recovers them, so that the
+            # graph says what the contract promises and check_graph_io can hold it to that.
+            onnx.save(onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True), str(path))
         else:
             warnings.simplefilter("ignore", FutureWarning)  # torch.export internals (pytree deprecations)
             warnings.filterwarnings("ignore", message=".*axis name", category=UserWarning)  # N is N: benign

@@ -90,6 +90,12 @@ def conv_transpose2d_as_conv(
     # ONNX integer division truncates where Python's // floors (a wrong T for K = 5, s = 2)
     c_in, c_out, k = (int(v) for v in weight.shape[:3])
     size_in = int(x.shape[2])
+    if size_in == 1 and padding + out_size <= k:  # a 1×1 input (the first generator layer, the last
+        # descriptor layer's adjoint) is a matmul; the conv form would spend K² times the FLOPs on padding
+        out = x.flatten(1) @ weight.reshape(c_in, c_out * k * k)  # (N, C_in) @ (C_in, C_out·K²)
+        out = out.reshape(-1, c_out, k, k)  # (N, C_out, K, K)
+        out = out[:, :, padding : padding + out_size, padding : padding + out_size]
+        return out if bias is None else out + bias.reshape(1, -1, 1, 1)
     t = -(-k // stride)
     last = (padding + out_size - 1) // stride  # the last phase row m any output needs
     pad = max(t - 1, last - (size_in - 1))  # t - 1 rows before m = 0, and rows past the input after it

@@ -22,27 +22,38 @@ from trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_
 class TorchBackend:
     """contract.sampling.Backend on the torch nets: numpy in, numpy out, autograd for the gradients."""
 
-    def __init__(self, descriptor: nn.Module, generator: nn.Module, *, s: float, sigma: float):
-        self.descriptor, self.generator = frozen_copy(descriptor), frozen_copy(generator)
+    def __init__(self, descriptor: nn.Module, generator: nn.Module, *, s: float, sigma: float, device="cpu"):
+        """`device` "cuda" runs the nets there (bench/synthesis.py's eager CUDA baseline); arrays cross at
+        every call, as numpy in and out is the contract."""
+        self.device = torch.device(device)
+        self.descriptor = frozen_copy(descriptor).to(self.device)
+        self.generator = frozen_copy(generator).to(self.device)
         spec = generator.spec
         self.image_shape, self.latent_dim = tuple(spec.image_shape), spec.latent_dim
         self.s, self.sigma = float(s), float(sigma)
 
     def generate(self, z: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return self.generator(_tensor(z)).numpy()  # (N, C, H, W)
+            return self.generator(self.tensor(z)).cpu().numpy()  # (N, C, H, W)
 
     def score(self, y: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return self.descriptor(_tensor(y)).numpy()  # (N,)
+            return self.descriptor(self.tensor(y)).cpu().numpy()  # (N,)
 
     def chain(self, y: np.ndarray, mask: np.ndarray, delta: float) -> _TorchChain:
         return _TorchChain(self, y, mask, delta)
 
     def latent_grad(self, z: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z_t, y_t, m_t = _tensor(z), _tensor(y), _tensor(mask)
+        z_t, y_t, m_t = self.tensor(z), self.tensor(y), self.tensor(mask)
         u, grad = latent_energy_and_grad(self.generator, z_t, y_t, m_t, self.sigma)  # (N,), (N, d)
-        return grad.numpy(), u.numpy()
+        return grad.cpu().numpy(), u.cpu().numpy()
+
+    def tensor(self, a: np.ndarray) -> torch.Tensor:
+        """A float32 tensor on the backend's device, sharing `a`'s memory on the CPU where it can; a
+        read-only array (the sampler passes broadcast views) is copied, since torch has no read-only
+        tensors."""
+        a = np.ascontiguousarray(a, np.float32)
+        return torch.from_numpy(a if a.flags.writeable else a.copy()).to(self.device)
 
 
 class _TorchChain:
@@ -50,20 +61,13 @@ class _TorchChain:
 
     def __init__(self, backend: TorchBackend, y: np.ndarray, mask: np.ndarray, delta: float):
         self.backend, self.delta = backend, float(delta)
-        self.y = torch.from_numpy(np.array(y, np.float32))  # (N, C, H, W), a copy
-        self.mask = _tensor(mask)  # (N, C, H, W)
+        self.y = torch.from_numpy(np.array(y, np.float32)).to(backend.device)  # (N, C, H, W), a copy
+        self.mask = backend.tensor(mask)  # (N, C, H, W)
 
     def step(self, noise: np.ndarray) -> None:
         _, grad = descriptor_score_and_grad(self.backend.descriptor, self.y)
-        u = _tensor(noise)  # (N, C, H, W)
+        u = self.backend.tensor(noise)  # (N, C, H, W)
         self.y = descriptor_step(self.y, grad, u, self.mask, self.delta, self.backend.s)
 
     def value(self) -> np.ndarray:
-        return self.y.numpy()
-
-
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """A float32 tensor on `a`'s memory where it can; a read-only array (the sampler passes broadcast views)
-    is copied, since torch has no read-only tensors."""
-    a = np.ascontiguousarray(a, np.float32)
-    return torch.from_numpy(a if a.flags.writeable else a.copy())
+        return self.y.cpu().numpy()

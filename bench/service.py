@@ -1,0 +1,152 @@
+"""Service speed: gRPC Synthesize vs the engine called directly, and concurrent single-image clients with
+dynamic batching on and off.
+
+    .venv/bin/python bench/service.py [--bundle DIR] [--repeats 9] [--clients 32] [--seconds 20]
+
+Without --bundle, a bundle of the 28 px net (seeded weights, as bench/synthesis.py) is exported to a
+temporary directory. coop-serve runs in a child process (serving.spawn: its own GIL, as in production) with
+the engine's device and threads. Part 1, latency at counts 1, 16, 64 and the bundle's default steps: the
+engine in this process and the same request through gRPC on loopback, interleaved, medians and p10/p90;
+overhead = gRPC / engine − 1. Part 2: `--clients` threads each sending count-1 Synthesize requests (distinct
+seeds) for `--seconds`, against a server with batching (--max-batch 64 --max-delay-ms 5) and one without
+(--max-batch 1); throughput in images/s, p50/p99 latency, against the engine's best images/s (count 64
+called directly). Ends with `service_overhead_count1=` (the gRPC overhead at count 1, a fraction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import interleave, machine, quantile, table  # noqa: E402
+
+from clients.client import CoopNetsClient  # noqa: E402
+from serving.engine import Engine  # noqa: E402
+from serving.spawn import spawn, wait_serving  # noqa: E402
+
+
+def default_bundle(tmp: Path) -> Path:
+    from synthesis import NETS, SIGMA, S, seeded_nets
+
+    from trainer.export import export_bundle
+
+    descriptor, generator = seeded_nets(NETS["mnist28"])
+    langevin = {"s": S, "delta": 0.002, "steps": 15, "sigma": SIGMA, "noise": True}
+    return export_bundle(descriptor, generator, tmp / "bundle", langevin=langevin)
+
+
+def latency(engine: Engine, address: str, counts: list[int], repeats: int, warmup: int) -> list[list[str]]:
+    rows = []
+    with CoopNetsClient(address, timeout=600) as client:
+        for n in counts:
+            seeds = list(range(n))
+            cases = {
+                "engine": lambda seeds=seeds: engine.synthesize(seeds),
+                "gRPC": lambda n=n: client.synthesize(count=n),
+            }
+            st = interleave(cases, repeats, warmup)
+            e, g = st["engine"], st["gRPC"]
+            rows.append([str(n), e.ms(), g.ms(), f"{g.median / e.median - 1:+.1%}", f"{e.cpu_per_wall:.2f}"])
+            print(f"  count {n}: engine {e.ms()} ms, gRPC {g.ms()} ms", flush=True)
+    return rows
+
+
+def clients_load(address: str, clients: int, seconds: float) -> dict:
+    """`clients` threads of count-1 requests for `seconds`: images/s and latency quantiles (ms)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def loop(i: int) -> None:
+        with CoopNetsClient(address, timeout=120) as c:
+            c.synthesize(count=1, seed=i)  # connect and warm before the clock starts counting
+            seed, mine = 1000 * i, []
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                c.synthesize(count=1, seed=seed)
+                mine.append(time.perf_counter() - t0)
+                seed += 1
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    return {
+        "images_per_s": len(latencies) / elapsed,
+        "p50": quantile(latencies, 0.5) * 1e3,
+        "p99": quantile(latencies, 0.99) * 1e3,
+        "n": len(latencies),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", default="")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--counts", default="1,16,64")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    counts = [int(c) for c in args.counts.split(",")]
+    print(f"machine: {machine()}")
+    print(f"threads: ONNX Runtime intra-op {args.threads} in the engine and in coop-serve")
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(args.bundle) if args.bundle else default_bundle(Path(tmp))
+        engine = Engine.open(bundle, device="cpu", threads=args.threads)
+        print(f"bundle: {bundle} ({engine.bundle.arch}), {engine.synthesis_defaults.steps} Langevin steps")
+        common = ["--device", "cpu", "--threads", str(args.threads), "--max-count", "64",
+                  "--max-queue", "256", "--workers", "320", "--log-level", "warning"]  # fmt: skip
+        batched = spawn(bundle, Path(tmp) / "batched", *common, "--max-batch", "64", "--max-delay-ms", "5")
+        wait_serving(batched.address)
+        try:
+            rows = latency(engine, batched.address, counts, args.repeats, args.warmup)
+            seeds = list(range(64))
+            best = interleave({"engine": lambda: engine.synthesize(seeds)}, args.repeats, args.warmup)[
+                "engine"
+            ]
+            best_rate = 64 / best.median
+            on = clients_load(batched.address, args.clients, args.seconds)
+        finally:
+            batched.stop()
+        single = spawn(bundle, Path(tmp) / "single", *common, "--max-batch", "1", "--max-delay-ms", "0")
+        wait_serving(single.address)
+        try:
+            off = clients_load(single.address, args.clients, args.seconds)
+        finally:
+            single.stop()
+    print()
+    print(
+        table(["count", "engine ms (p10–p90)", "gRPC ms (p10–p90)", "gRPC overhead", "engine cpu/wall"], rows)
+    )
+    print()
+    load_rows = [
+        [name, f"{r['images_per_s']:.1f}", f"{r['images_per_s'] / best_rate:.0%}", f"{r['p50']:.0f}",
+         f"{r['p99']:.0f}", f"{r['p99'] / r['p50']:.2f}", str(r["n"])]
+        for name, r in (("batching on (64, 5 ms)", on), ("batching off (max-batch 1)", off))
+    ]  # fmt: skip
+    print(f"{args.clients} clients × count 1 for {args.seconds:g} s; engine's best: {best_rate:.1f} images/s")
+    print(
+        table(["server", "images/s", "of engine best", "p50 ms", "p99 ms", "p99/p50", "requests"], load_rows)
+    )
+    overhead = float(rows[0][3].rstrip("%")) / 100
+    print(f"service_overhead_count1={overhead:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Training speed: this trainer's cooperative iteration vs the same math done the straightforward way.
+
+    .venv/bin/python bench/training.py [--repeats 5] [--warmup 2] [--settings tpami,default] [--threads 2]
+
+Settings:
+    tpami     the public PyTorch port's TPAMI-like CIFAR setting, same architecture layer for layer: 32×32×3
+              nets (cifar32), batch 100, 144 chains, 15 Langevin steps of δ = 0.001, lr_d 0.003
+    default   coop-train's defaults (mnist28, batch 32, chains = batch, 15 steps of δ = 0.002)
+Cases, interleaved iteration by iteration on separate runs built from the same seed:
+    trainer   trainer.coop.cooperative_iteration as coop-train runs it (Langevin asks autograd for the input
+              gradient only)
+    naive     the same iteration with every Langevin step doing a full backward() (weight gradients too, then
+              zeroed), as FANG-Xiaolin/pytorch-CoopNets does: same math, same samples
+    + each of --variants (trainer with channels-last tensors; trainer under bf16 autocast on the CPU)
+Data are uniform random images in [-1, 1] (speed does not depend on them). Phases: the share of the iteration
+spent in descriptor Langevin (trainer.coop.revise, timed by wrapping it) and the rest (draft, both updates).
+GFLOP/s: convolution and matmul FLOPs per iteration (torch.utils.flop_counter; the input-only gradient
+counted as a backward() through a frozen copy of the descriptor), over the median time. Ends with
+`train_speedup_vs_naive=` (naive / trainer at the tpami setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import Stats, fp32_peak, machine, quantile, table  # noqa: E402
+
+from trainer import coop, langevin  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.grads import frozen_copy  # noqa: E402
+
+SETTINGS = {
+    "tpami": TrainConfig(arch="cifar32", channels=3, image_size=32, batch_size=100, chains=144,
+                         langevin_steps=15, delta=0.001, lr_descriptor=0.003, device="cpu"),
+    "default": TrainConfig(device="cpu"),
+}  # fmt: skip
+SETTINGS["tpami4x"] = dataclasses.replace(SETTINGS["tpami"], chains=4 * 144)  # the GPU check's larger load
+
+
+def naive_score_and_grad(descriptor, y):
+    """f(Y) and ∂f/∂Y by a full backward(): the weights' gradients are computed too, then thrown away."""
+    with torch.enable_grad():
+        y = y.detach().requires_grad_(True)
+        f = descriptor(y)  # (N,)
+        f.sum().backward()
+    descriptor.zero_grad(set_to_none=True)
+    return f.detach(), y.grad
+
+
+@contextlib.contextmanager
+def patched(module, name: str, value):
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+class LangevinClock:
+    """Wraps trainer.coop.revise to add up the seconds spent in descriptor Langevin."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._revise = coop.revise
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return self._revise(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+def make_case(config: TrainConfig, variant: str):
+    """(run, one-iteration function) for a case; every case draws the same data batch."""
+    run = coop.build_run(config)
+    g = torch.Generator().manual_seed(1)
+    y = torch.rand(config.batch_size, *config.net_spec.image_shape, generator=g) * 2 - 1  # (N, C, H, W)
+    y = y.to(run.device)
+    if variant == "channels-last":
+        run.descriptor.to(memory_format=torch.channels_last)
+        run.generator.to(memory_format=torch.channels_last)
+        y = y.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        with contextlib.ExitStack() as stack:
+            if variant == "naive":
+                stack.enter_context(patched(langevin, "descriptor_score_and_grad", naive_score_and_grad))
+            if variant == "bf16":
+                stack.enter_context(torch.autocast(run.device.type, dtype=torch.bfloat16))
+            return coop.cooperative_iteration(run, y)
+
+    return run, step
+
+
+def flops(config: TrainConfig) -> dict[str, float]:
+    """Convolution/matmul FLOPs of one iteration: trainer (input-only gradients) and naive (full backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(fn) -> float:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            fn()
+        return float(counter.get_total_flops())
+
+    run = coop.build_run(config)
+    m, k = config.num_chains, config.langevin_steps
+    y = torch.zeros(m, *config.net_spec.image_shape, device=run.device)
+    # autograd on a frozen copy computes only the input gradient: what the trainer's autograd.grad asks for
+    step_trainer = count(lambda: naive_score_and_grad(frozen_copy(run.descriptor).to(run.device), y))
+    step_naive = count(lambda: naive_score_and_grad(run.descriptor, y))
+    no_langevin = dataclasses.replace(config, langevin_steps=0)
+    run0 = coop.build_run(no_langevin)
+    data = torch.zeros(config.batch_size, *config.net_spec.image_shape, device=run0.device)
+    rest = count(lambda: coop.cooperative_iteration(run0, data))
+    return {"trainer": rest + k * step_trainer, "naive": rest + k * step_naive}
+
+
+def measure(name: str, config: TrainConfig, variants: list[str], repeats: int, warmup: int):
+    cases = {v: make_case(config, v) for v in ["trainer", "naive", *variants]}
+    clocks = {v: LangevinClock() for v in cases}
+    walls = {v: [] for v in cases}
+    cpus = {v: [] for v in cases}
+    langevin_s = {v: 0.0 for v in cases}
+    for i in range(warmup + repeats):
+        for v, (_, step) in cases.items():
+            clock = clocks[v]
+            clock.seconds = 0.0
+            with patched(coop, "revise", clock):
+                c0, t0 = time.process_time(), time.perf_counter()
+                step()
+                t1, c1 = time.perf_counter(), time.process_time()
+            if i >= warmup:
+                walls[v].append(t1 - t0)
+                cpus[v].append(c1 - c0)
+                langevin_s[v] += clock.seconds
+    stats = {
+        v: Stats(sorted(w)[len(w) // 2], quantile(w, 0.1), quantile(w, 0.9), len(w), sum(cpus[v]) / sum(w))
+        for v, w in walls.items()
+    }
+    share = {v: langevin_s[v] / sum(walls[v]) for v in cases}
+    return stats, share
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--settings", default="tpami,default")
+    p.add_argument("--variants", default="channels-last,bf16", help="extra trainer variants ('' = none)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    variants = [v for v in args.variants.split(",") if v]
+    peak, how = fp32_peak()
+    print(f"machine: {machine()}")
+    print(f"threads: torch {torch.get_num_threads()} (intra-op), torch {torch.__version__}")
+    print(f"fp32 peak: {how}")
+    print(f"{args.repeats} iterations per case after {args.warmup} warm-up, interleaved")
+    rows, speedup = [], None
+    for name in args.settings.split(","):
+        config = dataclasses.replace(SETTINGS[name], device=args.device)
+        fl = flops(config)
+        stats, share = measure(name, config, variants, args.repeats, args.warmup)
+        base = stats["naive"].median
+        for v, st in stats.items():
+            f = fl["naive" if v == "naive" else "trainer"]
+            rows.append([
+                name, v, f"{st.median:.3f} ({st.p10:.3f}–{st.p90:.3f})", f"{1 / st.median:.2f}",
+                f"{base / st.median:.2f}", f"{share[v]:.0%}",
+                f"{share[v] * st.median / config.langevin_steps * 1e3:.1f}",
+                f"{f / st.median / 1e9:.0f} ({f / st.median / peak:.0%})", f"{st.cpu_per_wall:.2f}",
+            ])  # fmt: skip
+            print(f"  {name} {v}: {st.median:.3f} s/iteration", flush=True)
+        if name == "tpami":
+            speedup = base / stats["trainer"].median
+    print()
+    print(
+        table(
+            [
+                "setting",
+                "case",
+                "s/iteration (p10–p90)",
+                "iterations/s",
+                "vs naive",
+                "Langevin share",
+                "ms per Langevin step",
+                "GFLOP/s (peak)",
+                "cpu/wall",
+            ],
+            rows,
+        )  # fmt: skip
+    )
+    if speedup is not None:
+        print(f"train_speedup_vs_naive={speedup:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
