@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test lint clean
+.PHONY: setup data demo test lint clean protogen
 
 setup: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[train,test]'
 	touch $@
 
 # Fashion-MNIST ships with Debian (package dataset-fashion-mnist, MIT licence).
@@ -31,6 +31,12 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# The committed stubs come from one pinned generator (serving/protogen.py says why), in a venv of its own.
+protogen:
+	test -x $(VENV)-protogen/bin/python || python3 -m venv $(VENV)-protogen
+	$(VENV)-protogen/bin/pip install -q grpcio-tools==$$($(PY) -c 'from serving.protogen import GENERATOR; print(GENERATOR)')
+	$(VENV)-protogen/bin/python -m serving.protogen
 
 clean:
 	rm -rf runs

@@ -31,7 +31,7 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from clients.client import CoopNetsClient
+from clients.client import CoopNetsClient, channel_target
 from contract.codec import decode_png, save_grid, save_image, save_strip
 from contract.flags import Parser, add_flags, resolve
 
@@ -49,7 +49,7 @@ class Recovered:
 # ---- configs ----------------------------------------------------------------------------------------------
 
 CONNECTION_HELP = {
-    "server": "coop-serve address HOST:PORT",
+    "server": "coop-serve address HOST:PORT, or several IP:PORT comma-separated (replicas: round robin)",
     "token_file": "file with the bearer token the server expects",
     "tls_ca": "PEM CA that signed the server certificate (enables TLS)",
     "tls_cert": "PEM client certificate (mTLS)",
@@ -75,6 +75,11 @@ class ConnectionConfig:
         return self.check_connection()
 
     def check_connection(self) -> ConnectionConfig:
+        if self.server:
+            try:
+                channel_target(self.server)
+            except ValueError as e:
+                raise ValueError(f"--server: {e}") from None
         if not self.timeout > 0:
             raise ValueError(f"--timeout {self.timeout}: must be a positive number of seconds")
         return self
@@ -237,8 +242,17 @@ def _synth(config: SynthConfig) -> int:
 def _info(config: ConnectionConfig) -> int:
     with _client(config) as c:
         info = c.info()
-    print(json.dumps(MessageToDict(info, always_print_fields_with_no_presence=True), indent=2))
+    print(json.dumps(_as_dict(info), indent=2))
     return 0
+
+
+def _as_dict(message) -> dict:
+    """MessageToDict with zero-valued fields printed, on every protobuf the package admits: the keyword was
+    renamed in protobuf 5.26 (from including_default_value_fields, since removed); test_install runs 4.25."""
+    try:
+        return MessageToDict(message, always_print_fields_with_no_presence=True)
+    except TypeError:
+        return MessageToDict(message, including_default_value_fields=True)
 
 
 def _health(config: HealthConfig) -> int:

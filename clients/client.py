@@ -8,11 +8,16 @@ Images travel as raw float32 tensors by default (exact); masks are **1 = missing
 Every call takes a deadline (`timeout`, seconds). UNAVAILABLE (server starting, restarting, warming up) is
 retried by gRPC's own retry policy with exponential backoff. Errors raise grpc.RpcError; `bad_request_fields`
 reads the field names of an INVALID_ARGUMENT.
+
+Replicas: `CoopNetsClient("127.0.0.1:50051,127.0.0.1:50052")` opens one channel over both addresses with
+gRPC's `round_robin` policy (see `channel_target`), so consecutive calls alternate between the replicas and a
+replica that goes away is skipped until it is back.
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -70,9 +75,38 @@ def bad_request_fields(err: grpc.RpcError) -> list[str]:
     return fields
 
 
+def channel_target(server: str) -> str:
+    """The gRPC target for `server`: one HOST:PORT as it is, or several comma-separated IP:PORT addresses
+    (IPv6 as [ADDR]:PORT) as gRPC's static `ipv4:`/`ipv6:` resolver target, over which the round_robin policy
+    spreads the calls. Several addresses must be IP literals of one family: those resolvers take nothing else
+    (a DNS name with several A records, e.g. a Kubernetes headless Service, is given alone: round_robin
+    spreads over what it resolves to). Raises ValueError saying which address is wrong."""
+    parts = [p.strip() for p in server.split(",")]
+    if len(parts) == 1:
+        return server
+    families = set()
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        try:
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError
+            families.add(ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).version)
+        except ValueError:
+            raise ValueError(
+                f"server address {part!r} in {server!r}: several addresses must each be IP:PORT "
+                "(IPv6 as [ADDR]:PORT); give a DNS name alone"
+            ) from None
+    if len(families) > 1:
+        raise ValueError(f"server addresses {server!r} mix IPv4 and IPv6: give addresses of one family")
+    return f"ipv{families.pop()}:{','.join(parts)}"
+
+
 def _service_config(retries: int) -> str:
     return json.dumps(
         {
+            # Every address the target resolves to gets a connection and calls go round them in turn (gRPC's
+            # default, pick_first, would send everything to the first); one address: nothing changes.
+            "loadBalancingConfig": [{"round_robin": {}}],
             "methodConfig": [
                 {
                     "name": [{"service": "coopnets.v1.CoopNets"}],
@@ -84,7 +118,7 @@ def _service_config(retries: int) -> str:
                         "retryableStatusCodes": ["UNAVAILABLE"],
                     },
                 }
-            ]
+            ],
         }
     )
 
@@ -103,7 +137,8 @@ class CoopNetsClient:
         retries: int = 4,
         max_message_mb: int = 64,
     ):
-        """`target` host:port. TLS when tls_ca is given (plus tls_cert/tls_key for mTLS); `token` is sent as
+        """`target` host:port, or several IP:PORT comma-separated (replicas, round robin: `channel_target`).
+        TLS when tls_ca is given (plus tls_cert/tls_key for mTLS); `token` is sent as
         `authorization: Bearer <token>`. `timeout` is the default deadline of every call, in seconds."""
         options = [
             ("grpc.max_receive_message_length", max_message_mb << 20),
@@ -119,9 +154,9 @@ class CoopNetsClient:
                 private_key=Path(tls_key).read_bytes() if tls_key else None,
                 certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None,
             )
-            self.channel = grpc.secure_channel(target, creds, options=options)
+            self.channel = grpc.secure_channel(channel_target(target), creds, options=options)
         else:
-            self.channel = grpc.insecure_channel(target, options=options)
+            self.channel = grpc.insecure_channel(channel_target(target), options=options)
         self.stub = pb_grpc.CoopNetsStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout

@@ -166,6 +166,20 @@ def _draw(rngs: Sequence[np.random.Generator], shape: tuple[int, ...]) -> np.nda
     return np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs])
 
 
+def synthesis_draws(
+    seeds: Sequence[int], latent_dim: int, image_shape: tuple[int, int, int], steps: int, noise: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The random numbers synthesis of `seeds` consumes, in its order: X (N, d) and the Langevin noise
+    (K, N, C, H, W) (zeros without noise). For graphs that run the whole chain outside this sampler (the
+    Triton model of trainer/triton.py): fed these, they make the images this sampler makes for the seeds."""
+    rngs = rngs_for(seeds)
+    z = _draw(rngs, (latent_dim,))
+    shape = (steps, len(rngs), *image_shape)
+    if not noise:
+        return z, np.zeros(shape, np.float32)
+    return z, np.stack([_draw(rngs, image_shape) for _ in range(steps)]).reshape(shape)
+
+
 def drafts(backend: Backend, rngs: Sequence[np.random.Generator]) -> np.ndarray:
     """Ŷ = g(X), X ~ N(0, I_d) the first draw of each image's rng: (N, C, H, W)."""
     return backend.generate(_draw(rngs, (backend.latent_dim,)))

@@ -44,7 +44,8 @@ class Unavailable(Exception):
 
 
 class HealthServicer(health.HealthServicer):
-    """grpc.health.v1 with List, which grpcio-health-checking 1.85 leaves unimplemented."""
+    """grpc.health.v1 with List, which grpcio-health-checking 1.85 leaves unimplemented (earlier versions have
+    no List in their service at all: then this method is never registered)."""
 
     def List(self, request, context):
         with self._lock:
@@ -111,6 +112,11 @@ class Lifecycle:
         if engine is None:
             raise Unavailable("the model is still loading / warming up; retry shortly")
         return engine
+
+    @property
+    def ready(self) -> bool:
+        """An engine is served and draining has not begun (what health's SERVING says)."""
+        return self._engine is not None and not self._draining
 
     def start(self, engine: Engine) -> None:
         """Warms `engine` up, serves it, and says SERVING (unless draining has begun)."""

@@ -1,53 +1,115 @@
-"""Regenerates the Python code of the contract: `python -m serving.protogen` (then commit the result).
+"""Regenerates the Python code of the contract: `make protogen` (then commit the result).
 
-The generated modules are committed so that a fresh clone imports them without a build step.
-tests/test_serving_proto.py fails when they are stale, comparing what matters rather than bytes (which
-change with the grpcio-tools version): the FileDescriptorProto embedded in coopnets_pb2 against `compiled`,
-the .proto compiled now, and the methods of the generated stubs against the compiled service.
+The generated modules are committed so that a fresh clone imports them without a build step. They are made by
+one pinned generator, GENERATOR (grpcio-tools 1.62.3, protoc 25.x, gencode "Protobuf Python Version: 4.25.1"),
+because newer generators stamp the code with a runtime check (`ValidateProtobufRuntimeVersion`,
+`GRPC_GENERATED_VERSION`) that refuses every protobuf older than the generator's: stubs from grpcio-tools 1.85
+needed protobuf >= 7.35, and `pip install tritonclient[grpc]` (protobuf < 7) then broke every import of
+coopnets.v1. The old gencode carries no such check and runs on protobuf 4.25 through 7.x (measured:
+tests/test_install.py runs the lowest, the project's venv the newest). `make protogen` runs this module from
+a throw-away venv that holds GENERATOR; run elsewhere, main refuses with one line.
+
+tests/test_serving_proto.py fails when the committed code is stale, comparing what matters rather than bytes:
+the FileDescriptorProto embedded in each *_pb2 against `compiled` (the .proto compiled now by whatever
+grpcio-tools is installed), the methods of the generated stubs against the compiled service, and the absence
+of a runtime version check.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
+OIP_ROOT = PROTO_ROOT / "coopnets" / "oip"
 PROTO = "coopnets/v1/coopnets.proto"
 GENERATED = ("coopnets_pb2.py", "coopnets_pb2.pyi", "coopnets_pb2_grpc.py")
+GENERATOR = "1.62.3"  # grpcio-tools: the newest whose gencode has no runtime version check
 
 
-def generate(out_root: Path) -> list[Path]:
-    """Runs grpc_tools.protoc on the contract into <out_root>/coopnets/v1/; returns the generated files."""
+@dataclass(frozen=True)
+class Proto:
+    """One .proto: the include root protoc gets (so `name` is the file name registered in the descriptor
+    pool), and the Python package its generated modules live in."""
+
+    root: Path
+    name: str
+    package: str
+
+    @property
+    def source(self) -> Path:
+        return self.root / self.name
+
+    def module(self, suffix: str) -> Path:
+        """The committed generated file: suffix "_pb2.py", "_pb2.pyi" or "_pb2_grpc.py"."""
+        stem = self.source.with_suffix("")
+        return stem.with_name(stem.name + suffix)
+
+
+# The Open Inference Protocol (KServe v2 / Triton's gRPC API) under its published file names and package
+# `inference`: registered as "grpc_service.proto" and "model_config.proto" with the very descriptors that
+# tritonclient registers, so that serving's modules and tritonclient's load into one process (a descriptor
+# pool accepts the same file twice, never two definitions of one name). The .proto files are printed from
+# tritonclient's descriptors (`python -m serving.protogen --oip-from-tritonclient`), then generated like
+# coopnets.v1.
+PROTOS = (
+    Proto(PROTO_ROOT, PROTO, "coopnets.v1"),
+    Proto(OIP_ROOT, "model_config.proto", "coopnets.oip"),
+    Proto(OIP_ROOT, "grpc_service.proto", "coopnets.oip"),
+)
+OIP_HEADER = """// The Open Inference Protocol as Triton defines it ({name}; BSD-3-Clause, NVIDIA).
+// Printed by `python -m serving.protogen --oip-from-tritonclient` from the descriptors that
+// tritonclient {version} ships (its comments are not in them); protoc compiles it back to those
+// descriptors, byte for byte (tests/test_serving_proto.py). Do not edit: regenerate.
+"""
+
+
+def _include() -> str:
     import grpc_tools
+
+    return str(Path(grpc_tools.__file__).parent / "_proto")
+
+
+def generate(proto: Proto) -> list[Path]:
+    """Runs grpc_tools.protoc on `proto` into its folder, imports made absolute (`from coopnets.oip import
+    model_config_pb2`: protoc writes bare `import model_config_pb2` for a file at the include root); returns
+    the generated files."""
     from grpc_tools import protoc
 
-    include = str(Path(grpc_tools.__file__).parent / "_proto")
-    out_root.mkdir(parents=True, exist_ok=True)
     args = [
         "protoc",
-        f"-I{PROTO_ROOT}",
-        f"-I{include}",
-        f"--python_out={out_root}",
-        f"--pyi_out={out_root}",
-        f"--grpc_python_out={out_root}",
-        PROTO,
+        f"-I{proto.root}",
+        f"-I{_include()}",
+        f"--python_out={proto.root}",
+        f"--pyi_out={proto.root}",
+        f"--grpc_python_out={proto.root}",
+        proto.name,
     ]
     if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed on {PROTO_ROOT / PROTO}")
-    return [out_root / "coopnets" / "v1" / name for name in GENERATED]
+        raise RuntimeError(f"protoc failed on {proto.source}")
+    files = [proto.module(s) for s in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")]
+    if "/" not in proto.name:
+        for path in files:
+            text = re.sub(
+                r"^import (\w+_pb2) as ", rf"from {proto.package} import \1 as ", path.read_text(), flags=re.M
+            )
+            path.write_text(text)
+    return files
 
 
-def compiled(out_dir: Path):
-    """The .proto compiled now by grpc_tools.protoc, as the FileDescriptorProto that coopnets_pb2 embeds
+def compiled(out_dir: Path, proto: str | Proto = PROTO):
+    """`proto` compiled now by grpc_tools.protoc, as the FileDescriptorProto that its *_pb2 embeds
     (json_name cleared: the Python generator leaves it out, and it is derived from the field name)."""
-    import grpc_tools
     from google.protobuf import descriptor_pb2
     from grpc_tools import protoc
 
-    include = str(Path(grpc_tools.__file__).parent / "_proto")
-    out = out_dir / "coopnets.pb"
-    if protoc.main(["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--descriptor_set_out={out}", PROTO]) != 0:
-        raise RuntimeError(f"protoc failed on {PROTO_ROOT / PROTO}")
+    proto = proto if isinstance(proto, Proto) else Proto(PROTO_ROOT, proto, "")
+    out = out_dir / (Path(proto.name).stem + ".pb")
+    args = ["protoc", f"-I{proto.root}", f"-I{_include()}", f"--descriptor_set_out={out}", proto.name]
+    if protoc.main(args) != 0:
+        raise RuntimeError(f"protoc failed on {proto.source}")
     (file,) = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
 
     def clear(messages) -> None:
@@ -60,9 +122,143 @@ def compiled(out_dir: Path):
     return file
 
 
-def main() -> int:
-    for path in generate(PROTO_ROOT):
-        print(f"wrote {path}")
+def proto_source(file, header: str = "") -> str:
+    """.proto text that protoc compiles back to the FileDescriptorProto `file` (no comments, no source info):
+    proto3 messages, nested messages and enums, maps, oneofs and services; anything else raises ValueError."""
+    from google.protobuf import descriptor_pb2 as d
+
+    F = d.FieldDescriptorProto
+    scalars = {
+        getattr(F, "TYPE_" + n.upper()): n
+        for n in (
+            "double",
+            "float",
+            "int64",
+            "uint64",
+            "int32",
+            "fixed64",
+            "fixed32",
+            "bool",
+            "string",
+            "bytes",
+            "uint32",
+            "sfixed32",
+            "sfixed64",
+            "sint32",
+            "sint64",
+        )
+    }
+    if file.syntax != "proto3" or file.HasField("options"):
+        raise ValueError(f"{file.name}: only plain proto3 files can be printed")
+    out = [header, 'syntax = "proto3";', "", f"package {file.package};", ""]
+    out += [f'import "{dep}";' for dep in file.dependency] + ([""] if file.dependency else [])
+
+    def type_name(f) -> str:
+        return scalars[f.type] if f.type in scalars else f.type_name
+
+    def enum(e, ind):
+        if e.HasField("options"):
+            raise ValueError(f"enum {e.name} has options")
+        out.append(f"{ind}enum {e.name} {{")
+        out.extend(f"{ind}  {v.name} = {v.number};" for v in e.value)
+        out.append(f"{ind}}}")
+
+    def message(msg, ind):
+        if msg.HasField("options"):
+            raise ValueError(f"message {msg.name} has options")
+        out.append(f"{ind}message {msg.name} {{")
+        entries = {n.name: n for n in msg.nested_type if n.options.map_entry}
+        pending = list(msg.nested_type)
+        for e in msg.enum_type:
+            enum(e, ind + "  ")
+        open_oneof = None
+        for f in msg.field:
+            if f.HasField("options") or f.proto3_optional:
+                raise ValueError(f"field {msg.name}.{f.name}: options/optional are not printed")
+            entry = entries.get(f.type_name.rsplit(".", 1)[-1]) if f.label == F.LABEL_REPEATED else None
+            oneof = msg.oneof_decl[f.oneof_index].name if f.HasField("oneof_index") else None
+            # nested messages defined before this map's entry come first, as they did in the source
+            while entry is not None and pending and pending[0] is not entry:
+                n = pending.pop(0)
+                if n.options.map_entry:
+                    raise ValueError(f"{msg.name}: map entries out of order")
+                if open_oneof:
+                    raise ValueError(f"{msg.name}: a nested message inside oneof {open_oneof}")
+                message(n, ind + "  ")
+            if entry is not None:
+                pending.pop(0)
+            if oneof != open_oneof:
+                if open_oneof:
+                    out.append(f"{ind}  }}")
+                if oneof:
+                    out.append(f"{ind}  oneof {oneof} {{")
+                open_oneof = oneof
+            pad = ind + ("    " if oneof else "  ")
+            if entry is not None:
+                k, v = entry.field
+                out.append(f"{pad}map<{type_name(k)}, {type_name(v)}> {f.name} = {f.number};")
+            else:
+                rep = "repeated " if f.label == F.LABEL_REPEATED else ""
+                out.append(f"{pad}{rep}{type_name(f)} {f.name} = {f.number};")
+        if open_oneof:
+            out.append(f"{ind}  }}")
+        for n in pending:
+            if n.options.map_entry:
+                raise ValueError(f"{msg.name}: a map entry without its field")
+            message(n, ind + "  ")
+        out.append(f"{ind}}}")
+
+    for e in file.enum_type:
+        enum(e, "")
+        out.append("")
+    for msg in file.message_type:
+        message(msg, "")
+        out.append("")
+    for svc in file.service:
+        out.append(f"service {svc.name} {{")
+        for m in svc.method:
+            cs = "stream " if m.client_streaming else ""
+            ss = "stream " if m.server_streaming else ""
+            out.append(f"  rpc {m.name}({cs}{m.input_type}) returns ({ss}{m.output_type}) {{}}")
+        out.append("}")
+        out.append("")
+    return "\n".join(out)
+
+
+def oip_from_tritonclient() -> list[Path]:
+    """Writes the OIP .proto files from the descriptors of the installed tritonclient."""
+    from importlib.metadata import version
+
+    from google.protobuf import descriptor_pb2
+    from tritonclient.grpc import model_config_pb2, service_pb2
+
+    written = []
+    for module in (model_config_pb2, service_pb2):
+        file = descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb)
+        header = OIP_HEADER.format(name=file.name, version=version("tritonclient"))
+        (OIP_ROOT / file.name).write_text(proto_source(file, header))
+        written.append(OIP_ROOT / file.name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    from importlib.metadata import version
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--oip-from-tritonclient"]:
+        for path in oip_from_tritonclient():
+            print(f"wrote {path}")
+        return 0
+    found = version("grpcio-tools")
+    if found != GENERATOR:
+        print(
+            f"serving.protogen: needs grpcio-tools=={GENERATOR} (found {found}): run `make protogen`",
+            file=sys.stderr,
+        )
+        return 2
+    for proto in PROTOS:
+        for path in generate(proto):
+            print(f"wrote {path}")
     return 0
 
 

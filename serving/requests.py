@@ -70,8 +70,8 @@ class Completion:
 
 def synthesis(req: pb.SynthesizeRequest, model: Model, limits: Limits, prefix: str = "") -> Synthesis:
     """`prefix` is where the request sits in its parent message ("request." inside a stream request)."""
-    count = _count(req.count, limits, f"{prefix}count")
-    seed = _seed(req.seed, count, f"{prefix}seed")
+    count = checked_count(req.count, limits, f"{prefix}count")
+    seed = checked_seed(req.seed, count, f"{prefix}seed")
     d, lv = model.synthesis_defaults, req.langevin
     params = SynthesisParams(
         steps=int(lv.steps) if lv.HasField("steps") else d.steps,
@@ -94,7 +94,7 @@ def completion(req: pb.CompleteRequest, model: Model, limits: Limits) -> Complet
     """The mask comes from `mask` (1 / white = missing) or a named `occlusion` seeded by `seed`."""
     shape = model.image_shape
     image = image_from_message(req.image, shape, "image")  # (C, H, W)
-    seed = _seed(req.seed, 1, "seed")
+    seed = checked_seed(req.seed, 1, "seed")
     source = req.WhichOneof("mask_source")
     if source == "mask":
         mask = mask_from_message(req.mask, shape, "mask")  # (C, H, W), 1 = missing
@@ -124,19 +124,19 @@ def completion(req: pb.CompleteRequest, model: Model, limits: Limits) -> Complet
 
 def energy(req: pb.EnergyRequest, model: Model, limits: Limits) -> np.ndarray:
     """The images, (N, C, H, W) float32."""
-    _count(len(req.images), limits, "images")
+    checked_count(len(req.images), limits, "images")
     return np.stack(
         [image_from_message(m, model.image_shape, f"images[{i}]") for i, m in enumerate(req.images)]
     )
 
 
-def _count(count: int, limits: Limits, field: str) -> int:
+def checked_count(count: int, limits: Limits, field: str) -> int:
     if not 1 <= count <= limits.max_count:
         raise FieldError(field, f"{count} is not between 1 and max_count = {limits.max_count}")
     return int(count)
 
 
-def _seed(seed: int, count: int, field: str) -> int:
+def checked_seed(seed: int, count: int, field: str) -> int:
     if seed < 0 or seed + count - 1 > MAX_SEED:
         raise FieldError(field, f"{seed} must be >= 0 and seed + count - 1 <= 2^63 - 1")
     return int(seed)

@@ -5,6 +5,10 @@
     coop-serve --bundle B --tls-cert server.pem --tls-key server.key [--tls-client-ca ca.pem] --token-file tok
     coop-serve --config serve.toml --port 50052                # TOML keys = the flags' names; flags win
 
+Besides coopnets.v1 it serves the Open Inference Protocol (KServe v2 / Triton's
+inference.GRPCInferenceService, serving/oip.py) on the same port, through the same engine, batcher, limits,
+token and error mapping.
+
 Start-up order, so that orchestrators can trust the health service:
 1. verify the bundle (sha256 of every file) and the TLS/token files: any problem exits 2 with one line;
 2. bind and start gRPC at once: grpc.health.v1 answers NOT_SERVING (live, not ready);
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from coopnets.oip import grpc_service_pb2_grpc as oip_grpc
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -42,6 +47,8 @@ from serving.engine import Engine
 from serving.interceptors import DecodeErrorInterceptor, TokenInterceptor
 from serving.lifecycle import SERVICE_NAME, HealthServicer, Lifecycle, check_defaults
 from serving.metrics import Metrics
+from serving.oip import SERVICE_NAME as OIP_SERVICE_NAME
+from serving.oip import InferenceService
 from serving.requests import Limits
 from serving.service import CoopNetsService
 from serving.sessions import DEVICES, open_sessions
@@ -53,6 +60,8 @@ HELP = {
     "bundle": "model bundle directory written by coop-export (required)",
     "host": "address to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it (then use TLS and a token)",
     "port": "gRPC port; 0 = any free port (see --port-file)",
+    "reuse_port": "SO_REUSEPORT: several coop-serve processes (replicas) may bind the same --port and the "
+    "kernel spreads new connections among them; off, a second server on a used port fails to start",
     "port_file": 'write {"port": P, "metrics_port": M} here once bound (atomic)',
     "device": "auto (CUDA if it loads, else CPU) | cuda (fail if CUDA cannot load) | cpu (never tries CUDA)",
     "threads": "ONNX Runtime intra-op threads per session (0 = one per core)",
@@ -82,6 +91,7 @@ class ServeConfig:
     bundle: str = ""
     host: str = "127.0.0.1"
     port: int = 50051
+    reuse_port: bool = False
     port_file: str = ""
     device: str = "auto"
     threads: int = 0
@@ -227,7 +237,7 @@ def create_server(config: ServeConfig, engine: Engine | None = None) -> Server:
         options=[
             ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
             ("grpc.max_send_message_length", limits.max_send_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(config.reuse_port)),
         ],
     )
     health_servicer = HealthServicer(experimental_non_blocking=True)
@@ -243,9 +253,10 @@ def create_server(config: ServeConfig, engine: Engine | None = None) -> Server:
     )
     service = CoopNetsService(lifecycle, limits, metrics)
     pb_grpc.add_CoopNetsServicer_to_server(service, grpc_server)
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(service), grpc_server)
     if config.reflection:
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
+            (SERVICE_NAME, OIP_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
         )
     address = f"{config.host}:{config.port}"
     try:

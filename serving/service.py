@@ -3,7 +3,7 @@
 Thin on purpose: a handler reads its request with serving.requests (which raises FieldError or ParamError
 naming the field), runs the engine (unary RPCs through the batcher, SynthesizeStream by iterating the
 sampler's steps itself) and encodes with contract.codec. Every RPC, unary or streaming, runs inside
-`_handling`, the one mapping from how it ended to a status code, counted in
+`handling`, the one mapping from how it ended to a status code, counted in
 coopnets_requests_total{rpc, code}:
 
     FieldError, ParamError   INVALID_ARGUMENT, with a google.rpc.BadRequest detail naming the field
@@ -117,7 +117,7 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
         self.batcher.close()
 
     @contextlib.contextmanager
-    def _handling(self, rpc: str, context: grpc.ServicerContext):
+    def handling(self, rpc: str, context: grpc.ServicerContext):
         """Admits the RPC, maps how it ended to a status (aborting the RPC unless OK) and counts it."""
         start, code = time.perf_counter(), grpc.StatusCode.OK
         try:
@@ -149,17 +149,17 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
             )
         return {"images": out.images, "energy": out.energy}
 
-    def _submit(self, rpc: str, kind: str, params: Hashable, inputs: Arrays, context) -> Arrays:
+    def submit(self, rpc: str, kind: str, params: Hashable, inputs: Arrays, context) -> Arrays:
         job = Job(kind=kind, params=params, inputs=inputs, stop=_stop_event(context), rpc=rpc)
         return self.batcher.submit(job).result()
 
     # ---- RPCs -----------------------------------------------------------------------------------------
 
     def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
-        with self._handling("Synthesize", context):
+        with self.handling("Synthesize", context):
             ask = requests.synthesis(request, self.lifecycle.engine, self.limits)
             seeds = np.asarray(ask.seeds, dtype=np.int64)
-            out = self._submit("Synthesize", "synthesize", ask.params, {"seeds": seeds}, context)
+            out = self.submit("Synthesize", "synthesize", ask.params, {"seeds": seeds}, context)
             images = [
                 _generated(i, s, out["images"][i], ask.png, out["energy"][i]) for i, s in enumerate(ask.seeds)
             ]
@@ -168,7 +168,7 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
     def SynthesizeStream(self, request: pb.SynthesizeStreamRequest, context) -> Iterator[pb.SynthesizeEvent]:
         """Runs outside the batcher: it iterates the sampler's steps in this RPC's thread, so that it can send
         snapshots as they happen and stop between any two steps."""
-        with self._handling("SynthesizeStream", context):
+        with self.handling("SynthesizeStream", context):
             engine = self.lifecycle.engine
             ask = requests.stream(request, engine, self.limits)
             yield from self._stream(engine, ask, _stop_event(context))
@@ -209,14 +209,14 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
             yield pb.SynthesizeEvent(step=s.params.steps, final=True, image=image)
 
     def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:
-        with self._handling("Complete", context):
+        with self.handling("Complete", context):
             ask = requests.completion(request, self.lifecycle.engine, self.limits)
             inputs = {
                 "images": ask.image[None],
                 "masks": ask.mask[None],
                 "seeds": np.asarray([ask.seed], dtype=np.int64),
             }
-            out = self._submit("Complete", "complete", ask.params, inputs, context)
+            out = self.submit("Complete", "complete", ask.params, inputs, context)
             shown_mask = ask.mask * 2 - 1 if ask.png else ask.mask  # as a picture, white = missing
             return pb.CompleteResponse(
                 recovered=_image(out["images"][0], ask.png),
@@ -226,13 +226,13 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
             )
 
     def Energy(self, request: pb.EnergyRequest, context) -> pb.EnergyResponse:
-        with self._handling("Energy", context):
+        with self.handling("Energy", context):
             images = requests.energy(request, self.lifecycle.engine, self.limits)  # (N, C, H, W)
-            out = self._submit("Energy", "energy", None, {"images": images}, context)
+            out = self.submit("Energy", "energy", None, {"images": images}, context)
             return pb.EnergyResponse(energy=out["energy"].tolist(), score=out["score"].tolist())
 
     def ModelInfo(self, request: pb.ModelInfoRequest, context) -> pb.ModelInfoResponse:
-        with self._handling("ModelInfo", context):
+        with self.handling("ModelInfo", context):
             engine = self.lifecycle.engine
             b, lim = engine.bundle, self.limits
             lv, cp = b.langevin, b.completion

@@ -7,7 +7,8 @@
 
 The child binds port 0 and writes its ports to WORKDIR/port.json (coop-serve --port-file); its stdout and
 stderr go to WORKDIR/server.log. `prelude` is Python run before coop-serve's main in the child (the tests
-use it to make torch unimportable).
+use it to make torch unimportable). `python` and `cwd` run it from another environment (tests/test_install.py
+runs the base install's interpreter outside the source tree, so that the installed package is what runs).
 """
 
 from __future__ import annotations
@@ -48,7 +49,13 @@ class Spawned:
 
 
 def spawn(
-    bundle: str | os.PathLike, workdir: Path, *args: str, prelude: str = "", timeout: float = 120
+    bundle: str | os.PathLike,
+    workdir: Path,
+    *args: str,
+    prelude: str = "",
+    timeout: float = 120,
+    python: str = sys.executable,
+    cwd: Path = ROOT,
 ) -> Spawned:
     """Starts coop-serve on a free loopback port with `args` added; returns once the port is bound (health
     is NOT_SERVING until warm-up ends: see wait_serving). RuntimeError with the log if it exits first."""
@@ -69,8 +76,8 @@ def spawn(
     code = f"{prelude}\nimport sys\nfrom serving.server import main\nsys.exit(main())\n"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", code, *argv],
-            cwd=ROOT,
+            [python, "-c", code, *argv],
+            cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 
 import numpy as np
@@ -78,3 +80,48 @@ def test_not_a_checkpoint(tmp_path):
     torch.save({"model": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a coopnets checkpoint"):
         ckpt.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_drop_metrics_after_keeps_rows_up_to_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [json.dumps({"iteration": i, "loss_d": -1.0}) for i in range(1, 6)]
+    path.write_text("\n".join(rows) + '\n{"iteration": 6, "loss')  # the process died writing row 6
+    assert ckpt.drop_metrics_after(path, 3) == 3
+    assert path.read_text() == "\n".join(rows[:3]) + "\n"
+    assert ckpt.drop_metrics_after(path, 3) == 0 and ckpt.drop_metrics_after(tmp_path / "none", 3) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # written atomically, no temp left
+
+
+def test_run_dir_lock_is_exclusive_and_released_on_close(tmp_path):
+    fd = ckpt.lock_run_dir(tmp_path / "run")
+    assert (tmp_path / "run" / ".lock").read_text() == f"{os.getpid()}\n"
+    with pytest.raises(ValueError, match=rf"being trained by another process \(pid {os.getpid()} holds"):
+        ckpt.lock_run_dir(tmp_path / "run")
+    os.close(fd)
+    os.close(ckpt.lock_run_dir(tmp_path / "run"))
+
+
+def test_checkpoint_holds_every_ranks_rng_and_old_ones_still_resume(tmp_path):
+    from trainer.coop import restore_run
+
+    run = build_run(TrainConfig(seed=3))
+    other = ckpt.rng_states(torch.Generator().manual_seed(11))
+    path = ckpt.save_checkpoint(
+        tmp_path / "c.pt",
+        descriptor=run.descriptor,
+        generator=run.generator,
+        opt_d=run.opt_d,
+        opt_g=run.opt_g,
+        config=run.config,
+        iteration=4,
+        train_rng=run.rng,
+        rank_rngs=[ckpt.rng_states(run.rng), other],
+    )
+    state = ckpt.load_checkpoint(path)
+    assert state["world_size"] == 2 and torch.equal(state["rng_ranks"][1]["train"], other["train"])
+    assert torch.equal(state["rng"]["train"], run.rng.get_state())  # rank 0's, where it always was
+    expected = torch.randn(3, generator=run.rng)
+    del state["rng_ranks"], state["world_size"]  # a checkpoint written before torchrun support
+    fresh = build_run(TrainConfig(seed=3))
+    restore_run(fresh, state)
+    assert fresh.iteration == 4 and torch.equal(torch.randn(3, generator=fresh.rng), expected)

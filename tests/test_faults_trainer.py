@@ -1,6 +1,8 @@
 """coop-train killed with SIGKILL, at a random iteration and in the middle of a checkpoint write: `--resume`
 always finds a valid checkpoint, at most one checkpoint interval behind the last finished iteration, and
-continues exactly (the iterations it redoes log the same losses as before the kill).
+continues exactly (the iterations it redoes log the same losses as before the kill, and metrics.jsonl holds
+each iteration once: the rows past the checkpoint are dropped on resume). While a run trains, a second
+coop-train on its directory refuses with one line (RUN_DIR/.lock); the kill releases the lock.
 
 Real subprocesses, real SIGKILL (no cleanup code runs). The mid-write kill patches torch.save in the victim
 process so that it writes half of the checkpoint's bytes to the temporary file, fsyncs them, and SIGKILLs
@@ -73,8 +75,8 @@ def train_cmd(npz: Path, out: Path, iterations: int, *extra: str) -> list[str]:
     return ["--dataset", f"npz:{npz}", "--out", str(out), "--iterations", str(iterations), *TINY, *extra]
 
 
-def logged(run: Path) -> dict[int, dict]:
-    """metrics.jsonl by iteration; a re-done iteration keeps every record: {it: [first, second, ...]}."""
+def logged(run: Path) -> dict[int, list[dict]]:
+    """metrics.jsonl by iteration, every record kept: {it: [first, second, ...]}."""
     records: dict[int, list] = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
         if line.strip():
@@ -85,7 +87,8 @@ def logged(run: Path) -> dict[int, dict]:
 
 def resume_and_check(npz: Path, run: Path, killed_after: int) -> None:
     """The checkpoint is valid and at most one interval behind `killed_after` (the last logged iteration);
-    --resume continues one iteration past it, re-doing the lost ones with identical losses."""
+    --resume continues one iteration past it, re-doing the lost ones with identical losses, logged once."""
+    before = logged(run)
     state = load_checkpoint(run / "checkpoint.pt")
     saved = state["iteration"]
     assert killed_after - INTERVAL <= saved <= killed_after, (saved, killed_after)
@@ -102,9 +105,9 @@ def resume_and_check(npz: Path, run: Path, killed_after: int) -> None:
     records = logged(run)
     assert sorted(records) == list(range(1, target + 1))
     redone = [it for it in range(saved + 1, killed_after + 1)]
+    assert all(len(rows) == 1 for rows in records.values()), "a replayed row was not dropped"
     for it in redone:  # logged before the kill and again after the resume: the same numbers
-        first, again = records[it][0], records[it][-1]
-        assert len(records[it]) == 2
+        first, again = before[it][0], records[it][0]
         assert {k: v for k, v in first.items() if k != "seconds"} == {
             k: v for k, v in again.items() if k != "seconds"
         }
@@ -146,3 +149,32 @@ def test_sigkill_at_random_points_then_resume(npz, tmp_path):
         victim.send_signal(signal.SIGKILL)
         assert victim.wait(30) == -signal.SIGKILL
         resume_and_check(npz, run, killed_after=max(logged(run)))
+
+
+def test_a_second_trainer_on_a_running_directory_refuses(npz, tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "trainer.cli", *train_cmd(npz, run, 100)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while not ((run / "metrics.jsonl").exists() and max(logged(run), default=0) >= INTERVAL + 1):
+        assert first.poll() is None and time.monotonic() < deadline, "the first run ended early"
+        time.sleep(0.02)
+    for extra in ([], ["--resume"]):  # a fresh start and a resume are both refused while it trains
+        second = subprocess.run(
+            [sys.executable, "-m", "trainer.cli", *train_cmd(npz, run, 200), *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert second.returncode == 2
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert f"being trained by another process (pid {first.pid} holds" in second.stderr
+    assert first.poll() is None  # untouched by the refused ones
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(30) == -signal.SIGKILL
+    resume_and_check(npz, run, killed_after=max(logged(run)))  # SIGKILL released the lock

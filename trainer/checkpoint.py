@@ -10,6 +10,8 @@ old one): a crash mid-write leaves the previous checkpoint intact. It loads with
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import random
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from contract.files import atomic_write
+from contract.files import atomic_write, atomic_write_text
 from contract.flags import from_dict
 from trainer.config import TrainConfig
 from trainer.nets import Descriptor, Generator, NetSpec, build_nets
@@ -61,8 +63,11 @@ def save_checkpoint(
     iteration: int,
     train_rng: torch.Generator,
     scaler: torch.amp.GradScaler | None = None,
+    rank_rngs: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Atomically write the run's state after `iteration` completed iterations."""
+    """Atomically write the run's state after `iteration` completed iterations. `rank_rngs`: every rank's
+    `rng_states` (rank 0's first) under torchrun; None for one process (= [rng_states(train_rng)])."""
+    rank_rngs = rank_rngs if rank_rngs is not None else [rng_states(train_rng)]
     state = {
         "format": FORMAT,
         "version": VERSION,
@@ -78,7 +83,9 @@ def save_checkpoint(
         "opt_d": opt_d.state_dict(),
         "opt_g": opt_g.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
-        "rng": rng_states(train_rng),
+        "rng": rank_rngs[0],
+        "rng_ranks": rank_rngs,
+        "world_size": len(rank_rngs),
     }
     return atomic_write(path, lambda fh: torch.save(state, fh))
 
@@ -112,3 +119,46 @@ def load_models(path: str | os.PathLike) -> tuple[Descriptor, Generator, TrainCo
     descriptor.eval()
     generator.eval()
     return descriptor, generator, from_dict(TrainConfig, state["config"])
+
+
+def lock_run_dir(run_dir: str | os.PathLike) -> int:
+    """Takes RUN_DIR/.lock (creating RUN_DIR) for this process and returns its descriptor (keep it open;
+    closing it releases the lock). ValueError, one line, if another process holds it: two trainers never
+    write one run directory. The holder's pid is written into the file for that message."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ValueError(
+            f"--out {run_dir} is being trained by another process (pid {holder} holds {run_dir / '.lock'}); "
+            "wait for it to finish or choose another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def drop_metrics_after(path: str | os.PathLike, iteration: int) -> int:
+    """Rewrites metrics.jsonl (atomically) without the rows past `iteration`, the checkpoint's: a resumed run
+    logs those iterations again. A torn last line (the process died mid-write) goes too. Returns the number
+    of rows dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            keep = int(json.loads(line)["iteration"]) <= iteration
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += bool(line.strip())
+    if dropped:
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    return dropped

@@ -4,17 +4,21 @@
     coop-train --out runs/demo --iterations 600 --resume        # continue the same run to 600 iterations
     coop-train --config my.toml --device cuda --amp bf16 --out runs/big
     coop-train --dataset folder:/data/faces --image-size 64 --channels 3 --dry-run
+    torchrun --standalone --nproc_per_node=4 -m trainer.cli --out runs/ddp    # data parallel (distributed.py)
     coop-export runs/demo/checkpoint.pt runs/demo/bundle2
 
 Flags, the TOML file and the one-line errors come from contract.flags, as for every entry point: bad input
 exits with status 2 and one line saying what is wrong and how to fix it; a diverging run exits 1 and keeps
-its last good checkpoint; Ctrl-C exits 130 (the last checkpoint is kept: continue with --resume).
+its last good checkpoint; Ctrl-C exits 130 (the last checkpoint is kept: continue with --resume). Under
+torchrun an error on any rank stops every rank, rank 0 prints its one line; a rank that loses the others
+exits 1. A run directory being trained (RUN_DIR/.lock held) is refused with one line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,9 +30,11 @@ log = logging.getLogger("trainer")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _setup_logging(run_dir: Path | None) -> None:
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    if run_dir is not None:
+def _setup_logging(run_dir: Path | None, quiet: bool = False) -> None:
+    """The log on stderr and in RUN_DIR/train.log; `quiet` (ranks > 0 under torchrun) logs errors only and
+    writes no file: rank 0 speaks for the job."""
+    logging.basicConfig(level=logging.ERROR if quiet else logging.INFO, format=LOG_FORMAT)
+    if run_dir is not None and not quiet:
         run_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(run_dir / "train.log")
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -62,75 +68,116 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def _train(flags: dict, config_file: str | None, resume: bool, dry_run: bool) -> int:
-    from trainer.checkpoint import load_checkpoint
+    """coop-train's body on every rank (one process: the only rank). Errors that `Dist.together` agreed on
+    reach every rank as `Stopped`: rank 0 prints the one line, every rank exits with its code."""
+    from trainer.distributed import Dist, PeerLost, Stopped
+
+    dist = Dist.from_env(timeout_s=max(1.0, float(flags.get("dist_timeout", TrainConfig.dist_timeout))))
+    try:
+        return _train_ranks(dist, flags, config_file, resume, dry_run)
+    except Stopped as e:
+        if dist.is_main:
+            print(f"coop-train: error: {e}", file=sys.stderr)
+        return e.code
+    except PeerLost as e:  # another rank vanished (killed, its machine gone) or --dist-timeout passed
+        print(f"coop-train: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        dist.close()
+
+
+def _train_ranks(dist, flags: dict, config_file: str | None, resume: bool, dry_run: bool) -> int:
+    from trainer.checkpoint import load_checkpoint, lock_run_dir
     from trainer.coop import CHECKPOINT, DivergenceError, final_samples, train
     from trainer.data import load_images
 
-    config = resolve(TrainConfig, flags, config_file)
-    if resume:  # the checkpoint's config, then this command's file and flags on top
-        state = load_checkpoint(Path(config.out) / CHECKPOINT)
-        config = resolve(TrainConfig, flags, config_file, base=state["config"])
-        if config.iterations <= state["iteration"]:
-            raise ValueError(
-                f"--iterations {config.iterations}: the checkpoint is already at iteration "
-                f"{state['iteration']}; pass a larger total"
-            )
-    data = load_images(
-        config.dataset,
-        size=config.image_size,
-        channels=config.channels,
-        data_dir=config.data_dir,
-        max_images=config.max_images,
-    )
-    if len(data) == 0:
-        raise ValueError(f"--dataset {config.dataset}: no images")
+    with dist.together():  # bad input on any rank stops every rank
+        config = resolve(TrainConfig, flags, config_file)
+        if resume and dist.is_main:  # the checkpoint's config, then this command's file and flags on top
+            state = load_checkpoint(Path(config.out) / CHECKPOINT)
+            config = resolve(TrainConfig, flags, config_file, base=state["config"])
+            if config.iterations <= state["iteration"]:
+                raise ValueError(
+                    f"--iterations {config.iterations}: the checkpoint is already at iteration "
+                    f"{state['iteration']}; pass a larger total"
+                )
+    config = dist.broadcast_object(config)  # rank 0 read the checkpoint: no shared filesystem needed
+    with dist.together():
+        data = load_images(
+            config.dataset,
+            size=config.image_size,
+            channels=config.channels,
+            data_dir=config.data_dir,
+            max_images=config.max_images,
+        )
+        if len(data) == 0:
+            raise ValueError(f"--dataset {config.dataset}: no images")
     if dry_run:
         from trainer.coop import build_run
 
-        run = build_run(config)
+        run = build_run(config, dist)
         n_params = sum(p.numel() for p in [*run.descriptor.parameters(), *run.generator.parameters()])
-        print(json.dumps(config.to_dict(), indent=2))
-        print(
-            f"dry run ok: {len(data)} images {tuple(data.shape[1:])}, arch {config.resolved_arch}, "
-            f"{n_params} parameters, device {run.device}"
-        )
+        if dist.is_main:
+            print(json.dumps(config.to_dict(), indent=2))
+            print(
+                f"dry run ok: {len(data)} images {tuple(data.shape[1:])}, arch {config.resolved_arch}, "
+                f"{n_params} parameters, device {run.device}, {dist.world_size} rank(s)"
+            )
         return 0
     out = Path(config.out)
-    if not resume and (out / CHECKPOINT).exists():
-        raise ValueError(
-            f"--out {out} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
-            "choose another --out"
-        )
-    _setup_logging(out)
-    log.info(
-        "training %s on %s (%d images) for %d iterations into %s",
-        config.resolved_arch,
-        config.dataset,
-        len(data),
-        config.iterations,
-        out,
-    )
-    started = time.perf_counter()
+    lock = None  # rank 0's flock on RUN_DIR/.lock, held until the bundle is written
     try:
-        run = train(config, data, resume=resume, progress=True)
-    except DivergenceError as e:  # not bad input: the run itself failed (exit 1, the checkpoint is kept)
-        print(f"coop-train: error: {e}", file=sys.stderr)
-        return 1
-    log.info("trained to iteration %d in %.1f s", run.iteration, time.perf_counter() - started)
-    bn = final_samples(run, out / "samples")
-    log.info("final samples: %s", json.dumps({k: round(v, 4) for k, v in bn.items()}))
-    if config.export:
-        from trainer.export import export_run  # onnx and onnxruntime load only when a bundle is written
+        with dist.together():
+            if dist.is_main:
+                lock = lock_run_dir(out)  # refuses while another coop-train writes this run directory
+                if not resume and (out / CHECKPOINT).exists():
+                    raise ValueError(
+                        f"--out {out} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
+                        "choose another --out"
+                    )
+        _setup_logging(out, quiet=not dist.is_main)
+        log.info(
+            "training %s on %s (%d images) for %d iterations into %s; %d rank(s), global batch %d, %d chains",
+            config.resolved_arch,
+            config.dataset,
+            len(data),
+            config.iterations,
+            out,
+            dist.world_size,
+            config.batch_size * dist.world_size,
+            config.num_chains * dist.world_size,
+        )
+        started = time.perf_counter()
+        try:
+            run = train(config, data, resume=resume, progress=dist.is_main, dist=dist)
+        except DivergenceError as e:  # not bad input: the run itself failed (exit 1, the checkpoint is kept)
+            print(f"coop-train: error: {e}", file=sys.stderr)
+            return 1
+        if not dist.is_main:  # rank 0 alone writes the final samples and the bundle
+            return 0
+        log.info("trained to iteration %d in %.1f s", run.iteration, time.perf_counter() - started)
+        bn = final_samples(run, out / "samples")
+        log.info("final samples: %s", json.dumps({k: round(v, 4) for k, v in bn.items()}))
+        if config.export:
+            from trainer.export import export_run  # onnx and onnxruntime load only when a bundle is written
 
-        print(f"bundle: {export_run(run.descriptor, run.generator, config, out / 'bundle')}")
-    print(f"run directory: {out} (config.json, checkpoint.pt, metrics.jsonl, tb/, samples/)")
-    return 0
+            print(f"bundle: {export_run(run.descriptor, run.generator, config, out / 'bundle')}")
+        print(f"run directory: {out} (config.json, checkpoint.pt, metrics.jsonl, tb/, samples/)")
+        return 0
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 def export_main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="coop-export", description="Export a coop-train checkpoint as an ONNX model bundle.")
     parser.add_argument("checkpoint", help="RUN_DIR/checkpoint.pt")
     parser.add_argument("out_dir", help="bundle directory to write (atomically)")
+    parser.add_argument(
+        "--triton",
+        metavar="OUT_DIR",
+        help="also write a Triton model repository of the bundle there (trainer/triton.py)",
+    )
     args = parser.parse_args(argv)
 
     def export() -> int:
@@ -139,7 +186,12 @@ def export_main(argv: list[str] | None = None) -> int:
 
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
         descriptor, generator, config = load_models(args.checkpoint)
-        print(f"bundle: {export_run(descriptor, generator, config, Path(args.out_dir))}")
+        bundle = export_run(descriptor, generator, config, Path(args.out_dir))
+        print(f"bundle: {bundle}")
+        if args.triton:
+            from trainer.triton import export_triton
+
+            print(f"triton model repository: {export_triton(bundle, args.triton)}")
         return 0
 
     return cli_main("coop-export", export)

@@ -24,7 +24,8 @@ HELP = {
     "data_dir": "folder with the Fashion-MNIST idx(.gz) files (default: Debian's, then ~/.cache/coopnets)",
     "max_images": "use only the first N training images (0 = all)",
     "arch": "auto (from --image-size) | mnist28 | cifar32 | scene64",
-    "chains": "M̃, Langevin chains (generator drafts) per iteration; 0 = batch size",
+    "batch_size": "data images per iteration and per rank (global batch under torchrun: this x world size)",
+    "chains": "M̃, Langevin chains (generator drafts) per iteration and per rank; 0 = batch size",
     "langevin_steps": "l, descriptor Langevin steps per iteration",
     "delta": "δ, descriptor Langevin step size",
     "s": "reference distribution standard deviation",
@@ -35,6 +36,7 @@ HELP = {
     "guard_max_abs": "divergence guard: stop if a revised pixel leaves [-x, x]",
     "guard_energy_gap": "divergence guard: stop if |mean f(revised) - mean f(data)| exceeds this",
     "export": "export RUN_DIR/bundle at the end",
+    "dist_timeout": "under torchrun: seconds a rank waits in a collective for the others before it gives up",
     "out": "run directory (config, checkpoints, logs, samples, bundle)",
 }
 
@@ -74,6 +76,7 @@ class TrainConfig:
     ckpt_every: int = 250
     guard_max_abs: float = 10.0
     guard_energy_gap: float = 1e8
+    dist_timeout: float = 300.0
     export: bool = True
     out: str = "runs/coop"
 
@@ -139,6 +142,8 @@ class TrainConfig:
             bad("device", f"unknown device {self.device!r}: use auto, cpu or cuda")
         if self.amp not in ("none", "bf16", "fp16"):
             bad("amp", f"unknown autocast mode {self.amp!r}: use none, bf16 or fp16")
+        if not self.dist_timeout > 0:
+            bad("dist_timeout", f"must be > 0 seconds, got {self.dist_timeout}")
         if self.guard_max_abs <= 1 or self.guard_energy_gap <= 0:
             bad("guard_max_abs", "divergence guard limits must be > 1 (pixels) and > 0 (energy gap)")
         return self

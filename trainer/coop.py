@@ -10,6 +10,13 @@ One iteration, as in the paper:
 `cooperative_iteration` is that paragraph in code; `train` is the loop around it (data batches, logging,
 sample grids, checkpoints, the divergence guard). The generator trains with BatchNorm batch statistics
 (running statistics tracked) and is exported in eval mode with the running statistics.
+
+Under torchrun (trainer/distributed.py) every rank runs this same loop on its own share of the global batch:
+its own data batch (`batch_indices` by rank), its own M̃ chains from its own RNG stream, and the two
+gradients averaged over the ranks right before each optimiser step, so both nets take the step of the
+global-batch loss and stay identical on every rank. BatchNorm normalises by each rank's own M̃ drafts
+(per-rank statistics, see docs/training.md); the running statistics are averaged with the generator's
+gradients. Rank 0 alone writes the run directory. One process is the world-size-1 case: no collective runs.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +37,15 @@ from contract.codec import save_side_by_side
 from contract.files import atomic_write_json
 from contract.flags import from_dict
 from contract.sampling import energy
-from trainer.checkpoint import load_checkpoint, save_checkpoint, set_rng_states
+from trainer.checkpoint import (
+    drop_metrics_after,
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
 from trainer.config import TrainConfig
+from trainer.distributed import Dist, rank_seed
 from trainer.langevin import infer_latent, revise, torch_noise
 from trainer.nets import Descriptor, Generator, build_nets
 
@@ -70,7 +84,8 @@ class Run:
     opt_d: torch.optim.Adam
     opt_g: torch.optim.Adam
     scaler: torch.amp.GradScaler
-    rng: torch.Generator  # latents, Langevin noise
+    rng: torch.Generator  # latents, Langevin noise: this rank's stream (rank_seed)
+    dist: Dist = field(default_factory=Dist)  # this process's rank in the job (world size 1: alone)
     iteration: int = 0  # completed iterations
 
 
@@ -83,9 +98,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_run(config: TrainConfig) -> Run:
-    """Fresh nets (official initialisation), Adam optimisers and RNG for `config`, seeded."""
-    device = resolve_device(config.device)
+def build_run(config: TrainConfig, dist: Dist | None = None) -> Run:
+    """Fresh nets (official initialisation), Adam optimisers and RNG for `config`, seeded. The nets are
+    initialised from `config.seed` on every rank (identical); the RNG of latents and Langevin noise from
+    rank_seed(seed, rank) (rank 0: `seed` itself). No collective runs here."""
+    dist = dist or Dist()
+    device = dist.device(resolve_device(config.device))
     if config.amp != "none" and device.type != "cuda":
         raise ValueError(f"--amp {config.amp}: autocast is CUDA only; use --amp none on {device.type}")
     torch.manual_seed(config.seed)
@@ -98,20 +116,33 @@ def build_run(config: TrainConfig) -> Run:
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=betas)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     rng = torch.Generator(device=device)
-    rng.manual_seed(config.seed)
-    return Run(config, device, descriptor, generator, opt_d, opt_g, scaler, rng)
+    rng.manual_seed(rank_seed(config.seed, dist.rank))
+    return Run(config, device, descriptor, generator, opt_d, opt_g, scaler, rng, dist)
 
 
 def restore_run(run: Run, state: dict) -> None:
-    """Load a checkpoint dict into a freshly built run (same NetSpec)."""
+    """Load a checkpoint dict into a freshly built run (same NetSpec). Each rank restores its own RNG
+    states; if the checkpoint was written by another world size, the ranks it has states for restore them and
+    the others keep their fresh rank_seed streams (never used before in this run), with a warning."""
     run.descriptor.load_state_dict(state["descriptor"])
     run.generator.load_state_dict(state["generator"])
     run.opt_d.load_state_dict(state["opt_d"])
     run.opt_g.load_state_dict(state["opt_g"])
     if state["scaler"]:
         run.scaler.load_state_dict(state["scaler"])
-    set_rng_states(state["rng"], run.rng)
     run.iteration = int(state["iteration"])
+    ranks = state.get("rng_ranks") or [state["rng"]]  # checkpoints from before torchrun hold rank 0's only
+    rank, world = run.dist.rank, run.dist.world_size
+    if len(ranks) != world and run.dist.is_main:
+        log.warning(
+            "the checkpoint was written by %d process(es), this run has %d: the data order and the RNG "
+            "streams of ranks >= %d differ from a run that kept its world size",
+            len(ranks),
+            world,
+            min(len(ranks), world),
+        )
+    if rank < len(ranks):
+        set_rng_states(ranks[rank], run.rng)
 
 
 class _Autocast(nn.Module):
@@ -158,12 +189,14 @@ def cooperative_iteration(run: Run, y_data: torch.Tensor) -> tuple[IterStats, to
     loss_d = f_rev.mean() - f_data.mean()
     run.opt_d.zero_grad(set_to_none=True)
     run.scaler.scale(loss_d).backward()
+    run.dist.average_gradients(run.descriptor)  # under torchrun: ∂/∂α of the global batch's loss, every rank
     run.scaler.step(run.opt_d)
 
     # 5. Generator: regress the revised images on their own latents, minimise mean ‖Ỹ − g(X̂)‖² / (2σ²)
     loss_g = (y_rev - y_draft.float()).pow(2).flatten(1).sum(1).mean() / (2 * cfg.sigma**2)
     run.opt_g.zero_grad(set_to_none=True)
     run.scaler.scale(loss_g).backward()
+    run.dist.average_gradients(run.generator, running_stats=True)  # and BatchNorm's running statistics
     run.scaler.step(run.opt_g)
     run.scaler.update()
     run.iteration += 1
@@ -206,45 +239,91 @@ def check_divergence(stats: IterStats, config: TrainConfig, iteration: int) -> N
         )
 
 
-def batch_indices(iteration: int, n_data: int, batch_size: int, seed: int) -> torch.Tensor:
-    """Data indices of iteration `iteration`: epoch e uses a permutation seeded by (seed, e), batches without
-    replacement and the ragged tail dropped. Stateless, so resuming needs no data-loader state."""
-    per_epoch = max(1, n_data // batch_size)
+def batch_indices(
+    iteration: int, n_data: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+) -> torch.Tensor:
+    """Data indices of iteration `iteration` for rank `rank` of `world_size`: epoch e uses a permutation
+    seeded by (seed, e), global batches of world_size·batch_size without replacement, the ragged tail
+    dropped, and rank r takes the r-th batch_size slice of the global batch. So ranks see disjoint images, and
+    together exactly the batch one process with batch_size·world_size takes. Stateless: resuming needs no
+    data-loader state."""
+    global_batch = batch_size * world_size
+    per_epoch = max(1, n_data // global_batch)
     epoch, k = divmod(iteration, per_epoch)
     perm = torch.randperm(n_data, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return perm[k * batch_size : (k + 1) * batch_size] if n_data >= batch_size else perm
+    if n_data < global_batch:  # one process only: train() refuses this under torchrun
+        return perm
+    start = k * global_batch + rank * batch_size
+    return perm[start : start + batch_size]
+
+
+def global_stats(dist: Dist, stats: IterStats) -> IterStats:
+    """The global batch's statistics from every rank's (means of the equal-sized shares; the max of
+    max_abs), identical on every rank, so the divergence guard decides the same everywhere and rank 0 logs
+    the whole batch. World size 1: `stats` itself."""
+    values = asdict(stats)
+    max_abs = values.pop("max_abs")
+    means, (max_all,) = dist.reduce_means_and_max(list(values.values()), [max_abs])
+    return IterStats(**dict(zip(values, means, strict=True)), max_abs=max_all)
 
 
 # ---- the loop ------------------------------------------------------------------------------------
-def train(config: TrainConfig, data: np.ndarray, *, resume: bool = False, progress: bool = True) -> Run:
+def train(
+    config: TrainConfig,
+    data: np.ndarray,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    dist: Dist | None = None,
+) -> Run:
     """Train on uint8 `data` (N, C, H, W) into RUN_DIR = config.out; returns the finished run.
 
     Writes RUN_DIR/config.json, checkpoint.pt (every ckpt_every iterations and at the end), metrics.jsonl,
     tb/ (TensorBoard scalars) and samples/iter_XXXXXX.png (drafts | revised). With `resume`, continues from
-    RUN_DIR/checkpoint.pt up to config.iterations in total.
+    RUN_DIR/checkpoint.pt up to config.iterations in total, first dropping the metric rows (and TensorBoard
+    events) past the checkpoint's iteration, which it logs again. Under torchrun (`dist`), every rank calls
+    this with the same arguments; rank 0 alone reads the checkpoint (the others get it broadcast) and writes.
     """
     from trainer.data import to_tensor
 
+    dist = dist or Dist()
     out = Path(config.out)
-    run = build_run(config)
-    if resume:
-        state = load_checkpoint(out / CHECKPOINT, map_location=run.device)
-        if from_dict(TrainConfig, state["config"]).net_spec != config.net_spec:
-            raise ValueError(
-                f"--resume: {out / CHECKPOINT} holds a {state['spec']} model, not {config.net_spec}"
-            )
-        restore_run(run, state)
-        log.info("resumed %s at iteration %d", out / CHECKPOINT, run.iteration)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", config.to_dict())
     y_all = to_tensor(data)  # (N_data, C, H, W), kept on CPU; batches move to the device
-    if tuple(y_all.shape[1:]) != config.net_spec.image_shape:
-        raise ValueError(
-            f"data images are {tuple(y_all.shape[1:])} but the model needs {config.net_spec.image_shape}"
-        )
-    writer = _summary_writer(out / "tb")
+    state = None
+    with dist.together():  # an error on any rank (data, checkpoint, run directory) stops every rank
+        if tuple(y_all.shape[1:]) != config.net_spec.image_shape:
+            raise ValueError(
+                f"data images are {tuple(y_all.shape[1:])} but the model needs {config.net_spec.image_shape}"
+            )
+        if dist.world_size > 1 and len(y_all) < config.batch_size * dist.world_size:
+            raise ValueError(
+                f"--batch-size {config.batch_size} on {dist.world_size} ranks is a global batch of "
+                f"{config.batch_size * dist.world_size} images, more than the {len(y_all)} there are"
+            )
+        run = build_run(config, dist)
+        if resume and dist.is_main:
+            state = load_checkpoint(out / CHECKPOINT)
+            if from_dict(TrainConfig, state["config"]).net_spec != config.net_spec:
+                raise ValueError(
+                    f"--resume: {out / CHECKPOINT} holds a {state['spec']} model, not {config.net_spec}"
+                )
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / "config.json", config.to_dict())
+            if state is not None:
+                dropped = drop_metrics_after(out / "metrics.jsonl", int(state["iteration"]))
+                if dropped:
+                    log.info("dropped %d metric rows past iteration %d", dropped, state["iteration"])
+    if resume:
+        restore_run(run, dist.broadcast_object(state))
+        if dist.is_main:
+            log.info("resumed %s at iteration %d", out / CHECKPOINT, run.iteration)
+    else:
+        dist.broadcast_parameters(run.descriptor, run.generator)  # identical starts, even across machines
+    main = dist.is_main
+    writer = _summary_writer(out / "tb", purge_step=run.iteration + 1 if resume else None) if main else None
 
-    def checkpoint() -> None:
+    def checkpoint(rank_rngs: list) -> None:
         save_checkpoint(
             out / CHECKPOINT,
             descriptor=run.descriptor,
@@ -255,38 +334,48 @@ def train(config: TrainConfig, data: np.ndarray, *, resume: bool = False, progre
             iteration=run.iteration,
             train_rng=run.rng,
             scaler=run.scaler,
+            rank_rngs=rank_rngs,
         )
 
-    bar = _progress(run.iteration, config.iterations, progress)
+    bar = _progress(run.iteration, config.iterations, progress and main)
     start = time.perf_counter()
-    metrics = (out / "metrics.jsonl").open("a")
+    metrics = (out / "metrics.jsonl").open("a") if main else None
     try:
         while run.iteration < config.iterations:
-            idx = batch_indices(run.iteration, len(y_all), config.batch_size, config.seed)
-            y_data = y_all[idx].to(run.device)  # (N, C, H, W)
+            idx = batch_indices(
+                run.iteration, len(y_all), config.batch_size, config.seed, dist.rank, dist.world_size
+            )
+            y_data = y_all[idx].to(run.device)  # (N, C, H, W), this rank's share of the global batch
             stats, y_draft, y_rev = cooperative_iteration(run, y_data)
+            stats = global_stats(dist, stats)  # the global batch's, the same on every rank
             it = run.iteration
-            check_divergence(stats, config, it)
-            bar.update(1)
-            if it % config.log_every == 0 or it == config.iterations:
-                bar.set_postfix(loss_d=f"{stats.loss_d:.3g}", loss_g=f"{stats.loss_g:.3g}", refresh=False)
-                record = {"iteration": it, "seconds": round(time.perf_counter() - start, 2), **asdict(stats)}
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                if writer is not None:
-                    for key, value in asdict(stats).items():
-                        writer.add_scalar(f"train/{key}", value, it)
-            if it % config.sample_every == 0 or it == config.iterations:
-                n = min(GRID_IMAGES, len(y_rev))
-                save_side_by_side(
-                    [y_draft[:n].cpu().numpy(), y_rev[:n].cpu().numpy()],
-                    out / "samples" / f"iter_{it:06d}.png",
-                )
-            if it % config.ckpt_every == 0 or it == config.iterations:
-                checkpoint()
+            last = it == config.iterations
+            due_ckpt = it % config.ckpt_every == 0 or last
+            rank_rngs = dist.gather_object(rng_states(run.rng)) if due_ckpt else None  # on rank 0
+            with dist.together():  # the guard or a failed write on any rank stops every rank, one line
+                check_divergence(stats, config, it)
+                if main:
+                    bar.update(1)
+                    if it % config.log_every == 0 or last:
+                        bar.set_postfix(loss_d=f"{stats.loss_d:.3g}", loss_g=f"{stats.loss_g:.3g}")
+                        record = {"iteration": it, "seconds": round(time.perf_counter() - start, 2)}
+                        metrics.write(json.dumps({**record, **asdict(stats)}) + "\n")
+                        metrics.flush()
+                        if writer is not None:
+                            for key, value in asdict(stats).items():
+                                writer.add_scalar(f"train/{key}", value, it)
+                    if it % config.sample_every == 0 or last:
+                        n = min(GRID_IMAGES, len(y_rev))  # rank 0's chains
+                        save_side_by_side(
+                            [y_draft[:n].cpu().numpy(), y_rev[:n].cpu().numpy()],
+                            out / "samples" / f"iter_{it:06d}.png",
+                        )
+                    if due_ckpt:
+                        checkpoint(rank_rngs)
     finally:
         bar.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
         if writer is not None:
             writer.close()
     return run
@@ -321,13 +410,15 @@ def final_samples(run: Run, out_dir: Path, n: int = GRID_IMAGES) -> dict[str, fl
     return result
 
 
-def _summary_writer(path: Path):
+def _summary_writer(path: Path, purge_step: int | None = None):
+    """TensorBoard's writer; `purge_step` (on resume) discards the events at and after it that a killed run
+    logged past its checkpoint."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # pragma: no cover - tensorboard is a dependency
         log.warning("tensorboard is not installed: no TensorBoard scalars")
         return None
-    return SummaryWriter(str(path))
+    return SummaryWriter(str(path), purge_step=purge_step)
 
 
 def _progress(done: int, total: int, enabled: bool):

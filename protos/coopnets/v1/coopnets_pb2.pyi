@@ -2,8 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -40,7 +39,7 @@ class LangevinParams(_message.Message):
     steps: int
     step_size: float
     noise: bool
-    def __init__(self, steps: _Optional[int] = ..., step_size: _Optional[float] = ..., noise: _Optional[bool] = ...) -> None: ...
+    def __init__(self, steps: _Optional[int] = ..., step_size: _Optional[float] = ..., noise: bool = ...) -> None: ...
 
 class SynthesizeRequest(_message.Message):
     __slots__ = ("count", "seed", "langevin", "format")
@@ -88,7 +87,7 @@ class SynthesizeEvent(_message.Message):
     image: GeneratedImage
     step: int
     final: bool
-    def __init__(self, image: _Optional[_Union[GeneratedImage, _Mapping]] = ..., step: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
+    def __init__(self, image: _Optional[_Union[GeneratedImage, _Mapping]] = ..., step: _Optional[int] = ..., final: bool = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
     __slots__ = ("image", "mask", "occlusion", "seed", "latent_steps", "latent_step_size", "refine_steps", "refine_step_size", "noise", "format", "restarts")
@@ -114,7 +113,7 @@ class CompleteRequest(_message.Message):
     noise: bool
     format: ImageFormat
     restarts: int
-    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., mask: _Optional[_Union[Image, _Mapping]] = ..., occlusion: _Optional[str] = ..., seed: _Optional[int] = ..., latent_steps: _Optional[int] = ..., latent_step_size: _Optional[float] = ..., refine_steps: _Optional[int] = ..., refine_step_size: _Optional[float] = ..., noise: _Optional[bool] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., restarts: _Optional[int] = ...) -> None: ...
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., mask: _Optional[_Union[Image, _Mapping]] = ..., occlusion: _Optional[str] = ..., seed: _Optional[int] = ..., latent_steps: _Optional[int] = ..., latent_step_size: _Optional[float] = ..., refine_steps: _Optional[int] = ..., refine_step_size: _Optional[float] = ..., noise: bool = ..., format: _Optional[_Union[ImageFormat, str]] = ..., restarts: _Optional[int] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
     __slots__ = ("recovered", "occluded", "mask", "energy")
@@ -158,7 +157,7 @@ class LangevinDefaults(_message.Message):
     steps: int
     sigma: float
     noise: bool
-    def __init__(self, s: _Optional[float] = ..., step_size: _Optional[float] = ..., steps: _Optional[int] = ..., sigma: _Optional[float] = ..., noise: _Optional[bool] = ...) -> None: ...
+    def __init__(self, s: _Optional[float] = ..., step_size: _Optional[float] = ..., steps: _Optional[int] = ..., sigma: _Optional[float] = ..., noise: bool = ...) -> None: ...
 
 class CompletionDefaults(_message.Message):
     __slots__ = ("latent_steps", "latent_step_size", "latent_noise", "refine_steps", "restarts")
@@ -172,7 +171,7 @@ class CompletionDefaults(_message.Message):
     latent_noise: bool
     refine_steps: int
     restarts: int
-    def __init__(self, latent_steps: _Optional[int] = ..., latent_step_size: _Optional[float] = ..., latent_noise: _Optional[bool] = ..., refine_steps: _Optional[int] = ..., restarts: _Optional[int] = ...) -> None: ...
+    def __init__(self, latent_steps: _Optional[int] = ..., latent_step_size: _Optional[float] = ..., latent_noise: bool = ..., refine_steps: _Optional[int] = ..., restarts: _Optional[int] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
     __slots__ = ("graph", "providers")
