@@ -4,8 +4,7 @@
 
 For each net (mnist28: 1×28×28, cifar32: 3×32×32; seeded weights scaled up from the official init so that
 activations are far from zero) and each count, three cases run interleaved in one window:
-    engine   serving.engine.Engine.synthesize on an exported bundle (what coop-serve runs per batch), and
-             the same with ONNX Runtime's thread spinning off (the previous default)
+    engine   serving.engine.Engine.synthesize on an exported bundle (what coop-serve runs per batch)
     eager    contract.sampling.synthesize over trainer.reference.TorchBackend (autograd input gradients)
     compile  the same sampler with each Langevin step a torch.compile'd trainer.grads.LangevinStep
 All three draw the same per-image numpy noise and run the same K steps from the same drafts (checked: max
@@ -115,7 +114,7 @@ def measure(
     print(f"  {name} count {n}: " + ", ".join(f"{k} {v} ms" for k, v in ms.items()), flush=True)
     ratio = lambda k: f"{st[k].median / e.median:.2f}" if k in st else "–"  # noqa: E731
     row = [
-        name, str(n), ms["engine"], ms.get("engine no-spin", "–"), ms["eager"], ms.get("compile", "–"),
+        name, str(n), ms["engine"], ms["eager"], ms.get("compile", "–"),
         ratio("eager"), ratio("compile"), rate(e), rate(g),
         "/".join(f"{x.cpu_per_wall:.2f}" for x in st.values()), f"{diff:.1e}",
     ]  # fmt: skip
@@ -151,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
             bundle = export_bundle(descriptor, generator, Path(tmp) / name, langevin=langevin)
             paths = {
                 "engine": Engine.open(bundle, device=args.device, threads=args.threads),
-                "engine no-spin": Engine.open(bundle, device=args.device, threads=args.threads, spin=False),
                 "eager": TorchBackend(descriptor, generator, s=S, sigma=SIGMA, device=args.device),
             }
             if args.compile:
@@ -171,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
                 "net",
                 "count",
                 "engine ms (p10–p90)",
-                "engine no-spin ms",
                 "eager ms",
                 "compile ms",
                 "eager/engine",

@@ -108,7 +108,7 @@ class Engine:
         self.completion_defaults: CompletionParams = bundle.completion_params
 
     @classmethod
-    def open(cls, bundle_dir, *, device: str = "auto", threads: int = 0, spin: bool = True) -> Engine:
+    def open(cls, bundle_dir, *, device: str = "auto", threads: int = 0, spin: bool = False) -> Engine:
         """Reads and verifies the bundle and opens its sessions (raises contract.bundle.BundleError)."""
         bundle = read_bundle(bundle_dir)
         return cls(bundle, open_sessions(bundle, device=device, threads=threads, spin=spin))

@@ -43,14 +43,14 @@ class Sessions:
         return self.sessions[name]
 
 
-def session_options(threads: int = 0, spin: bool = True) -> ort.SessionOptions:
+def session_options(threads: int = 0, spin: bool = False) -> ort.SessionOptions:
     """Deliberate options: full graph optimisation, `threads` intra-op threads (0 = one per core), one
-    inter-op thread (the graphs are sequential), and the intra-op pool's spinning on or off.
+    inter-op thread (the graphs are sequential), and the intra-op pool's spinning off by default.
 
-    Spinning: between the ops of one run, a thread that finished its share spins for the next one instead of
-    sleeping. Off, every op pays a wake-up and a core sits idle (measured: cpu/wall 1.4 on 2 cores, a 64-image
-    Langevin step 44 ms against 34 ms with spinning, `python bench/synthesis.py`); the pool stops spinning
-    soon after a run ends, so an idle server still uses no CPU."""
+    Spinning keeps a pool thread busy-waiting for the next op instead of sleeping. One session alone on the
+    machine gains from it at large batches, but every session has its own pool, and a pool that spins after
+    its run takes the cores from the next session, from gRPC's threads and from any other process: measured
+    side by side, interleaved engines ran slower with it, so it is an option (`spin=True`), not a default."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -62,7 +62,7 @@ def session_options(threads: int = 0, spin: bool = True) -> ort.SessionOptions:
     return so
 
 
-def open_sessions(bundle: Bundle, device: str = "auto", threads: int = 0, spin: bool = True) -> Sessions:
+def open_sessions(bundle: Bundle, device: str = "auto", threads: int = 0, spin: bool = False) -> Sessions:
     """Opens the four graphs on `device` (auto | cuda | cpu, see the module docstring). Raises BundleError."""
     if device not in DEVICES:
         raise BundleError(f"--device {device!r} is not one of {', '.join(DEVICES)}")

@@ -85,11 +85,16 @@ def conv_transpose2d_as_conv(
     correlation with the flipped sub-kernel. All s² phases are stacked as output channels of one conv,
     pixel_shuffle interleaves them (channel c·s² + φh·s + φw -> pixel (s·m + φh, s·n + φw)), and a slice
     drops the padding rows.
-    Same FLOPs as the transposed conv when s divides K (zero taps otherwise)."""
+    Same FLOPs as the transposed conv when s divides K; otherwise the phases would need zero taps, and the
+    plain transposed conv is kept."""
     # Python ints, not traced sizes: the exporter would otherwise record this arithmetic in the graph, and
     # ONNX integer division truncates where Python's // floors (a wrong T for K = 5, s = 2)
     c_in, c_out, k = (int(v) for v in weight.shape[:3])
     size_in = int(x.shape[2])
+    if k % stride:  # phases with fewer taps would be padded with zeros: measured slower than ConvTranspose
+        # (cifar32's 5×5 and 3×3 stride-2 layers, `python bench/synthesis.py`)
+        extra = out_size - ((size_in - 1) * stride - 2 * padding + k)
+        return F.conv_transpose2d(x, weight, bias, stride, padding, extra)
     if size_in == 1 and padding + out_size <= k:  # a 1×1 input (the first generator layer, the last
         # descriptor layer's adjoint) is a matmul; the conv form would spend K² times the FLOPs on padding
         out = x.flatten(1) @ weight.reshape(c_in, c_out * k * k)  # (N, C_in) @ (C_in, C_out·K²)
