@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--delay-ms", type=int, default=5, help="--max-delay-ms of the batching server")
     args = p.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
     print(f"machine: {machine()}")
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bundle: {bundle} ({engine.bundle.arch}), {engine.synthesis_defaults.steps} Langevin steps")
         common = ["--device", "cpu", "--threads", str(args.threads), "--max-count", "64",
                   "--max-queue", "256", "--workers", "320", "--log-level", "warning"]  # fmt: skip
-        batched = spawn(bundle, Path(tmp) / "batched", *common, "--max-batch", "64", "--max-delay-ms", "5")
+        batching = ["--max-batch", "64", "--max-delay-ms", str(args.delay_ms)]
+        batched = spawn(bundle, Path(tmp) / "batched", *common, *batching)
         wait_serving(batched.address)
         try:
             rows = latency(engine, batched.address, counts, args.repeats, args.warmup)
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     load_rows = [
         [name, f"{r['images_per_s']:.1f}", f"{r['images_per_s'] / best_rate:.0%}", f"{r['p50']:.0f}",
          f"{r['p99']:.0f}", f"{r['p99'] / r['p50']:.2f}", str(r["n"])]
-        for name, r in (("batching on (64, 5 ms)", on), ("batching off (max-batch 1)", off))
+        for name, r in ((f"batching on (64, {args.delay_ms} ms)", on), ("batching off (max-batch 1)", off))
     ]  # fmt: skip
     print(f"{args.clients} clients × count 1 for {args.seconds:g} s; engine's best: {best_rate:.1f} images/s")
     print(
