@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import Stats, fp32_peak, machine, quantile, table  # noqa: E402
+from timing import fp32_peak, interleave, machine, table  # noqa: E402
 
 from trainer import coop, langevin  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
@@ -129,28 +130,24 @@ def flops(config: TrainConfig) -> dict[str, float]:
 
 
 def measure(name: str, config: TrainConfig, variants: list[str], repeats: int, warmup: int):
-    cases = {v: make_case(config, v) for v in ["trainer", "naive", *variants]}
-    clocks = {v: LangevinClock() for v in cases}
-    walls = {v: [] for v in cases}
-    cpus = {v: [] for v in cases}
-    langevin_s = {v: 0.0 for v in cases}
-    for i in range(warmup + repeats):
-        for v, (_, step) in cases.items():
-            clock = clocks[v]
+    """timing.interleave over the cases; each iteration also records its seconds in trainer.coop.revise."""
+    langevin_s: dict[str, list[float]] = {}
+
+    def timed(variant: str, step):
+        clock = LangevinClock()
+        langevin_s[variant] = []
+
+        def run():
             clock.seconds = 0.0
             with patched(coop, "revise", clock):
-                c0, t0 = time.process_time(), time.perf_counter()
                 step()
-                t1, c1 = time.perf_counter(), time.process_time()
-            if i >= warmup:
-                walls[v].append(t1 - t0)
-                cpus[v].append(c1 - c0)
-                langevin_s[v] += clock.seconds
-    stats = {
-        v: Stats(sorted(w)[len(w) // 2], quantile(w, 0.1), quantile(w, 0.9), len(w), sum(cpus[v]) / sum(w))
-        for v, w in walls.items()
-    }
-    share = {v: langevin_s[v] / sum(walls[v]) for v in cases}
+            langevin_s[variant].append(clock.seconds)
+
+        return run
+
+    cases = {v: timed(v, make_case(config, v)[1]) for v in ["trainer", "naive", *variants]}
+    stats = interleave(cases, repeats, warmup)
+    share = {v: statistics.median(langevin_s[v][warmup:]) / st.median for v, st in stats.items()}
     return stats, share
 
 
