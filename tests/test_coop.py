@@ -195,3 +195,37 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
         )
     assert (tmp_path / CHECKPOINT).read_bytes() == before
     assert load_checkpoint(tmp_path / CHECKPOINT)["iteration"] == 2
+
+
+def test_autocast_keeps_the_descriptors_large_outputs_in_float32():
+    """f of a trained descriptor lives beyond float16's 65504 (1.25e7 measured at iteration 30): under fp16
+    autocast the last layer and the sum stay float32, so f stays finite and close to the float32 value,
+    where autocasting the whole net overflows."""
+    from trainer.coop import _Autocast
+    from trainer.nets import Descriptor, NetSpec
+
+    desc = Descriptor(NetSpec())
+    with torch.no_grad():
+        desc.body[-1].weight.mul_(100)
+        desc.body[-1].bias.fill_(7e4)  # each of the 100 outputs beyond 65504, f about 7e6
+    y = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1  # (4, 1, 28, 28)
+    exact = desc(y)  # (4,) float32
+    assert exact.abs().min() > 65504
+    with torch.autocast("cpu", dtype=torch.float16):
+        whole = desc(y)
+    assert not torch.isfinite(whole.float()).all()  # the failure the split prevents
+    split = _Autocast(desc, torch.float16, "cpu")(y)
+    assert split.dtype == torch.float32 and torch.isfinite(split).all()
+    torch.testing.assert_close(split, exact, rtol=2e-2, atol=0)
+
+
+def test_amp_modes_this_cpu_cannot_run_fast_are_refused_with_one_line():
+    from trainer.coop import cpu_has_bf16
+
+    with pytest.raises(ValueError, match="--amp fp16: float16 autocast is for CUDA"):
+        build_run(TrainConfig(**TINY, amp="fp16", device="cpu"))
+    if cpu_has_bf16():
+        assert build_run(TrainConfig(**TINY, amp="bf16", device="cpu")).config.amp == "bf16"
+    else:
+        with pytest.raises(ValueError, match="--amp bf16: this CPU has no native bfloat16"):
+            build_run(TrainConfig(**TINY, amp="bf16", device="cpu"))
