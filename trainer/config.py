@@ -32,7 +32,7 @@ HELP = {
     "sigma": "σ, generator noise standard deviation",
     "infer_latent": "latent Langevin inference of X̂ on the revised images (off in the paper)",
     "device": "auto | cpu | cuda",
-    "amp": "none | bf16 | fp16 autocast for the nets (fp16: CUDA only; Langevin arithmetic, the descriptor's last layer and sum stay float32)",
+    "amp": "none | bf16 | fp16 autocast (fp16 CUDA only; Langevin, last descriptor layer, sum: float32)",
     "guard_max_abs": "divergence guard: stop if a revised pixel leaves [-x, x]",
     "guard_energy_gap": "divergence guard: stop if |mean f(revised) - mean f(data)| exceeds this",
     "export": "export RUN_DIR/bundle at the end",
