@@ -26,6 +26,7 @@ from contract.files import atomic_write
 GRID_PAD = 2  # white pixels between and around grid tiles
 STRIP_GAP = 8  # white pixels between the panels of a strip
 MIN_PICTURE_HEIGHT = 112  # strips are for people: small images are enlarged (nearest neighbour) to this
+MIN_GRID_SIDE = 256  # saved grids too: a 4x4 grid of 28-pixel images (122 px) is doubled to 244, then more
 
 
 class FieldError(ValueError):
@@ -152,14 +153,24 @@ def side_by_side(panels: list[np.ndarray], gap: int = STRIP_GAP, pad_value: int 
     return np.concatenate(parts, axis=1)  # (H, W1 + gap + W2 + ..., C)
 
 
+def enlarged(picture: np.ndarray, min_side: int = MIN_GRID_SIDE) -> np.ndarray:
+    """(H, W, C) uint8 with every pixel repeated the smallest integer number of times that makes its shorter
+    side at least `min_side` (nearest neighbour: no pixel is invented)."""
+    k = max(1, -(-min_side // min(picture.shape[:2])))
+    return picture.repeat(k, axis=0).repeat(k, axis=1)  # (k H, k W, C)
+
+
 def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = None) -> Path:
-    """One grid of (N, C, H, W) images as a PNG."""
-    return save_png(grid(images, nrow), path)
+    """One grid of (N, C, H, W) images as a PNG, enlarged to at least MIN_GRID_SIDE pixels a side."""
+    return save_png(enlarged(grid(images, nrow)), path)
 
 
 def save_side_by_side(panels: list[np.ndarray], path: str | os.PathLike, nrow: int | None = None) -> Path:
-    """Several image batches (e.g. drafts Ŷ and revised Ỹ of the same chains) as grids side by side."""
-    return save_png(side_by_side([grid(p, nrow) for p in panels]), path)
+    """Several image batches (e.g. drafts Ŷ and revised Ỹ of the same chains) as grids side by side, each
+    enlarged to at least MIN_GRID_SIDE pixels a side (the gap between them is not)."""
+    grids = [grid(p, nrow) for p in panels]
+    k = max(1, -(-MIN_GRID_SIDE // min(min(g.shape[:2]) for g in grids)))  # one factor for every panel
+    return save_png(side_by_side([g.repeat(k, axis=0).repeat(k, axis=1) for g in grids]), path)
 
 
 def save_strip(panels: list[np.ndarray], path: str | os.PathLike) -> Path:

@@ -177,3 +177,26 @@ def cli_main(prog: str, run: Callable[[], int], errors: tuple[type[BaseException
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def extra_main(prog: str, target: str, needs: Iterable[str], extra: str) -> Callable[[list[str] | None], int]:
+    """An entry point that first checks the packages of its install extra, so that a base install (serving
+    and clients, no torch) answers `coop-train` with one line saying what to install, not a traceback.
+    `target` is "module:function", imported only once `needs` are found."""
+
+    def main(argv: list[str] | None = None) -> int:
+        import importlib
+        import importlib.util
+
+        missing = [name for name in needs if importlib.util.find_spec(name) is None]
+        if missing:
+            print(
+                f"{prog}: error: {', '.join(missing)} not installed: {prog} needs the [{extra}] extra: "
+                f"pip install 'coopnets[{extra}]' (CPU-only torch first: pip install torch==2.13.0)",
+                file=sys.stderr,
+            )
+            return 2
+        module, function = target.split(":")
+        return getattr(importlib.import_module(module), function)(argv)
+
+    return main

@@ -65,7 +65,8 @@ def test_synth_writes_a_grid_and_single_pngs(coop_server, client, token_file, tm
         "seed_5.png",
         "seed_6.png",
     ]
-    assert _pixels(out / "grid.png").shape == (2 + 2 * 30, 2 + 2 * 30)  # 2x2 tiles of 28 + 2 pixels padding
+    side = 5 * (2 + 2 * 30)  # 2x2 tiles of 28 + 2 pixels padding, enlarged 5x to reach 256 pixels a side
+    assert _pixels(out / "grid.png").shape == (side, side)
     png = client.synthesize(count=1, seed=4, steps=2, png=True).images[0]
     assert np.array_equal(_pixels(out / "seed_4.png"), np.rint((png[0] + 1) * 127.5).astype(np.uint8))
     assert "wrote" in capsys.readouterr().out

@@ -84,6 +84,12 @@ def test_grids_and_strips_are_enlarged_and_atomic(tmp_path):
     k = codec.enlargement(28)
     assert k == 4 and Image.open(path).size == (2 * 28 * k + codec.STRIP_GAP, 28 * k)
     assert [p.name for p in tmp_path.iterdir()] == ["strip.png"]  # no temporary left behind
+    # saved grids are for people too: 62 px of tiles become 5 x 62 = 310 >= 256, each pixel repeated
+    saved = np.asarray(Image.open(codec.save_grid(images, tmp_path / "grid.png")))
+    assert saved.shape[:2] == (5 * 62, 5 * 62)
+    np.testing.assert_array_equal(saved[::5, ::5], grid[:, :, 0])
+    pair = Image.open(codec.save_side_by_side([images, images], tmp_path / "pair.png"))
+    assert pair.size == (2 * 5 * 62 + codec.STRIP_GAP, 5 * 62)
 
 
 # ---- occlusions --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ cannot hide. The manifest is read back through contract.bundle, the reader the s
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 
@@ -270,3 +271,32 @@ def test_export_run_writes_the_runs_settings_and_leaves_its_nets_alone(tmp_path)
     assert manifest["training"] == json.loads(json.dumps(config.to_dict()))
     assert generator.training
     assert all(torch.equal(v, before[k]) for k, v in generator.state_dict().items())
+
+
+def test_batchnorm_recalibration_matches_batch_statistics_and_keeps_the_weights():
+    """Running statistics that lag the weights (here: garbage) are recomputed at the final weights: the
+    eval-mode drafts then match the batch-statistics drafts training saw, and no weight changes."""
+    from trainer.export import recalibrate_batchnorm
+    from trainer.nets import Generator, NetSpec
+
+    g = Generator(NetSpec())
+    g.train()
+    with torch.no_grad():
+        for _ in range(3):  # a few training-mode passes at other latents' scale, then spoil the averages
+            g(3 * torch.randn(32, 100))
+        for m in g.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.add_(0.5)
+                m.running_var.mul_(4)
+    x = torch.randn(256, 100, generator=torch.Generator().manual_seed(1))  # (256, d)
+
+    def gap(net) -> float:
+        with torch.no_grad():
+            batch = copy.deepcopy(net).train()(x)  # batch statistics of 256 fresh latents
+            return (net.eval()(x) - batch).pow(2).mean().sqrt().item()
+
+    fixed = recalibrate_batchnorm(g, 100, batch=32, batches=40)
+    assert gap(fixed) < 0.2 * gap(copy.deepcopy(g)), (gap(fixed), gap(copy.deepcopy(g)))
+    for (name, p), q in zip(g.named_parameters(), fixed.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert not fixed.training

@@ -80,6 +80,17 @@ def test_the_base_install_has_no_torch_and_the_lowest_protobuf(base_venv):
     print(f"base install: {site_packages_mb(base_venv):.0f} MiB of site-packages")
 
 
+def test_the_train_extras_commands_say_what_to_install_on_a_base_install(base_venv, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    for prog in ("coop-train", "coop-export", "coop-eval"):
+        out = subprocess.run(
+            [str(base_venv / "bin" / prog), "--help"], capture_output=True, text=True, env=env, cwd=tmp_path
+        )
+        assert out.returncode == 2 and out.stdout == "", (prog, out)
+        assert out.stderr.startswith(f"{prog}: error: torch") and "coopnets[train]" in out.stderr, out.stderr
+        assert out.stderr.count("\n") == 1  # one line, no traceback
+
+
 def test_the_proto_tests_pass_on_the_lowest_protobuf(base_venv):
     """The committed stubs (gencode 4.25.1, no runtime check) import and match the .proto on protobuf 4.25."""
     py = str(base_venv / "bin" / "python")

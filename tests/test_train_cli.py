@@ -61,6 +61,44 @@ def test_config_file_then_flags_override_defaults(tmp_path, capsys):
     assert "unknown key 'lr_descriptr'" in err and err.count("\n") == 1
 
 
+def test_a_preset_replaces_the_defaults_below_the_file_and_the_flags(tmp_path, capsys):
+    from trainer.presets import PRESETS
+
+    out = ["--out", str(tmp_path / "run")]
+    cfg = dry_run(capsys, *out, "--preset", "paper-mnist")
+    assert {k: cfg[k] for k in PRESETS["paper-mnist"].values} == PRESETS["paper-mnist"].values
+    assert (cfg["batch_size"], cfg["chains"], cfg["preset"]) == (100, 144, "paper-mnist")
+    toml = tmp_path / "c.toml"
+    toml.write_text('preset = "port-cifar"\nchains = 64\n')
+    cfg = dry_run(capsys, *out, "--config", str(toml), "--batch-size", "8")
+    assert (cfg["preset"], cfg["delta"], cfg["langevin_noise"], cfg["chains"], cfg["batch_size"]) == (
+        "port-cifar",
+        0.001,
+        False,
+        64,
+        8,
+    )
+    assert train_main(["--preset", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"{name}:" in listed for name in PRESETS) and "--no-langevin-noise" in listed
+
+
+def test_resume_keeps_the_presets_values(tmp_path, npz, capsys):
+    out = tmp_path / "run"
+    common = ["--dataset", f"npz:{npz}", "--out", str(out), "--no-export", "--preset", "port-cifar"]
+    small = ["--batch-size", "4", "--chains", "4", "--image-size", "28", "--channels", "1"]
+    assert train_main([*common, *small, "--iterations", "1", "--langevin-steps", "1"]) == 0
+    assert train_main(["--out", str(out), "--resume", "--iterations", "2"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["preset"], saved["delta"], saved["langevin_steps"], saved["batch_size"]) == (
+        "port-cifar",
+        0.001,
+        1,
+        4,
+    )
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
@@ -72,6 +110,7 @@ def test_config_file_then_flags_override_defaults(tmp_path, capsys):
         (["--arch", "scene64"], "--arch: scene64 makes 64px images"),
         (["--amp", "fp8"], "--amp: unknown autocast mode"),
         (["--batch-size", "x"], "invalid int value"),
+        (["--preset", "paper"], "--preset 'paper': unknown; use one of paper-mnist"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv, words, capsys, tmp_path):

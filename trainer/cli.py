@@ -23,8 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from contract.flags import Parser, add_flags, cli_main, resolve
-from trainer.config import HELP, TrainConfig
+from contract.flags import Parser, add_flags, cli_main
+from trainer.config import HELP, TrainConfig, resolve_train_config
 
 log = logging.getLogger("trainer")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -64,6 +64,11 @@ def train_main(argv: list[str] | None = None) -> int:
     add_flags(parser, TrainConfig, HELP)
     args = vars(parser.parse_args(argv))
     config_file, resume, dry_run = args.pop("config"), args.pop("resume"), args.pop("dry_run")
+    if args.get("preset") == "list":
+        from trainer.presets import describe
+
+        print(describe())
+        return 0
     return cli_main("coop-train", lambda: _train(args, config_file, resume, dry_run))
 
 
@@ -92,10 +97,10 @@ def _train_ranks(dist, flags: dict, config_file: str | None, resume: bool, dry_r
     from trainer.data import load_images
 
     with dist.together():  # bad input on any rank stops every rank
-        config = resolve(TrainConfig, flags, config_file)
+        config = resolve_train_config(flags, config_file)
         if resume and dist.is_main:  # the checkpoint's config, then this command's file and flags on top
             state = load_checkpoint(Path(config.out) / CHECKPOINT)
-            config = resolve(TrainConfig, flags, config_file, base=state["config"])
+            config = resolve_train_config(flags, config_file, saved=state["config"])
             if config.iterations <= state["iteration"]:
                 raise ValueError(
                     f"--iterations {config.iterations}: the checkpoint is already at iteration "
@@ -178,14 +183,24 @@ def export_main(argv: list[str] | None = None) -> int:
         metavar="OUT_DIR",
         help="also write a Triton model repository of the bundle there (trainer/triton.py)",
     )
+    parser.add_argument(
+        "--bn-recalibrate",
+        type=int,
+        metavar="BATCHES",
+        help=f"{HELP['bn_recalibrate']} (default: the run's --bn-recalibrate)",
+    )
     args = parser.parse_args(argv)
 
     def export() -> int:
+        import dataclasses
+
         from trainer.checkpoint import load_models
         from trainer.export import export_run
 
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
         descriptor, generator, config = load_models(args.checkpoint)
+        if args.bn_recalibrate is not None:
+            config = dataclasses.replace(config, bn_recalibrate=args.bn_recalibrate).validate()
         bundle = export_run(descriptor, generator, config, Path(args.out_dir))
         print(f"bundle: {bundle}")
         if args.triton:

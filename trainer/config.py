@@ -20,6 +20,8 @@ from trainer.nets import ARCH_FOR_SIZE, ARCHS, NetSpec, arch_for_size, image_siz
 DATASET_KINDS = ("fashion-mnist", "digits", "folder:PATH", "npz:PATH")
 
 HELP = {
+    "preset": "named hyperparameters (trainer/presets.py: paper-mnist, paper-scene, port-cifar, cpu; "
+    "'list' prints them); --config and flags override it",
     "dataset": "fashion-mnist | digits | folder:PATH | npz:PATH",
     "data_dir": "folder with the Fashion-MNIST idx(.gz) files (default: Debian's, then ~/.cache/coopnets)",
     "max_images": "use only the first N training images (0 = all)",
@@ -31,11 +33,15 @@ HELP = {
     "s": "reference distribution standard deviation",
     "sigma": "σ, generator noise standard deviation",
     "infer_latent": "latent Langevin inference of X̂ on the revised images (off in the paper)",
+    "latent_step_size": "η of --infer-latent's steps on the per-image U(X) (docs/training.md: measured)",
+    "latent_noise": "the η·N(0, I) term of --infer-latent's steps (the official code always adds it)",
     "device": "auto | cpu | cuda",
     "amp": "none | bf16 | fp16 autocast (fp16 CUDA only; Langevin, last descriptor layer, sum: float32)",
     "guard_max_abs": "divergence guard: stop if a revised pixel leaves [-x, x]",
     "guard_energy_gap": "divergence guard: stop if |mean f(revised) - mean f(data)| exceeds this",
     "export": "export RUN_DIR/bundle at the end",
+    "bn_recalibrate": "at export, recompute the generator's BatchNorm statistics over this many batches of "
+    "fresh latents (0 = training's running averages)",
     "dist_timeout": "under torchrun: seconds a rank waits in a collective for the others before it gives up",
     "out": "run directory (config, checkpoints, logs, samples, bundle)",
 }
@@ -43,6 +49,7 @@ HELP = {
 
 @dataclass(frozen=True)
 class TrainConfig:
+    preset: str = ""  # its values sit below --config and flags: see resolve_train_config
     # data
     dataset: str = "fashion-mnist"
     data_dir: str = ""
@@ -66,7 +73,8 @@ class TrainConfig:
     beta1: float = 0.5
     infer_latent: bool = False
     latent_steps: int = 10
-    latent_step_size: float = 0.1
+    latent_step_size: float = 0.02
+    latent_noise: bool = True
     # run
     seed: int = 0
     device: str = "auto"
@@ -78,6 +86,7 @@ class TrainConfig:
     guard_energy_gap: float = 1e8
     dist_timeout: float = 300.0
     export: bool = True
+    bn_recalibrate: int = 0
     out: str = "runs/coop"
 
     # ---- derived -------------------------------------------------------------------------------------------
@@ -117,7 +126,7 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("chains", "langevin_steps", "latent_steps", "max_images"):
+        for name in ("chains", "langevin_steps", "latent_steps", "max_images", "bn_recalibrate"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.beta1 < 1:
@@ -144,6 +153,25 @@ class TrainConfig:
             bad("amp", f"unknown autocast mode {self.amp!r}: use none, bf16 or fp16")
         if not self.dist_timeout > 0:
             bad("dist_timeout", f"must be > 0 seconds, got {self.dist_timeout}")
+        if self.preset:
+            from trainer.presets import preset_values
+
+            preset_values(self.preset)  # ValueError naming --preset for an unknown name
         if self.guard_max_abs <= 1 or self.guard_energy_gap <= 0:
             bad("guard_max_abs", "divergence guard limits must be > 1 (pixels) and > 0 (energy gap)")
         return self
+
+
+def resolve_train_config(
+    flags: dict[str, Any], config_file: str | None = None, saved: dict[str, Any] | None = None
+) -> TrainConfig:
+    """coop-train's config, lowest first: the defaults, the `--preset`'s values, (with --resume) the
+    checkpoint's `saved` config, the TOML `config_file`, then `flags`; validated. The preset is named by the
+    flags, the file or the saved config, in that order."""
+    from contract.flags import load_toml, resolve
+    from trainer.presets import preset_values
+
+    in_file = load_toml(config_file, TrainConfig) if config_file else {}
+    name = flags.get("preset") or in_file.get("preset") or (saved or {}).get("preset") or ""
+    base = {**(preset_values(name) if name else {}), **(saved or {}), "preset": name}
+    return resolve(TrainConfig, flags, config_file, base=base)

@@ -208,7 +208,8 @@ def cooperative_iteration(run: Run, y_data: torch.Tensor) -> tuple[IterStats, to
 
     # 3. Infer (optional): move X̂ so that g(X̂) explains Ỹ, then re-draw g(X̂) with the new latents
     if cfg.infer_latent:
-        x = infer_latent(g, x, y_rev, None, cfg.latent_steps, cfg.latent_step_size, cfg.sigma, noise)
+        latent_noise = torch_noise(run.rng) if cfg.latent_noise else None
+        x = infer_latent(g, x, y_rev, None, cfg.latent_steps, cfg.latent_step_size, cfg.sigma, latent_noise)
         y_draft = g(x)  # (M̃, C, H, W)
 
     # 4. Descriptor: raise f on data relative to revised samples, minimise mean f(Ỹ) − mean f(Y)

@@ -19,6 +19,7 @@ each against ~1-2.5 s with ``dynamo=True``, and ORT runs both at the same speed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -87,10 +88,41 @@ def langevin_manifest(config: TrainConfig) -> dict:
     }
 
 
+def recalibrate_batchnorm(
+    generator: nn.Module, latent_dim: int, batch: int, batches: int, seed: int = 0
+) -> nn.Module:
+    """A copy of `generator` whose BatchNorm running statistics are recomputed at its final weights: the
+    equal-weight average of the batch statistics of `batches` batches of `batch` fresh latents, the batch
+    size it trained with. The running averages of training mix in statistics of weights long since changed
+    (momentum 0.1); eval-mode drafts then drift from the batch-statistics drafts the descriptor was trained
+    against (docs/training.md measures the gap and what it does to FD). The weights are untouched."""
+    g = copy.deepcopy(generator).cpu().float()
+    bns = [m for m in g.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns or batches < 1:
+        return g.eval()
+    rng = torch.Generator().manual_seed(seed)
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch counts the same
+    g.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            g(torch.randn(batch, latent_dim, generator=rng))  # (batch, d) -> updates the running stats
+    for bn in bns:
+        bn.momentum = 0.1
+    return g.eval()
+
+
 def export_run(
     descriptor: nn.Module, generator: nn.Module, config: TrainConfig, out_dir: str | os.PathLike
 ) -> Path:
-    """The nets of a training run as a bundle: its Langevin settings as the defaults, its config stored."""
+    """The nets of a training run as a bundle: its Langevin settings as the defaults, its config stored,
+    the generator's BatchNorm statistics recalibrated first (`--bn-recalibrate` batches; 0 keeps training's
+    running averages)."""
+    if config.bn_recalibrate:
+        generator = recalibrate_batchnorm(
+            generator, config.latent_dim, config.num_chains, config.bn_recalibrate, config.seed
+        )
     return export_bundle(
         descriptor, generator, out_dir, langevin=langevin_manifest(config), training=config.to_dict()
     )
