@@ -273,9 +273,15 @@ def _health(config: HealthConfig) -> int:
 
 def _energy(config: ConnectionConfig, images: list[str]) -> int:
     with _client(config) as c:
-        energy = c.energy([Path(p) for p in images])
-    for path, e in zip(images, energy, strict=True):
-        print(f"{path}\t{e:.4f}")
+        out = c.energies([Path(p) for p in images])
+    if out.ood is None:
+        print("path\tenergy\t(the bundle has no out-of-distribution score: re-export it)")
+        for path, e in zip(images, out.energy, strict=True):
+            print(f"{path}\t{e:.4f}")
+        return 0
+    print("path\tenergy\tood\tflagged (ood > 1)")
+    for path, e, o in zip(images, out.energy, out.ood, strict=True):
+        print(f"{path}\t{e:.4f}\t{o:.3f}\t{'yes' if o > 1 else 'no'}")
     return 0
 
 
@@ -288,7 +294,7 @@ def client_main(argv: list[str] | None = None) -> int:
         "info": (ConnectionConfig, {}, "print ModelInfo as JSON", lambda config, args: _info(config)),
         "health": (HealthConfig, HEALTH_HELP, "print the health status (exit 0 only when SERVING)",
                    lambda config, args: _health(config)),
-        "energy": (ConnectionConfig, {}, "print the descriptor energy of PNG images (lower = more typical)",
+        "energy": (ConnectionConfig, {}, "print the energy and out-of-distribution score of PNG images",
                    lambda config, args: _energy(config, args.images)),
     }  # fmt: skip
     parsers = {}

@@ -63,6 +63,13 @@ class Completion:
     energy: float
 
 
+@dataclass(frozen=True)
+class Energies:
+    energy: np.ndarray  # (N,) E(Y) = ‖Y‖²/(2s²) − f(Y)
+    score: np.ndarray  # (N,) f(Y)
+    ood: np.ndarray | None  # (N,) out-of-distribution score, > 1 = flagged; None: the bundle has none
+
+
 def bad_request_fields(err: grpc.RpcError) -> list[str]:
     """The fields named by an INVALID_ARGUMENT's google.rpc.BadRequest detail (empty if none)."""
     status = rpc_status.from_call(err)
@@ -315,8 +322,15 @@ class CoopNetsClient:
 
     def energy(self, images: Sequence[ImageLike] | np.ndarray, timeout: float | None = None) -> np.ndarray:
         """E(Y) per image (lower = more typical)."""
+        return self.energies(images, timeout).energy
+
+    def energies(self, images: Sequence[ImageLike] | np.ndarray, timeout: float | None = None) -> Energies:
+        """Everything Energy answers: E(Y), f(Y) and the out-of-distribution score (None when the bundle
+        has none), each (N,) float32."""
         req = pb.EnergyRequest(images=[self._encode(im) for im in images])
-        return np.array(self._call(self.stub.Energy, req, timeout).energy, dtype=np.float32)
+        resp = self._call(self.stub.Energy, req, timeout)
+        ood = np.array(resp.ood, dtype=np.float32) if len(resp.ood) else None
+        return Energies(np.array(resp.energy, np.float32), np.array(resp.score, np.float32), ood)
 
     # ---- encoding -------------------------------------------------------------------------------------
 

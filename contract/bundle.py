@@ -7,6 +7,15 @@ A directory holding four ONNX graphs and `manifest.json`, format "coopnets.bundl
     langevin_step.onnx   y, noise, mask (N, C, H, W); delta, s [] -> y_next (N, C, H, W), f (N,)
     generator_grad.onnx  z (N, d); y, mask (N, C, H, W); sigma [] -> grad_z (N, d), y_gen (N, C, H, W), u (N,)
 
+and, from coopnets 0.2 on, one optional graph (bundles without it still load; the service then answers
+Energy without an out-of-distribution score):
+
+    typicality.onnx      y (N, C, H, W)                           -> ood (N,)
+
+the out-of-distribution score (trainer/ood.py): the Mahalanobis distance of the descriptor's first-block
+feature statistics from those of training images, scaled so that 95% of the calibration images score
+below 1. The manifest's `ood` section says how it was calibrated.
+
 Both sides go through this module: the exporter writes the manifest with `write_manifest` and reads the
 result back with `read_bundle` before renaming the directory into place; the service loads with
 `read_bundle` and checks its ONNX Runtime sessions' inputs and outputs with `check_graph_io`. So the format,
@@ -54,6 +63,8 @@ GRAPHS: dict[str, tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[tuple[str
         (("grad_z", _Z), ("y_gen", _IMG), ("u", ("N",))),
     ),
 }
+OPTIONAL_GRAPHS = {"typicality": ((("y", _IMG),), (("ood", ("N",)),))}
+ALL_GRAPHS = {**GRAPHS, **OPTIONAL_GRAPHS}
 
 # Completion defaults, measured for the 28×28 net (`python bench/export_step.py --completion CKPT`): on a
 # 200-iteration Fashion-MNIST model the Gauss-Newton Hessian of U(z) had top eigenvalue λ ≈ 960 (median
@@ -126,6 +137,11 @@ class Bundle:
         return str(self.manifest.get("net", {}).get("arch", ""))
 
     @property
+    def ood(self) -> dict:
+        """The manifest's `ood` section (how typicality.onnx was calibrated); {} without the graph."""
+        return dict(self.manifest.get("ood", {})) if "typicality" in self.graph_files else {}
+
+    @property
     def file_sha256(self) -> dict[str, str]:
         return {name: entry["sha256"] for name, entry in self.manifest["files"].items()}
 
@@ -152,7 +168,7 @@ def expected_io(graph: str, image_shape: Sequence[int], latent_dim: int) -> tupl
     axis is BATCH."""
     c, h, w = image_shape
     sizes = {"N": BATCH, "C": c, "H": h, "W": w, "d": latent_dim}
-    ins, outs = GRAPHS[graph]
+    ins, outs = ALL_GRAPHS[graph]
     return tuple([(name, [sizes[s] for s in dims]) for name, dims in io] for io in (ins, outs))
 
 
@@ -209,6 +225,7 @@ def write_manifest(
     graph_io: Mapping[str, Mapping[str, list]],
     training: Mapping[str, Any] | None = None,
     writer: Mapping[str, Any] | None = None,
+    ood: Mapping[str, Any] | None = None,
 ) -> dict:
     """Writes `root`/manifest.json for the graph files already in `root` (named <graph>.onnx), with their
     sha256 and size; returns the manifest. `graph_io`: per graph {"inputs": [...], "outputs": [...]} as read
@@ -219,7 +236,7 @@ def write_manifest(
     if missing:
         raise BundleError(f"langevin settings lack {', '.join(missing)}: give {', '.join(LANGEVIN_KEYS)}")
     graphs, files = {}, {}
-    for name in GRAPHS:
+    for name in [*GRAPHS, *(g for g in OPTIONAL_GRAPHS if g in graph_io)]:
         file = f"{name}.onnx"
         graphs[name] = {"file": file, **graph_io[name]}
         files[file] = {"sha256": sha256_file(root / file), "bytes": (root / file).stat().st_size}
@@ -237,6 +254,7 @@ def write_manifest(
         "graphs": graphs,
         "files": files,
         "training": dict(training or {}),
+        **({"ood": dict(ood)} if ood else {}),
     }
     atomic_write_json(root / MANIFEST, manifest)
     return manifest
@@ -298,7 +316,7 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         raise m.fail("net.latent_dim", f"{net['latent_dim']!r} differs from latent_dim {latent_dim}")
     graphs, files = m.section(manifest, "graphs"), m.section(manifest, "files")
     graph_files = {}
-    for name in GRAPHS:
+    for name in [*GRAPHS, *(g for g in OPTIONAL_GRAPHS if g in graphs)]:
         entry = m.section(graphs, name, f"graphs.{name}")
         file = entry.get("file")
         if not isinstance(file, str) or file not in files:

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-DEFAULT_OCCLUSIONS = ("center:12", "center:16", "random:0.5", "random:0.75", "left-half", "rects")
+DEFAULT_OCCLUSIONS = ("center:12", "center:16", "random:0.3", "random:0.4", "random:0.5", "random:0.75",
+                      "left-half", "rects")  # fmt: skip
 
 
 def parse_occlusion(name: str, height: int, width: int) -> tuple[str, float]:

@@ -55,6 +55,13 @@ HELP = {
     "device": "ONNX Runtime device for the model",
     "threads": "ONNX Runtime intra-op threads (0 = its default)",
     "progress": "progress bars",
+    "heldout": "held-out images of another dataset, in coop-train's --dataset syntax (digits, folder:PATH, "
+               "npz:PATH); '' = Fashion-MNIST's t10k. Completion and the OOD table only",
+    "heldout_skip": "with --heldout: skip its first N images, those the run trained on (coop-train "
+                    "--max-images N); they serve as the training set of the mean baseline",
+    "ood_n": "held-out images (and images per out set) for the out-of-distribution table (0 = no table)",
+    "ood": "extra out-of-distribution sets, comma-separated dataset specs as coop-train's --dataset "
+           "(npz:PATH, folder:PATH)",
 }  # fmt: skip
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -82,10 +89,18 @@ class EvalConfig:
     device: str = "cpu"
     threads: int = 0
     progress: bool = True
+    heldout: str = ""
+    heldout_skip: int = 0
+    ood_n: int = 300
+    ood: str = ""
 
     @property
     def occlusion_list(self) -> list[str]:
         return [o.strip() for o in self.occlusions.split(",") if o.strip()]
+
+    @property
+    def ood_specs(self) -> list[str]:
+        return [o.strip() for o in self.ood.split(",") if o.strip()]
 
     @property
     def method_list(self) -> list[str]:
@@ -104,8 +119,13 @@ class EvalConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.n < 10 and self.synthesis:
             raise ValueError("--n must be at least 10 (k-NN precision/recall and covariances need samples)")
-        if (self.steps or 0) < 0 or self.langevin_only_steps < 0 or self.threads < 0:
-            raise ValueError("--steps, --langevin-only-steps and --threads must not be negative")
+        if (self.steps or 0) < 0 or self.langevin_only_steps < 0 or self.threads < 0 or self.ood_n < 0:
+            raise ValueError("--steps, --langevin-only-steps, --threads and --ood-n must not be negative")
+        for spec in self.ood_specs:
+            if not spec.startswith(("npz:", "folder:")) or not Path(spec.partition(":")[2]).exists():
+                raise ValueError(
+                    f"--ood {spec!r}: give npz:PATH or folder:PATH of an existing file or folder"
+                )
         if self.device not in DEVICES:
             raise ValueError(f"--device {self.device!r}: use {', '.join(DEVICES)}")
         unknown = [m for m in self.method_list if m not in METHODS]
@@ -117,8 +137,14 @@ class EvalConfig:
             raise ValueError("--occlusions: give at least one, e.g. center:12")
         for o in self.occlusion_list:
             parse_occlusion(o, 28, 28)  # names only; sizes are checked against the model's image below
-        if not (self.synthesis or self.completion):
-            raise ValueError("nothing to do: --no-synthesis and --no-completion together")
+        if self.heldout and self.synthesis:
+            raise ValueError(
+                "--heldout: the synthesis metrics need Fashion-MNIST's classifier; add --no-synthesis"
+            )
+        if self.heldout_skip < 0:
+            raise ValueError("--heldout-skip must not be negative")
+        if not (self.synthesis or self.completion or self.ood_n):
+            raise ValueError("nothing to do: --no-synthesis, --no-completion and --ood-n 0 together")
         return self
 
 
@@ -167,6 +193,13 @@ def run(config: EvalConfig) -> str:
         shape = engine.image_shape  # (C, H, W)
         for o in config.occlusion_list:
             parse_occlusion(o, shape[1], shape[2])
+        if config.heldout:
+            train, test = _other_split(config, shape)
+            header_data = (
+                f"{config.heldout}: images {config.heldout_skip}.. held out ({len(test.images)}), the "
+                f"first {len(train.images)} (the training set) for the mean baseline"
+            )
+            return _without_synthesis(engine, train, test, config, out, started, header_data)
         train, test = load_split("train", shape, config.data_dir), load_split("t10k", shape, config.data_dir)
         clf = load_or_train(
             train.images,
@@ -238,11 +271,83 @@ def run(config: EvalConfig) -> str:
             completion = result.scores
             report.write_strips(out, result.examples)
 
+        ood = None
+        if config.ood_n:
+            ood = _ood_table(engine, test.images, config)
+
         header["wall time"] = (
             f"{time.perf_counter() - started:.0f} s on {platform.machine()}, "
             f"{os.cpu_count()} CPU cores, ONNX Runtime {engine.sessions.device}"
         )
-        return report.write_report(out, header, synthesis, completion)
+        return report.write_report(out, header, synthesis, completion, ood)
+
+
+def _other_split(config: EvalConfig, shape):
+    """(train, held-out) Splits of --heldout: the images after --heldout-skip are held out."""
+    from contract.codec import from_uint8
+    from evaluation.data import Split
+    from trainer.data import load_images
+
+    c, h, _ = shape
+    images = from_uint8(load_images(config.heldout, size=h, channels=c, data_dir=config.data_dir))
+    train, test = images[: config.heldout_skip], images[config.heldout_skip :]
+    if len(test) < 2 or len(train) < 1:
+        raise ValueError(
+            f"--heldout {config.heldout}: {len(images)} images, --heldout-skip {config.heldout_skip} leaves "
+            f"{len(train)} training and {len(test)} held-out: give a skip between 1 and {len(images) - 2}"
+        )
+    none = np.zeros(0, np.int64)
+    return Split(train, none), Split(test, none)
+
+
+def _without_synthesis(engine, train, test, config: EvalConfig, out: Path, started: float, data: str) -> str:
+    """Completion and the OOD table on another dataset's held-out images (no classifier for it)."""
+    from evaluation import report
+    from evaluation.completion import baseline_runners, evaluate_completion, model_runners
+
+    comp = engine.completion_defaults
+    header = {
+        "model": f"{config.model} ({engine.bundle.arch}, manifest sha256 {engine.bundle.digest[:16]})",
+        "data": data,
+        "completion defaults": f"{comp.restarts} latent chain(s) of {comp.latent_steps} steps of size "
+        f"{comp.latent_step_size} (the lowest U kept), then {comp.refine_steps} refinement steps",
+        "seed": config.seed,
+    }
+    completion = None
+    if config.completion:
+        m = min(config.completion_n, len(test.images))
+        images = test.images[np.random.default_rng(config.seed + 1).permutation(len(test.images))[:m]]
+        runners = {
+            **model_runners(engine, config.langevin_only_steps),
+            **baseline_runners(train.images.mean(0)),
+        }
+        result = evaluate_completion(
+            images, config.occlusion_list, runners, config.method_list, config.seed, config.batch,
+            config.examples, config.progress,
+        )  # fmt: skip
+        completion = result.scores
+        report.write_strips(out, result.examples)
+    ood = _ood_table(engine, test.images, config) if config.ood_n else None
+    header["wall time"] = f"{time.perf_counter() - started:.0f} s on {platform.machine()}"
+    return report.write_report(out, header, None, completion, ood)
+
+
+def _ood_table(engine, heldout: np.ndarray, config: EvalConfig):
+    """The out-of-distribution rows: in = ood_n held-out images, the inverted and blurred sets made from
+    ood_n others, plus the user's --ood sets (each fitted to the model as coop-train fits a dataset)."""
+    from contract.codec import from_uint8
+    from evaluation.ood import evaluate_ood
+    from trainer.data import load_images
+
+    c, h, _ = engine.image_shape
+    n = min(config.ood_n, len(heldout) // 2)
+    perm = np.random.default_rng(config.seed + 3).permutation(len(heldout))
+    extra = {
+        spec: from_uint8(load_images(spec, size=h, channels=c, max_images=n)) for spec in config.ood_specs
+    }
+    return evaluate_ood(
+        engine, heldout[perm[:n]], heldout[perm[n : 2 * n]], config.seed, extra, config.batch, config.progress
+    )
 
 
 def _with_inception(rows, sets, train_images, heldout, config: EvalConfig):

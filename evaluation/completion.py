@@ -54,6 +54,7 @@ class MethodScores:
     psnr_whole: metrics.Summary
     ssim_missing: metrics.Summary
     ssim_whole: metrics.Summary
+    mae_missing: metrics.Summary  # [0, 1] intensity scale, the paper's measure
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +114,7 @@ def score(occlusion: str, method: str, completed: np.ndarray, originals: np.ndar
         psnr_whole=metrics.summarise(metrics.psnr(completed, originals)),
         ssim_missing=metrics.summarise(metrics.ssim(completed, originals, masks)),
         ssim_whole=metrics.summarise(metrics.ssim(completed, originals)),
+        mae_missing=metrics.summarise(metrics.mae(completed, originals, masks)),
     )
 
 

@@ -191,6 +191,15 @@ def psnr(estimate: np.ndarray, target: np.ndarray, region: np.ndarray | None = N
         return 10 * np.log10(DATA_RANGE**2 / mse)
 
 
+def mae(estimate: np.ndarray, target: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The paper's recovery error (TPAMI 2018, occluded-image experiments): per-pixel mean absolute error over
+    the missing region (`region` 1 = missing), per image (N,), on the [0, 1] intensity scale (half the
+    [-1, 1] error)."""
+    err = np.abs(np.asarray(estimate, dtype=np.float64) - np.asarray(target, dtype=np.float64)) / 2
+    w = np.asarray(region, dtype=np.float64).reshape(len(err), -1)
+    return (err.reshape(len(err), -1) * w).sum(1) / np.maximum(w.sum(1), 1)
+
+
 def ssim(estimate: np.ndarray, target: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
     """SSIM per image (N,) for (N, C, H, W) in [-1, 1] (uniform 7×7 windows, scikit-image defaults); with a
     `region` (1 = counts) the local SSIM map is averaged over that region only."""

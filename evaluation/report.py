@@ -17,6 +17,8 @@ from contract.codec import save_grid, save_side_by_side
 from contract.files import atomic_write_json, atomic_write_text
 from evaluation.completion import MethodScores
 from evaluation.metrics import Summary
+from evaluation.ood import Separation
+from evaluation.ood import table as ood_table
 from evaluation.synthesis import SetScores
 
 PSNR_GAP_MODEL, PSNR_GAP_BASELINE = ("coop",), ("mean", "biharmonic", "telea", "ns")
@@ -67,12 +69,15 @@ def completion_tables(scores: list[MethodScores]) -> str:
             f"**{occlusion}** ({rows[0].missing_fraction:.0%} of the pixels missing, "
             f"N = {rows[0].psnr_missing.n}; mean [95% interval of the mean])\n"
         )
-        parts.append("| method | PSNR missing (dB) ↑ | PSNR whole (dB) ↑ | SSIM missing ↑ | SSIM whole ↑ |")
-        parts.append("|---|---|---|---|---|")
+        parts.append(
+            "| method | PSNR missing (dB) ↑ | PSNR whole (dB) ↑ | SSIM missing ↑ | SSIM whole ↑ | "
+            "MAE missing ↓ |"
+        )
+        parts.append("|---|---|---|---|---|---|")
         for s in rows:
             parts.append(
                 f"| {s.method} | {_ci(s.psnr_missing)} | {_ci(s.psnr_whole)} | "
-                f"{_ci(s.ssim_missing, 3)} | {_ci(s.ssim_whole, 3)} |"
+                f"{_ci(s.ssim_missing, 3)} | {_ci(s.ssim_whole, 3)} | {_ci(s.mae_missing, 4)} |"
             )
         parts.append("")
     margins = completion_margins(scores)
@@ -109,7 +114,12 @@ def completion_margins(scores: list[MethodScores]) -> list[dict]:
     return out
 
 
-def markdown(header: dict, synthesis: list[SetScores] | None, completion: list[MethodScores] | None) -> str:
+def markdown(
+    header: dict,
+    synthesis: list[SetScores] | None,
+    completion: list[MethodScores] | None,
+    ood: list[Separation] | None = None,
+) -> str:
     lines = ["# coop-eval report", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     if synthesis:
@@ -121,19 +131,30 @@ def markdown(header: dict, synthesis: list[SetScores] | None, completion: list[M
                   synthesis_table(synthesis)]  # fmt: skip
     if completion:
         lines += ["", "## Completion", "", completion_tables(completion)]
+    if ood:
+        lines += ["", "## Out-of-distribution", "",
+                  f"In = {ood[0].n_in} held-out images; each cell AUROC ↑ / AUPR ↑ / FPR at 95% TPR ↓ with "
+                  "the out set as positive and higher score = more out (evaluation/ood.py says how each set "
+                  "and score is made). `ood` is what the Energy RPC returns.", "",
+                  ood_table(ood)]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def write_report(
-    out_dir: Path, header: dict, synthesis: list[SetScores] | None, completion: list[MethodScores] | None
+    out_dir: Path,
+    header: dict,
+    synthesis: list[SetScores] | None,
+    completion: list[MethodScores] | None,
+    ood: list[Separation] | None = None,
 ) -> str:
     """report.md and report.json in `out_dir`; returns the Markdown."""
-    text = markdown(header, synthesis, completion)
+    text = markdown(header, synthesis, completion, ood)
     data = {
         "header": header,
         "synthesis": [r.to_dict() for r in synthesis or []],
         "completion": [s.to_dict() for s in completion or []],
         "completion_margins": completion_margins(completion or []),
+        "ood": [r.to_dict() for r in ood or []],
     }
     atomic_write_text(out_dir / "report.md", text)
     atomic_write_json(out_dir / "report.json", data)

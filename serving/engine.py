@@ -4,6 +4,7 @@
     out = engine.synthesize([0, 1, 2])                      # out.images (3, C, H, W), out.energy, out.score
     rec = engine.complete(images, masks, seeds=[0] * len(images))   # masks: 1 = missing
     energy, score = engine.energy(images)
+    ood = engine.ood(images)                                # None for bundles without typicality.onnx
 
 `OrtBackend` is the sampler's backend on the four graphs: generate (generator.onnx), score (descriptor.onnx),
 a descriptor Langevin chain (langevin_step.onnx; on CUDA Y and the mask stay on the GPU between steps through
@@ -157,3 +158,16 @@ class Engine:
     def energy(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """E(Y) = ‖Y‖²/(2s²) − f(Y) (lower = more typical) and f(Y), each (N,) float32."""
         return sampling.measure(self.backend, images)
+
+    @property
+    def has_ood(self) -> bool:
+        return "typicality" in self.sessions.sessions
+
+    def ood(self, images: np.ndarray) -> np.ndarray | None:
+        """The bundle's out-of-distribution score (typicality.onnx, trainer/ood.py), (N,) float32, > 1 =
+        flagged at a 5% false-alarm rate on calibration images; None when the bundle has none."""
+        if not self.has_ood:
+            return None
+        feed = {"y": np.ascontiguousarray(images, dtype=np.float32)}
+        (ood,) = self.sessions["typicality"].run(["ood"], feed)
+        return ood  # (N,)

@@ -98,6 +98,20 @@ def _image(image: np.ndarray, png: bool) -> pb.Image:
     return set_image(pb.Image(), image, png)
 
 
+def _ood_info(b) -> dict:
+    """ModelInfo's `ood` field from the manifest's `ood` section; nothing (unset) without the graph."""
+    if not b.ood:
+        return {}
+    return {
+        "ood": pb.OodInfo(
+            score=str(b.ood.get("score", "")),
+            threshold=1.0,
+            false_alarm_rate=1.0 - float(b.ood.get("calibration_quantile", 0.95)),
+            calibration_images=int(b.ood.get("calibration_images", 0)),
+        )
+    }
+
+
 def _generated(index: int, seed: int, image: np.ndarray, png: bool, energy: float = 0.0) -> pb.GeneratedImage:
     return pb.GeneratedImage(index=index, seed=seed, image=_image(image, png), energy=float(energy))
 
@@ -139,7 +153,8 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
         engine = self.lifecycle.engine
         if kind == "energy":
             energy, score = engine.energy(inputs["images"])
-            return {"energy": energy, "score": score}
+            ood = engine.ood(inputs["images"])
+            return {"energy": energy, "score": score, **({} if ood is None else {"ood": ood})}
         seeds = inputs["seeds"].tolist()
         if kind == "synthesize":
             out = engine.synthesize(seeds, params=params, should_stop=should_stop)
@@ -229,7 +244,11 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
         with self.handling("Energy", context):
             images = requests.energy(request, self.lifecycle.engine, self.limits)  # (N, C, H, W)
             out = self.submit("Energy", "energy", None, {"images": images}, context)
-            return pb.EnergyResponse(energy=out["energy"].tolist(), score=out["score"].tolist())
+            return pb.EnergyResponse(
+                energy=out["energy"].tolist(),
+                score=out["score"].tolist(),
+                ood=out["ood"].tolist() if "ood" in out else [],
+            )
 
     def ModelInfo(self, request: pb.ModelInfoRequest, context) -> pb.ModelInfoResponse:
         with self.handling("ModelInfo", context):
@@ -256,6 +275,7 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
                 created=str(b.manifest.get("created", "")),
                 sessions=[pb.SessionInfo(graph=g, providers=p) for g, p in engine.sessions.providers.items()],
                 device=engine.sessions.device,
+                **_ood_info(b),
                 limits=pb.Limits(
                     max_count=lim.max_count,
                     max_steps=lim.max_steps,

@@ -81,7 +81,8 @@ def test_info_prints_model_info_as_json(coop_server, token_file, capsys):
 def test_energy_command(coop_server, token_file, inputs, capsys):
     assert client_main(["energy", "--server", coop_server.address, "--token-file", token_file, *inputs]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith(inputs[0])
+    assert len(lines) == 3 and lines[0].startswith("path\tenergy") and lines[1].startswith(inputs[0])
+    assert "no out-of-distribution score" in lines[0]  # the session's bundle was exported without one
 
 
 def test_complete_through_the_server_and_locally_agree(

@@ -43,10 +43,12 @@ def test_coop_eval_end_to_end(serving_bundle, tiny_fashion, tmp_path, capsys):
     argv = [str(serving_bundle), "--out", str(out), "--data-dir", str(tiny_fashion),
             "--cache-dir", str(cache),
             "--n", "40", "--completion-n", "6", "--classifier-epochs", "2", "--langevin-only-steps", "2",
-            "--occlusions", OCCLUSIONS, "--batch", "16", "--examples", "3", "--no-progress"]  # fmt: skip
+            "--occlusions", OCCLUSIONS, "--batch", "16", "--examples", "3", "--no-progress",
+            "--ood-n", "20"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "feature classifier: test accuracy" in printed and "## Completion" in printed
+    assert "## Out-of-distribution" in printed
 
     report = json.loads((out / "report.json").read_text())
     rows = {r["name"]: r for r in report["synthesis"]}
@@ -64,6 +66,11 @@ def test_coop_eval_end_to_end(serving_bundle, tiny_fashion, tmp_path, capsys):
         assert c["psnr_missing"]["n"] == 6
         assert c["psnr_missing"]["low"] <= c["psnr_missing"]["mean"] <= c["psnr_missing"]["high"]
         assert c["psnr_whole"]["mean"] >= c["psnr_missing"]["mean"]  # observed pixels are exact
+        assert 0 <= c["mae_missing"]["mean"] <= 1
+    ood = report["ood"]  # the session's bundle has no typicality graph: the four model scores
+    assert {r["score"] for r in ood} == {"E(Y)", "-f(Y)", "latent U", "displacement"}
+    assert {r["out_set"] for r in ood} == {"uniform", "gaussian", "constant", "inverted", "blurred", "digits"}
+    assert all(r["n_in"] == 20 and r["n_out"] == 20 and 0 <= r["auroc"] <= 1 for r in ood)
     assert {m["occlusion"] for m in report["completion_margins"]} == set(OCCLUSIONS.split(","))
     assert "| coop |" in (out / "report.md").read_text()
     strips = ("center12", "random05", "left-half", "rects")
@@ -86,6 +93,23 @@ def test_coop_eval_end_to_end(serving_bundle, tiny_fashion, tmp_path, capsys):
     assert len(list(cache.glob("classifier-*.pt"))) == 1
 
 
+def test_coop_eval_on_another_datasets_held_out_images(serving_bundle, tmp_path, capsys):
+    out = tmp_path / "digits"
+    argv = [str(serving_bundle), "--out", str(out), "--heldout", "digits", "--heldout-skip", "1700",
+            "--no-synthesis", "--completion-n", "5", "--occlusions", "center:12,random:0.3",
+            "--methods", "coop,mean,ns", "--ood-n", "10", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["header"]["data"].startswith("digits: images 1700.. held out (97)")
+    assert [(c["occlusion"], c["method"]) for c in report["completion"]] == [
+        (o, m) for o in ("center:12", "random:0.3") for m in ("coop", "mean", "ns")
+    ]
+    assert all(c["psnr_missing"]["n"] == 5 for c in report["completion"])
+    assert {r["n_in"] for r in report["ood"]} == {10}
+    assert main([*argv[:4], "--heldout-skip", "1796", *argv[6:]]) == 2  # one held-out image is too few
+    assert "--heldout-skip" in _one_line_error(capsys)
+
+
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("coop-eval: error: ") and "Traceback" not in err
@@ -105,7 +129,8 @@ def test_missing_dataset_fails_with_one_line(serving_bundle, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, needle",
     [(["--occlusions", "top-half"], "occlusion"), (["--methods", "coop,magic"], "--methods"),
-     (["--n", "0"], "--n"), (["--no-synthesis", "--no-completion"], "nothing to do")],
+     (["--n", "0"], "--n"), (["--no-synthesis", "--no-completion", "--ood-n", "0"], "nothing to do"),
+     (["--heldout", "digits"], "--no-synthesis"), (["--ood", "npz:/nonexistent.npz"], "--ood")],
 )  # fmt: skip
 def test_bad_flags_fail_with_one_line(serving_bundle, tmp_path, capsys, extra, needle):
     assert main([str(serving_bundle), "--out", str(tmp_path / "o"), *extra]) == 2

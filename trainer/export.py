@@ -61,16 +61,16 @@ class _Graph:
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in bundle.GRAPHS[self.name][0])
+        return tuple(name for name, _ in bundle.ALL_GRAPHS[self.name][0])
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in bundle.GRAPHS[self.name][1])
+        return tuple(name for name, _ in bundle.ALL_GRAPHS[self.name][1])
 
     @property
     def scalars(self) -> tuple[str, ...]:
         """Inputs of shape [] (no batch axis)."""
-        return tuple(name for name, dims in bundle.GRAPHS[self.name][0] if not dims)
+        return tuple(name for name, dims in bundle.ALL_GRAPHS[self.name][0] if not dims)
 
     @property
     def file(self) -> str:
@@ -123,8 +123,15 @@ def export_run(
         generator = recalibrate_batchnorm(
             generator, config.latent_dim, config.num_chains, config.bn_recalibrate, config.seed
         )
+    from trainer.ood import calibration_images
+
     return export_bundle(
-        descriptor, generator, out_dir, langevin=langevin_manifest(config), training=config.to_dict()
+        descriptor,
+        generator,
+        out_dir,
+        langevin=langevin_manifest(config),
+        training=config.to_dict(),
+        calibration=calibration_images(config),
     )
 
 
@@ -137,6 +144,7 @@ def export_bundle(
     completion: dict | None = None,
     training: dict | None = None,
     exporter: str = "torchscript",
+    calibration: torch.Tensor | None = None,
 ) -> Path:
     """Export both nets (copied to CPU, float32, eval mode) as a verified bundle at `out_dir`; returns it.
 
@@ -144,6 +152,8 @@ def export_bundle(
     completion: {"latent_steps", "latent_step_size", "latent_noise", "refine_steps", "restarts"}; missing
                 keys (or None) take contract.bundle.DEFAULT_COMPLETION
     training:   the resolved training config (JSON-serialisable), stored as the manifest's "training"
+    calibration: training images (N, C, H, W) in [-1, 1] for the out-of-distribution score
+                (typicality.onnx, trainer/ood.py); None = a bundle without it
     """
     missing = [k for k in bundle.LANGEVIN_KEYS if k not in langevin]
     if missing:  # checked before the minutes of export that need them, not only by write_manifest after
@@ -165,6 +175,12 @@ def export_bundle(
         _Graph("langevin_step", LangevinStep(descriptor).eval()),
         _Graph("generator_grad", GeneratorGrad(generator).eval()),
     ]
+    ood = None
+    if calibration is not None:
+        from trainer.ood import calibrate
+
+        typicality, ood = calibrate(descriptor, calibration.float().cpu())
+        graphs.append(_Graph("typicality", typicality))
     tmp = make_temp_dir(out_dir)
     try:
         rng = torch.Generator().manual_seed(0)
@@ -194,6 +210,7 @@ def export_bundle(
             completion=completion,
             graph_io=graph_io,
             training=training,
+            ood=ood,
             writer={
                 "exporter": exporter,
                 "versions": bundle.versions(
@@ -245,6 +262,9 @@ def _check_case(graph: _Graph, descriptor, generator, langevin: dict, rng: torch
         margin = torch.zeros(CHECK_BATCH * CANDIDATES)  # a plain forward is continuous: no selection
     keep = margin.argsort(descending=True, stable=True)[:CHECK_BATCH].sort().values
     args = tuple(a if name in graph.scalars else a[keep] for name, a in named.items())
+    if graph.name == "typicality":  # a plain forward: the module is its own reference
+        with torch.no_grad():
+            return args, (graph.module(*args),)
     return args, _reference_outputs(graph.name, descriptor, generator, args)
 
 

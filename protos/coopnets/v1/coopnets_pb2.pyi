@@ -134,12 +134,14 @@ class EnergyRequest(_message.Message):
     def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
 
 class EnergyResponse(_message.Message):
-    __slots__ = ("energy", "score")
+    __slots__ = ("energy", "score", "ood")
     ENERGY_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    OOD_FIELD_NUMBER: _ClassVar[int]
     energy: _containers.RepeatedScalarFieldContainer[float]
     score: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, energy: _Optional[_Iterable[float]] = ..., score: _Optional[_Iterable[float]] = ...) -> None: ...
+    ood: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, energy: _Optional[_Iterable[float]] = ..., score: _Optional[_Iterable[float]] = ..., ood: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ()
@@ -200,7 +202,7 @@ class Limits(_message.Message):
     def __init__(self, max_count: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_delay_ms: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., max_send_message_bytes: _Optional[int] = ...) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("image_shape", "latent_dim", "arch", "langevin", "completion", "format_version", "bundle_sha256", "file_sha256", "created", "sessions", "device", "limits")
+    __slots__ = ("image_shape", "latent_dim", "arch", "langevin", "completion", "format_version", "bundle_sha256", "file_sha256", "created", "sessions", "device", "limits", "ood")
     class FileSha256Entry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +222,7 @@ class ModelInfoResponse(_message.Message):
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    OOD_FIELD_NUMBER: _ClassVar[int]
     image_shape: _containers.RepeatedScalarFieldContainer[int]
     latent_dim: int
     arch: str
@@ -232,4 +235,17 @@ class ModelInfoResponse(_message.Message):
     sessions: _containers.RepeatedCompositeFieldContainer[SessionInfo]
     device: str
     limits: Limits
-    def __init__(self, image_shape: _Optional[_Iterable[int]] = ..., latent_dim: _Optional[int] = ..., arch: _Optional[str] = ..., langevin: _Optional[_Union[LangevinDefaults, _Mapping]] = ..., completion: _Optional[_Union[CompletionDefaults, _Mapping]] = ..., format_version: _Optional[int] = ..., bundle_sha256: _Optional[str] = ..., file_sha256: _Optional[_Mapping[str, str]] = ..., created: _Optional[str] = ..., sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ..., device: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    ood: OodInfo
+    def __init__(self, image_shape: _Optional[_Iterable[int]] = ..., latent_dim: _Optional[int] = ..., arch: _Optional[str] = ..., langevin: _Optional[_Union[LangevinDefaults, _Mapping]] = ..., completion: _Optional[_Union[CompletionDefaults, _Mapping]] = ..., format_version: _Optional[int] = ..., bundle_sha256: _Optional[str] = ..., file_sha256: _Optional[_Mapping[str, str]] = ..., created: _Optional[str] = ..., sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ..., device: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., ood: _Optional[_Union[OodInfo, _Mapping]] = ...) -> None: ...
+
+class OodInfo(_message.Message):
+    __slots__ = ("score", "threshold", "false_alarm_rate", "calibration_images")
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FALSE_ALARM_RATE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    score: str
+    threshold: float
+    false_alarm_rate: float
+    calibration_images: int
+    def __init__(self, score: _Optional[str] = ..., threshold: _Optional[float] = ..., false_alarm_rate: _Optional[float] = ..., calibration_images: _Optional[int] = ...) -> None: ...
