@@ -106,7 +106,7 @@ def test_coop_eval_on_another_datasets_held_out_images(serving_bundle, tmp_path,
     ]
     assert all(c["psnr_missing"]["n"] == 5 for c in report["completion"])
     assert {r["n_in"] for r in report["ood"]} == {10}
-    assert main([*argv[:4], "--heldout-skip", "1796", *argv[6:]]) == 2  # one held-out image is too few
+    assert main([*argv[:5], "--heldout-skip", "1796", *argv[7:]]) == 2  # one held-out image is too few
     assert "--heldout-skip" in _one_line_error(capsys)
 
 
