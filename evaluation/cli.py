@@ -182,7 +182,6 @@ def run(config: EvalConfig) -> str:
     """The whole evaluation; returns the Markdown report (also written to config.out)."""
     from evaluation import report
     from evaluation.classifier import ClassifierConfig, load_or_train
-    from evaluation.completion import baseline_runners, evaluate_completion, model_runners
     from evaluation.data import load_split
     from evaluation.synthesis import draw, evaluate_synthesis
 
@@ -252,24 +251,9 @@ def run(config: EvalConfig) -> str:
                 header["inception"] = note
             report.write_samples(out, drafts, revised)
 
-        completion = None
-        if config.completion:
-            m = min(config.completion_n, len(test.labels))
-            images = test.images[np.random.default_rng(config.seed + 1).permutation(len(test.images))[:m]]
-            runners = {**model_runners(engine, config.langevin_only_steps),
-                       **baseline_runners(train.images.mean(0))}  # fmt: skip
-            result = evaluate_completion(
-                images,
-                config.occlusion_list,
-                runners,
-                config.method_list,
-                config.seed,
-                config.batch,
-                config.examples,
-                config.progress,
-            )
-            completion = result.scores
-            report.write_strips(out, result.examples)
+        completion = (
+            _completion(engine, train.images, test.images, config, out) if config.completion else None
+        )
 
         ood = None
         if config.ood_n:
@@ -300,10 +284,25 @@ def _other_split(config: EvalConfig, shape):
     return Split(train, none), Split(test, none)
 
 
+def _completion(engine, train_images: np.ndarray, heldout: np.ndarray, config: EvalConfig, out: Path):
+    """The completion scores on completion_n of the held-out images (their PNG strips written to `out`)."""
+    from evaluation import report
+    from evaluation.completion import baseline_runners, evaluate_completion, model_runners
+
+    m = min(config.completion_n, len(heldout))
+    images = heldout[np.random.default_rng(config.seed + 1).permutation(len(heldout))[:m]]
+    runners = {**model_runners(engine, config.langevin_only_steps), **baseline_runners(train_images.mean(0))}
+    result = evaluate_completion(
+        images, config.occlusion_list, runners, config.method_list, config.seed, config.batch,
+        config.examples, config.progress,
+    )  # fmt: skip
+    report.write_strips(out, result.examples)
+    return result.scores
+
+
 def _without_synthesis(engine, train, test, config: EvalConfig, out: Path, started: float, data: str) -> str:
     """Completion and the OOD table on another dataset's held-out images (no classifier for it)."""
     from evaluation import report
-    from evaluation.completion import baseline_runners, evaluate_completion, model_runners
 
     comp = engine.completion_defaults
     header = {
@@ -313,20 +312,7 @@ def _without_synthesis(engine, train, test, config: EvalConfig, out: Path, start
         f"{comp.latent_step_size} (the lowest U kept), then {comp.refine_steps} refinement steps",
         "seed": config.seed,
     }
-    completion = None
-    if config.completion:
-        m = min(config.completion_n, len(test.images))
-        images = test.images[np.random.default_rng(config.seed + 1).permutation(len(test.images))[:m]]
-        runners = {
-            **model_runners(engine, config.langevin_only_steps),
-            **baseline_runners(train.images.mean(0)),
-        }
-        result = evaluate_completion(
-            images, config.occlusion_list, runners, config.method_list, config.seed, config.batch,
-            config.examples, config.progress,
-        )  # fmt: skip
-        completion = result.scores
-        report.write_strips(out, result.examples)
+    completion = _completion(engine, train.images, test.images, config, out) if config.completion else None
     ood = _ood_table(engine, test.images, config) if config.ood_n else None
     header["wall time"] = f"{time.perf_counter() - started:.0f} s on {platform.machine()}"
     return report.write_report(out, header, None, completion, ood)

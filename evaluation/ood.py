@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-BUILT_IN = ("uniform", "gaussian", "constant", "inverted", "blurred", "digits")
-
 
 @dataclass(frozen=True)
 class Separation:
@@ -96,10 +94,8 @@ def _finite(s: np.ndarray) -> np.ndarray:
 
 # ---- the candidate scores ----------------------------------------------------------------------------------
 
-LATENT_STEPS, LATENT_STEP_SIZE = (
-    20,
-    0.02,
-)  # the latent candidate: noise-free latent Langevin, every pixel seen
+# the latent candidate: noise-free latent Langevin with every pixel seen
+LATENT_STEPS, LATENT_STEP_SIZE = 20, 0.02
 DISPLACEMENT_STEPS = 5  # the displacement candidate: noise-free descriptor Langevin steps at the bundle's δ
 
 

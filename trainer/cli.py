@@ -166,7 +166,7 @@ def _train_ranks(dist, flags: dict, config_file: str | None, resume: bool, dry_r
         if config.export:
             from trainer.export import export_run  # onnx and onnxruntime load only when a bundle is written
 
-            print(f"bundle: {export_run(run.descriptor, run.generator, config, out / 'bundle')}")
+            print(f"bundle: {export_run(run.descriptor, run.generator, config, out / 'bundle', data)}")
         print(f"run directory: {out} (config.json, checkpoint.pt, metrics.jsonl, tb/, samples/)")
         return 0
     finally:

@@ -114,11 +114,16 @@ def recalibrate_batchnorm(
 
 
 def export_run(
-    descriptor: nn.Module, generator: nn.Module, config: TrainConfig, out_dir: str | os.PathLike
+    descriptor: nn.Module,
+    generator: nn.Module,
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    pixels: np.ndarray | None = None,
 ) -> Path:
     """The nets of a training run as a bundle: its Langevin settings as the defaults, its config stored,
     the generator's BatchNorm statistics recalibrated first (`--bn-recalibrate` batches; 0 keeps training's
-    running averages)."""
+    running averages), the OOD score calibrated on its training images (`pixels`, uint8 (N, C, H, W), when
+    the caller holds them; else read again from its --dataset)."""
     if config.bn_recalibrate:
         generator = recalibrate_batchnorm(
             generator, config.latent_dim, config.num_chains, config.bn_recalibrate, config.seed
@@ -131,7 +136,7 @@ def export_run(
         out_dir,
         langevin=langevin_manifest(config),
         training=config.to_dict(),
-        calibration=calibration_images(config),
+        calibration=calibration_images(config, pixels),
     )
 
 

@@ -8,11 +8,12 @@ mean and covariance of φ over calibration images (training images drawn at expo
 of the calibration images' distance, so that `ood > 1` flags an image at a 5% false-alarm rate.
 
 Why not the energy: measured with `coop-eval` (docs/results.md, "Out-of-distribution"), E(Y) and f(Y) rank
-uniform noise as *more* typical than held-out images (AUROC 0.32 and 0.60 on the 10 000-iteration
-reference), and they separate inverted images no better than chance: the descriptor is trained only to tell
-data from the generator's samples, so its score is not calibrated off that path. Its features are: the
-typicality of the first block's statistics gave the best worst case of every candidate measured (later blocks
-and the 100 outputs f sums were worse on blurred images and digits).
+uniform noise as *more* typical than held-out images (AUROC 0.29 and 0.58 on the 10 000-iteration
+reference), and separate inverted images barely better than chance (0.59, 0.56): the descriptor is trained
+only to tell data from the generator's samples, so its score is not calibrated off that path. Its features
+are: the typicality of the first block's statistics gave the best worst case of every candidate measured
+(later blocks and the 100 outputs f sums were worse on blurred images and digits:
+`python scripts/ood_features.py CKPT`).
 """
 
 from __future__ import annotations
@@ -61,10 +62,12 @@ class Typicality(nn.Module):
 def calibrate(descriptor: nn.Module, images: torch.Tensor, batch: int = 500) -> tuple[Typicality, dict]:
     """The Typicality of `descriptor` fitted on `images` (N, C, H, W) in [-1, 1], and the manifest's `ood`
     section describing it. μ and Σ come from the even-numbered images, q95 from the odd ones: a quantile
-    taken on the images the Gaussian was fitted to is biased low (measured on digits with 128 features:
-    76% of unseen images under it instead of 95%)."""
+    taken on the images the Gaussian was fitted to is biased low: with 128 features, unseen images exceed it
+    far more often than 5% (tests/test_ood.py checks the split version on unseen digits)."""
     block = first_block(descriptor).float().eval()
-    feats = torch.cat([Typicality.features(block, images[i : i + batch]) for i in range(0, len(images), batch)])
+    feats = torch.cat(
+        [Typicality.features(block, images[i : i + batch]) for i in range(0, len(images), batch)]
+    )
     x = feats.double()  # (N, D), statistics in float64
     fit, held = x[0::2], x[1::2]
     mean = fit.mean(0)
@@ -85,18 +88,21 @@ def calibrate(descriptor: nn.Module, images: torch.Tensor, batch: int = 500) -> 
     return module, section
 
 
-def calibration_images(config, n: int = CALIBRATION_IMAGES) -> torch.Tensor | None:
-    """n training images of the run (its --dataset, drawn with its seed), or None when they cannot be read
-    here (the bundle is then exported without typicality.onnx, with a warning)."""
+def calibration_images(config, pixels: np.ndarray | None = None, n: int = CALIBRATION_IMAGES):
+    """n training images of the run (drawn with its seed) as a float tensor, from `pixels` (uint8
+    (N, C, H, W): the training job passes the images it already holds) or else read from its --dataset;
+    None when they cannot be read here (the bundle is then exported without typicality.onnx, with a
+    warning)."""
     import logging
 
     from trainer.data import DataError, load_images, to_tensor
 
-    try:
-        pixels = load_images(config.dataset, size=config.image_size, channels=config.channels,
-                             data_dir=config.data_dir, max_images=config.max_images)  # fmt: skip
-    except (DataError, OSError) as e:
-        logging.getLogger(__name__).warning("no out-of-distribution score in the bundle: %s", e)
-        return None
+    if pixels is None:
+        try:
+            pixels = load_images(config.dataset, size=config.image_size, channels=config.channels,
+                                 data_dir=config.data_dir, max_images=config.max_images)  # fmt: skip
+        except (DataError, OSError) as e:
+            logging.getLogger(__name__).warning("no out-of-distribution score in the bundle: %s", e)
+            return None
     pick = np.random.default_rng(config.seed).permutation(len(pixels))[:n]
     return to_tensor(pixels[np.sort(pick)])
