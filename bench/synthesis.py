@@ -94,6 +94,45 @@ def flops_per_image(backend: TorchBackend, params: SynthesisParams) -> float:
     return float(counter.get_total_flops())
 
 
+def ort_profile(bundle: Path, n: int, threads: int, steps: int = 10) -> list[list[str]]:
+    """Where ONNX Runtime's time goes in one Langevin step at count `n`: its own profiler on
+    langevin_step.onnx (the engine's session options, profiling on), summed per op type over `steps` runs
+    after one warm-up. Returns rows (op type, ms per step, share of the step, nodes)."""
+    import json
+
+    import onnxruntime as ort
+
+    from serving.sessions import session_options
+
+    opts = session_options(threads)
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(
+            str(bundle / "langevin_step.onnx"), opts, providers=["CPUExecutionProvider"]
+        )
+        shape = [n if d is None or isinstance(d, str) else d for d in sess.get_inputs()[0].shape]
+        rng = np.random.default_rng(0)
+        y = rng.standard_normal(shape).astype(np.float32)
+        feed = {"y": y, "mask": np.ones_like(y), "noise": y, "delta": np.float32(DELTA), "s": np.float32(S)}
+        feed = {k: np.asarray(v, np.float32) for k, v in feed.items()}
+        for _ in range(steps + 1):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, list[float]] = {}
+    runs = [e for e in events if e.get("name") == "model_run"][1:]  # the warm-up run dropped
+    start = runs[0]["ts"] if runs else 0
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
+            per_op.setdefault(e["args"]["op_name"], []).append(e["dur"] / 1e3)
+    total = sum(r["dur"] for r in runs) / 1e3 / max(len(runs), 1)
+    rows = [
+        [op, f"{sum(d) / len(runs):.2f}", f"{sum(d) / len(runs) / total:.0%}", str(len(d) // len(runs))]
+        for op, d in sorted(per_op.items(), key=lambda kv: -sum(kv[1]))
+    ]
+    return [*rows, ["(whole step)", f"{total:.2f}", "100%", ""]]
+
+
 def measure(
     name: str, n: int, paths: dict, flops: float, params, args, peak: float
 ) -> tuple[list[str], float]:
@@ -131,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nets", default=",".join(NETS))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="engine and eager device")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile case")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print ONNX Runtime's per-op profile of one step at the largest count",
+    )
     args = p.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
     torch.set_num_threads(args.threads)
@@ -142,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"steps K = {params.steps}, δ = {params.delta}, noise on; {args.repeats} repeats after {args.warmup}"
     )
-    rows, ratios = [], []
+    rows, ratios, profiles = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.nets.split(","):
             descriptor, generator = seeded_nets(NETS[name])
@@ -162,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                 row, ratio = measure(name, n, paths, flops, params, args, peak)
                 rows.append(row)
                 ratios.append(ratio)
+            if args.profile:
+                profiles[name] = ort_profile(bundle, max(counts), args.threads)
     print()
     print(
         table(
@@ -181,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
             rows,
         )  # fmt: skip
     )
+    for name, prof in profiles.items():
+        print(
+            f"\nONNX Runtime profile, {name}, a Langevin step at count {max(counts)}, {args.threads} threads"
+        )
+        print(table(["op type", "ms per step", "share", "nodes"], prof))
     print(f"synth_speedup_vs_eager_min={min(ratios):.2f}")
     return 0
 

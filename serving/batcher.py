@@ -7,6 +7,11 @@ worker thread takes the oldest job, waits up to `max_delay_s` for more jobs with
 `max_batch` images are gathered, runs them as one batch, and splits the outputs back. Because every image has
 its own rng (contract.sampling), a merged image is bit-identical to the same image run alone.
 
+The window is only waited under concurrency. When the last batch held one job and nothing queued behind it (a
+lone client, or an idle server), the next job runs at once with whatever is already queued: a single client
+never pays the window, and a burst that arrives while a batch runs is merged into the next one anyway. Once a
+batch merges jobs or leaves some waiting, the following batches wait up to the window again.
+
 The queue is bounded: `submit` raises QueueFull beyond `max_queue` waiting jobs (the service answers
 RESOURCE_EXHAUSTED). A job whose `stop` event is set (client cancelled, deadline passed) is dropped before it
 runs; a running batch stops between Langevin steps once every job in it is stopped.
@@ -68,6 +73,7 @@ class Batcher:
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._carry: Job | None = None  # a job taken while filling a batch that did not fit: it goes next
         self._stopping = False  # close() was called and its sentinel has been taken
+        self._concurrent = False  # the last batch merged jobs or left jobs waiting: wait the window
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
 
@@ -95,9 +101,10 @@ class Batcher:
         )
 
     def _gather(self, first: Job) -> list[Job]:
-        """The first job plus same-key jobs arriving within max_delay_s, up to max_batch images."""
+        """The first job plus same-key jobs arriving within max_delay_s (or, without concurrency, the ones
+        already queued), up to max_batch images."""
         batch, rows = [first], first.rows
-        until = time.monotonic() + self.max_delay_s
+        until = time.monotonic() + (self.max_delay_s if self._concurrent else 0.0)
         while rows < self.max_batch:
             try:
                 job = self._next(until - time.monotonic())
@@ -118,7 +125,9 @@ class Batcher:
             first = self._next(None)
             if first is None:
                 return
-            self._run(self._gather(first))
+            batch = self._gather(first)
+            self._run(batch)
+            self._concurrent = len(batch) > 1 or self._carry is not None or not self._queue.empty()
 
     def _run(self, batch: list[Job]) -> None:
         live = []

@@ -66,7 +66,10 @@ HELP = {
     "device": "auto (CUDA if it loads, else CPU) | cuda (fail if CUDA cannot load) | cpu (never tries CUDA)",
     "threads": "ONNX Runtime intra-op threads per session (0 = one per core)",
     "max_batch": "most images merged into one ONNX Runtime batch",
-    "max_delay_ms": "how long the first request of a batch waits for others to join",
+    "max_delay_ms": (
+        "how long the first request of a batch waits for others to join (only under concurrency: "
+        "a lone request runs at once)"
+    ),
     "max_queue": "requests waiting beyond this are refused with RESOURCE_EXHAUSTED",
     "max_count": "most images in one request",
     "max_steps": "most Langevin steps (steps, latent_steps, refine_steps) in one request",
