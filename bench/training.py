@@ -11,12 +11,16 @@ Cases, interleaved iteration by iteration on separate runs built from the same s
               gradient only)
     naive     the same iteration with every Langevin step doing a full backward() (weight gradients too, then
               zeroed), as FANG-Xiaolin/pytorch-CoopNets does: same math, same samples
-    + each of --variants (trainer with channels-last tensors; trainer under bf16 autocast on the CPU)
+    + each of --variants (trainer with channels-last tensors; trainer with --amp bf16)
+trainer and naive run in float32 (--amp none); bf16 is the trainer as `--amp bf16` runs it (autocast, the
+descriptor's last layer and Langevin in float32), what `--amp auto` (the default) picks on a CPU with native
+bfloat16.
 Data are uniform random images in [-1, 1] (speed does not depend on them). Phases: the share of the iteration
 spent in descriptor Langevin (trainer.coop.revise, timed by wrapping it) and the rest (draft, both updates).
 GFLOP/s: convolution and matmul FLOPs per iteration (torch.utils.flop_counter; the input-only gradient
-counted as a backward() through a frozen copy of the descriptor), over the median time. Ends with
-`train_speedup_vs_naive=` (naive / trainer at the tpami setting).
+counted as a backward() through a frozen copy of the descriptor), over the median time, and its fraction of
+the fp32 peak (bf16 rows: of the bf16 peak). Ends with `train_speedup_vs_naive=` (naive / what coop-train runs
+by default on this machine, at the tpami setting).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import fp32_peak, interleave, machine, table  # noqa: E402
+from timing import bf16_peak, fp32_peak, interleave, machine, table  # noqa: E402
 
 from trainer import coop, langevin  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
@@ -43,8 +47,8 @@ from trainer.grads import frozen_copy  # noqa: E402
 
 SETTINGS = {
     "tpami": TrainConfig(arch="cifar32", channels=3, image_size=32, batch_size=100, chains=144,
-                         langevin_steps=15, delta=0.001, lr_descriptor=0.003, device="cpu"),
-    "default": TrainConfig(device="cpu"),
+                         langevin_steps=15, delta=0.001, lr_descriptor=0.003, device="cpu", amp="none"),
+    "default": TrainConfig(device="cpu", amp="none"),
 }  # fmt: skip
 SETTINGS["tpami4x"] = dataclasses.replace(SETTINGS["tpami"], chains=4 * 144)  # the GPU check's larger load
 
@@ -86,7 +90,7 @@ class LangevinClock:
 
 def make_case(config: TrainConfig, variant: str):
     """(run, one-iteration function) for a case; every case draws the same data batch."""
-    run = coop.build_run(config)
+    run = coop.build_run(dataclasses.replace(config, amp="bf16") if variant == "bf16" else config)
     g = torch.Generator().manual_seed(1)
     y = torch.rand(config.batch_size, *config.net_spec.image_shape, generator=g) * 2 - 1  # (N, C, H, W)
     y = y.to(run.device)
@@ -99,8 +103,6 @@ def make_case(config: TrainConfig, variant: str):
         with contextlib.ExitStack() as stack:
             if variant == "naive":
                 stack.enter_context(patched(langevin, "descriptor_score_and_grad", naive_score_and_grad))
-            if variant == "bf16":
-                stack.enter_context(torch.autocast(run.device.type, dtype=torch.bfloat16))
             return coop.cooperative_iteration(run, y)
 
     return run, step
@@ -162,10 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     variants = [v for v in args.variants.split(",") if v]
+    if "bf16" in variants and args.device == "cpu" and not coop.cpu_has_bf16():
+        variants.remove("bf16")
+        print("bf16 case skipped: this CPU has no native bfloat16 (coop-train refuses --amp bf16 here)")
     peak, how = fp32_peak()
+    peak16, how16 = bf16_peak() or (0.0, "none (no native bfloat16)")
+    default = "bf16" if coop.resolve_amp("auto", torch.device(args.device)) == "bf16" else "trainer"
     print(f"machine: {machine()}")
     print(f"threads: torch {torch.get_num_threads()} (intra-op), torch {torch.__version__}")
     print(f"fp32 peak: {how}")
+    print(f"bf16 peak: {how16}")
+    print(f"coop-train's default here (--amp auto): the {default} case")
     print(f"{args.repeats} iterations per case after {args.warmup} warm-up, interleaved")
     rows, speedup = [], None
     for name in args.settings.split(","):
@@ -179,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
                 name, v, f"{st.median:.3f} ({st.p10:.3f}–{st.p90:.3f})", f"{1 / st.median:.2f}",
                 f"{base / st.median:.2f}", f"{share[v]:.0%}",
                 f"{share[v] * st.median / config.langevin_steps * 1e3:.1f}",
-                f"{f / st.median / 1e9:.0f} ({f / st.median / peak:.0%})", f"{st.cpu_per_wall:.2f}",
+                f"{f / st.median / 1e9:.0f} ({f / st.median / (peak16 if v == 'bf16' else peak):.0%})",
+                f"{st.cpu_per_wall:.2f}",
             ])  # fmt: skip
             print(f"  {name} {v}: {st.median:.3f} s/iteration", flush=True)
         if name == "tpami":
-            speedup = base / stats["trainer"].median
+            speedup = base / stats[default if default in stats else "trainer"].median
     print()
     print(
         table(
@@ -195,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 "vs naive",
                 "Langevin share",
                 "ms per Langevin step",
-                "GFLOP/s (peak)",
+                "GFLOP/s (of peak)",
                 "cpu/wall",
             ],
             rows,

@@ -24,7 +24,14 @@ from trainer.coop import (
 )
 
 TINY = dict(
-    batch_size=4, langevin_steps=2, iterations=3, log_every=1, sample_every=2, ckpt_every=2, export=False
+    batch_size=4,
+    langevin_steps=2,
+    iterations=3,
+    log_every=1,
+    sample_every=2,
+    ckpt_every=2,
+    export=False,
+    amp="none",  # float32: the hand computations below are exact; --amp auto would pick bf16 on some CPUs
 )
 
 
@@ -219,13 +226,21 @@ def test_autocast_keeps_the_descriptors_large_outputs_in_float32():
     torch.testing.assert_close(split, exact, rtol=2e-2, atol=0)
 
 
+def test_amp_auto_resolves_to_what_this_cpu_runs_natively_and_is_recorded():
+    from trainer.coop import cpu_has_bf16
+
+    run = build_run(TrainConfig(**{**TINY, "amp": "auto"}, device="cpu"))
+    assert run.config.amp == ("bf16" if cpu_has_bf16() else "none")  # config.json/checkpoints say what ran
+    assert TrainConfig().amp == "auto"
+
+
 def test_amp_modes_this_cpu_cannot_run_fast_are_refused_with_one_line():
     from trainer.coop import cpu_has_bf16
 
     with pytest.raises(ValueError, match="--amp fp16: float16 autocast is for CUDA"):
-        build_run(TrainConfig(**TINY, amp="fp16", device="cpu"))
+        build_run(TrainConfig(**{**TINY, "amp": "fp16"}, device="cpu"))
     if cpu_has_bf16():
-        assert build_run(TrainConfig(**TINY, amp="bf16", device="cpu")).config.amp == "bf16"
+        assert build_run(TrainConfig(**{**TINY, "amp": "bf16"}, device="cpu")).config.amp == "bf16"
     else:
         with pytest.raises(ValueError, match="--amp bf16: this CPU has no native bfloat16"):
-            build_run(TrainConfig(**TINY, amp="bf16", device="cpu"))
+            build_run(TrainConfig(**{**TINY, "amp": "bf16"}, device="cpu"))

@@ -36,7 +36,8 @@ HELP = {
     "latent_step_size": "η of --infer-latent's steps on the per-image U(X) (docs/training.md: measured)",
     "latent_noise": "the η·N(0, I) term of --infer-latent's steps (the official code always adds it)",
     "device": "auto | cpu | cuda",
-    "amp": "none | bf16 | fp16 autocast (fp16 CUDA only; Langevin, last descriptor layer, sum: float32)",
+    "amp": "auto (bf16 on a CPU with native bfloat16, else none) | none | bf16 | fp16 autocast "
+    "(fp16 CUDA only; Langevin, last descriptor layer, sum: float32)",
     "guard_max_abs": "divergence guard: stop if a revised pixel leaves [-x, x]",
     "guard_energy_gap": "divergence guard: stop if |mean f(revised) - mean f(data)| exceeds this",
     "export": "export RUN_DIR/bundle at the end",
@@ -78,7 +79,7 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str = "auto"
-    amp: str = "none"
+    amp: str = "auto"
     log_every: int = 10
     sample_every: int = 250
     ckpt_every: int = 250
@@ -149,8 +150,8 @@ class TrainConfig:
             bad("dataset", f"{kind}: needs a path, e.g. {kind}:/data/images")
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", f"unknown device {self.device!r}: use auto, cpu or cuda")
-        if self.amp not in ("none", "bf16", "fp16"):
-            bad("amp", f"unknown autocast mode {self.amp!r}: use none, bf16 or fp16")
+        if self.amp not in ("auto", "none", "bf16", "fp16"):
+            bad("amp", f"unknown autocast mode {self.amp!r}: use auto, none, bf16 or fp16")
         if not self.dist_timeout > 0:
             bad("dist_timeout", f"must be > 0 seconds, got {self.dist_timeout}")
         if self.preset:
