@@ -102,7 +102,7 @@ def ort_profile(bundle: Path, n: int, threads: int, steps: int = 10) -> list[lis
 
     import onnxruntime as ort
 
-    from serving.sessions import session_options
+    from serving.sessions import scalar, session_options
 
     opts = session_options(threads)
     opts.enable_profiling = True
@@ -114,8 +114,7 @@ def ort_profile(bundle: Path, n: int, threads: int, steps: int = 10) -> list[lis
         shape = [n if d is None or isinstance(d, str) else d for d in sess.get_inputs()[0].shape]
         rng = np.random.default_rng(0)
         y = rng.standard_normal(shape).astype(np.float32)
-        feed = {"y": y, "mask": np.ones_like(y), "noise": y, "delta": np.float32(DELTA), "s": np.float32(S)}
-        feed = {k: np.asarray(v, np.float32) for k, v in feed.items()}
+        feed = {"y": y, "mask": np.ones_like(y), "noise": y, "delta": scalar(DELTA), "s": scalar(S)}
         for _ in range(steps + 1):
             sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())

@@ -69,6 +69,15 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
+def _peak(info: dict[str, str], per_cycle: int, why: str) -> tuple[float, str]:
+    """cores this process may use × FLOP per cycle × /proc/cpuinfo's clock, and how that was computed."""
+    mhz = float(info.get("cpu MHz", "0") or 0)
+    cores = len(os.sched_getaffinity(0))
+    peak = cores * per_cycle * mhz * 1e6
+    how = f"{cores} cores × {per_cycle} FLOP/cycle ({why}) × {mhz / 1e3:.2f} GHz (cpu MHz)"
+    return peak, f"{how} = {peak / 1e9:.0f} GFLOP/s"
+
+
 def fp32_peak() -> tuple[float, str]:
     """(peak fp32 FLOP/s of the cores this process may use, how it was computed). FLOP per cycle per core:
     2 FMA pipes × SIMD lanes × 2 (multiply + add). AMD Zen 4 (family 25 with AVX-512) executes 512-bit
@@ -87,11 +96,7 @@ def fp32_peak() -> tuple[float, str]:
         per_cycle, why = 32, "AVX2: two 256-bit FMA pipes, 2 × 8 lanes × 2"
     else:
         per_cycle, why = 8, "no FMA SIMD flags seen: 8 (a guess)"
-    mhz = float(info.get("cpu MHz", "0") or 0)
-    cores = len(os.sched_getaffinity(0))
-    peak = cores * per_cycle * mhz * 1e6
-    how = f"{cores} cores × {per_cycle} FLOP/cycle ({why}) × {mhz / 1e3:.2f} GHz (cpu MHz)"
-    return peak, f"{how} = {peak / 1e9:.0f} GFLOP/s"
+    return _peak(info, per_cycle, why)
 
 
 def bf16_peak() -> tuple[float, str] | None:
@@ -108,11 +113,7 @@ def bf16_peak() -> tuple[float, str] | None:
         per_cycle, why = (64, "Zen 4 AVX512-BF16 on 256-bit pipes") if zen4 else (128, "AVX512-BF16, 2 pipes")
     else:
         return None
-    mhz = float(info.get("cpu MHz", "0") or 0)
-    cores = len(os.sched_getaffinity(0))
-    peak = cores * per_cycle * mhz * 1e6
-    how = f"{cores} cores × {per_cycle} FLOP/cycle ({why}) × {mhz / 1e3:.2f} GHz (cpu MHz)"
-    return peak, f"{how} = {peak / 1e9:.0f} GFLOP/s"
+    return _peak(info, per_cycle, why)
 
 
 def machine() -> str:

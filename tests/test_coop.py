@@ -226,12 +226,18 @@ def test_autocast_keeps_the_descriptors_large_outputs_in_float32():
     torch.testing.assert_close(split, exact, rtol=2e-2, atol=0)
 
 
-def test_amp_auto_resolves_to_what_this_cpu_runs_natively_and_is_recorded():
+def test_amp_auto_resolves_to_what_this_cpu_runs_natively_and_is_recorded(tmp_path):
+    import json
+
     from trainer.coop import cpu_has_bf16
 
-    run = build_run(TrainConfig(**{**TINY, "amp": "auto"}, device="cpu"))
-    assert run.config.amp == ("bf16" if cpu_has_bf16() else "none")  # config.json/checkpoints say what ran
+    ran = "bf16" if cpu_has_bf16() else "none"
     assert TrainConfig().amp == "auto"
+    run = build_run(TrainConfig(**{**TINY, "amp": "auto"}, device="cpu"))
+    assert run.config.amp == ran
+    config = TrainConfig(**{**TINY, "amp": "auto", "iterations": 1}, device="cpu", out=str(tmp_path / "r"))
+    train(config, tiny_data(), progress=False)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["amp"] == ran  # what ran, not "auto"
 
 
 def test_amp_modes_this_cpu_cannot_run_fast_are_refused_with_one_line():
