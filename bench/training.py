@@ -12,15 +12,17 @@ Cases, interleaved iteration by iteration on separate runs built from the same s
     naive     the same iteration with every Langevin step doing a full backward() (weight gradients too, then
               zeroed), as FANG-Xiaolin/pytorch-CoopNets does: same math, same samples
     + each of --variants (trainer with channels-last tensors; trainer with --amp bf16)
-trainer and naive run in float32 (--amp none); bf16 is the trainer as `--amp bf16` runs it (autocast, the
-descriptor's last layer and Langevin in float32), what `--amp auto` (the default) picks on a CPU with native
-bfloat16.
+trainer and naive run in float32 (--amp none); bf16 is the trainer as `--amp bf16` runs it (the nets under
+autocast, the sum of the descriptor's outputs and the Langevin arithmetic in float32), what `--amp auto` (the
+default) picks on a CPU with native bfloat16; that case is always measured, so the last line is what
+coop-train runs.
 Data are uniform random images in [-1, 1] (speed does not depend on them). Phases: the share of the iteration
 spent in descriptor Langevin (trainer.coop.revise, timed by wrapping it) and the rest (draft, both updates).
 GFLOP/s: convolution and matmul FLOPs per iteration (torch.utils.flop_counter; the input-only gradient
 counted as a backward() through a frozen copy of the descriptor), over the median time, and its fraction of
-the fp32 peak (bf16 rows: of the bf16 peak). Ends with `train_speedup_vs_naive=` (naive / what coop-train runs
-by default on this machine, at the tpami setting).
+the fp32 peak (bf16 rows: of the bf16 peak); the same for one Langevin step alone (its FLOPs over the measured
+ms per step), the number the 60%-of-peak target is about. Ends with `train_speedup_vs_naive=` (naive / what
+coop-train runs by default on this machine, at the tpami setting).
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ def flops(config: TrainConfig) -> dict[str, float]:
     run0 = coop.build_run(no_langevin)
     data = torch.zeros(config.batch_size, *config.net_spec.image_shape, device=run0.device)
     rest = count(lambda: coop.cooperative_iteration(run0, data))
-    return {"trainer": rest + k * step_trainer, "naive": rest + k * step_naive}
+    return {"trainer": rest + k * step_trainer, "naive": rest + k * step_naive, "step": step_trainer,
+            "step_naive": step_naive}  # fmt: skip
 
 
 def measure(name: str, config: TrainConfig, variants: list[str], repeats: int, warmup: int):
@@ -170,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     peak, how = fp32_peak()
     peak16, how16 = bf16_peak() or (0.0, "none (no native bfloat16)")
     default = "bf16" if coop.resolve_amp("auto", torch.device(args.device)) == "bf16" else "trainer"
+    if default not in ["trainer", *variants]:
+        variants.append(default)  # the last line is always what coop-train runs here
     print(f"machine: {machine()}")
     print(f"threads: torch {torch.get_num_threads()} (intra-op), torch {torch.__version__}")
     print(f"fp32 peak: {how}")
@@ -184,16 +189,19 @@ def main(argv: list[str] | None = None) -> int:
         base = stats["naive"].median
         for v, st in stats.items():
             f = fl["naive" if v == "naive" else "trainer"]
+            step_ms = share[v] * st.median / config.langevin_steps * 1e3
+            step_f = fl["step_naive" if v == "naive" else "step"] / step_ms * 1e3
+            of = peak16 if v == "bf16" else peak
             rows.append([
                 name, v, f"{st.median:.3f} ({st.p10:.3f}–{st.p90:.3f})", f"{1 / st.median:.2f}",
                 f"{base / st.median:.2f}", f"{share[v]:.0%}",
-                f"{share[v] * st.median / config.langevin_steps * 1e3:.1f}",
-                f"{f / st.median / 1e9:.0f} ({f / st.median / (peak16 if v == 'bf16' else peak):.0%})",
+                f"{step_ms:.1f}", f"{step_f / 1e9:.0f} ({step_f / of:.0%})",
+                f"{f / st.median / 1e9:.0f} ({f / st.median / of:.0%})",
                 f"{st.cpu_per_wall:.2f}",
             ])  # fmt: skip
             print(f"  {name} {v}: {st.median:.3f} s/iteration", flush=True)
         if name == "tpami":
-            speedup = base / stats[default if default in stats else "trainer"].median
+            speedup = base / stats[default].median
     print()
     print(
         table(
@@ -205,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                 "vs naive",
                 "Langevin share",
                 "ms per Langevin step",
-                "GFLOP/s (of peak)",
+                "step GFLOP/s (of peak)",
+                "iteration GFLOP/s (of peak)",
                 "cpu/wall",
             ],
             rows,

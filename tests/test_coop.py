@@ -204,7 +204,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / CHECKPOINT)["iteration"] == 2
 
 
-def test_autocast_keeps_the_descriptors_large_outputs_in_float32():
+def test_autocast_keeps_the_descriptors_large_outputs_finite():
     """f of a trained descriptor lives beyond float16's 65504 (1.25e7 measured at iteration 30): under fp16
     autocast the last layer and the sum stay float32, so f stays finite and close to the float32 value,
     where autocasting the whole net overflows."""
@@ -224,6 +224,10 @@ def test_autocast_keeps_the_descriptors_large_outputs_in_float32():
     split = _Autocast(desc, torch.float16, "cpu")(y)
     assert split.dtype == torch.float32 and torch.isfinite(split).all()
     torch.testing.assert_close(split, exact, rtol=2e-2, atol=0)
+    # bfloat16 has float32's range: the whole body runs in bf16 (its last layer too), only the sum is float32
+    bf16 = _Autocast(desc, torch.bfloat16, "cpu")(y)
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
+    torch.testing.assert_close(bf16, exact, rtol=2e-2, atol=0)
 
 
 def test_amp_auto_resolves_to_what_this_cpu_runs_natively_and_is_recorded(tmp_path):
