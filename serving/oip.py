@@ -16,7 +16,9 @@ guards it like every RPC. Models (version "1"; [N] = one value per image, [1] = 
                               INT32|INT64 [1], latent_step_size, refine_step_size FP32 [1], noise BOOL [1]
                          out: images FP32 [N, C, H, W] (observed pixels as given), energy FP32 [N]
     coopnets-energy      in:  images FP32 [N, C, H, W]
-                         out: energy FP32 [N] (E(Y), lower = more typical), score FP32 [N] (f(Y))
+                         out: energy FP32 [N] (E(Y), lower = more typical), score FP32 [N] (f(Y)),
+                              and for a bundle with typicality.onnx ood FP32 [N] (the calibrated
+                              out-of-distribution score, > 1 = beyond the held-out images' 95% quantile)
 
 Image i of a synthesis is made from its own default_rng(seed_i), exactly as in coopnets.v1, so the images are
 the same bits whichever protocol asked. Unset optional inputs take the bundle's defaults. Bad input answers
@@ -104,6 +106,15 @@ MODELS: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = {
         (Tensor("energy", ("FP32",), (-1,)), Tensor("score", ("FP32",), (-1,))),
     ),
 }
+
+
+OOD = Tensor("ood", ("FP32",), (-1,))
+
+
+def _outputs(name: str, engine) -> tuple[Tensor, ...]:
+    """The model's outputs for the loaded bundle: `ood` exists only where the bundle has typicality.onnx."""
+    outs = MODELS[name][1]
+    return outs + (OOD,) if name == ENERGY and engine.has_ood else outs
 
 
 def _package_version() -> str:
@@ -216,8 +227,8 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
     def ModelMetadata(self, request, context):
         with self.service.handling("ModelMetadata", context):
             name = _model(request.name, request.version)
-            shape = self.service.lifecycle.engine.image_shape
-            ins, outs = MODELS[name]
+            engine = self.service.lifecycle.engine
+            shape, ins, outs = engine.image_shape, MODELS[name][0], _outputs(name, engine)
 
             def meta(t: Tensor):
                 return oip.ModelMetadataResponse.TensorMetadata(
@@ -235,8 +246,8 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
     def ModelConfig(self, request, context):
         with self.service.handling("ModelConfig", context):
             name = _model(request.name, request.version)
-            shape = self.service.lifecycle.engine.image_shape
-            ins, outs = MODELS[name]
+            engine = self.service.lifecycle.engine
+            shape, ins, outs = engine.image_shape, MODELS[name][0], _outputs(name, engine)
             config = mc.ModelConfig(
                 name=name,
                 platform="coopnets_onnxruntime",
@@ -263,7 +274,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
         with self.service.handling("ModelInfer", context):
             name = _model(request.model_name, request.model_version)
             wanted = [o.name for o in request.outputs]
-            names = [t.name for t in MODELS[name][1]]
+            names = [t.name for t in _outputs(name, self.service.lifecycle.engine)]
             for o in wanted:
                 if o not in names:
                     raise FieldError(o, f"{name} has no output {o!r}: {', '.join(names)}")

@@ -52,6 +52,8 @@ def test_health_and_metadata(tc, serving_engine):
     assert [i.name for i in config.input][:2] == ["images", "masks"] and not config.input[0].optional
     assert list(config.input[1].dims) == [-1, c, h, w]
     assert tc.get_server_metadata(headers=AUTH).name == "coopnets"
+    energy = tc.get_model_metadata("coopnets-energy", headers=AUTH)
+    assert [t.name for t in energy.outputs] == ["energy", "score"]  # no `ood`: this bundle has no typicality
 
 
 def test_synthesis_is_bit_for_bit_the_coopnets_v1_images(tc, client):

@@ -64,6 +64,19 @@ def test_energy_rpc_returns_ood_and_model_info_describes_it(ood_bundle, digits, 
         assert info.HasField("ood") and info.ood.threshold == 1.0
         assert info.ood.false_alarm_rate == pytest.approx(1 - QUANTILE)
         assert info.ood.calibration_images == 1000
+        # the Open Inference Protocol's energy model carries the same score as an `ood` output
+        import tritonclient.grpc as triton
+
+        tc = triton.InferenceServerClient(url=server.address)
+        try:
+            meta = tc.get_model_metadata("coopnets-energy")
+            assert [t.name for t in meta.outputs] == ["energy", "score", "ood"]
+            request = triton.InferInput("images", list(images.shape), "FP32")
+            request.set_data_from_numpy(images)
+            got = tc.infer("coopnets-energy", [request], client_timeout=60)
+            np.testing.assert_array_equal(got.as_numpy("ood"), out.ood)
+        finally:
+            tc.close()
     finally:
         assert server.stop(), server.log()
 
