@@ -107,7 +107,7 @@ def cpu_has_bf16() -> bool:
 def resolve_amp(amp: str, device: torch.device) -> str:
     """`--amp auto`: bf16 on a CPU where oneDNN runs it natively, float32 ("none") elsewhere.
 
-    On such a CPU bf16 autocast trains at 1.4-2.0x the naive baseline against 1.3x in float32
+    On such a CPU bf16 autocast trains at 1.4-2.5x the naive baseline against 1.2-1.5x in float32
     (bench/training.py), with samples as good as float32 at equal iterations (docs/training.md, "Mixed
     precision": coop-eval FD of both). On CUDA, auto stays float32 until bench/gpu.sh has measured bf16
     there (docs/gpu.md); `--amp bf16` asks for it."""
