@@ -37,7 +37,7 @@ HELP = {
     "latent_noise": "the η·N(0, I) term of --infer-latent's steps (the official code always adds it)",
     "device": "auto | cpu | cuda",
     "amp": "auto (bf16 on a CPU with native bfloat16, else none) | none | bf16 | fp16 autocast "
-    "(fp16 CUDA only; Langevin, last descriptor layer, sum: float32)",
+    "(fp16 CUDA only; Langevin and the sum of f stay float32, under fp16 the last descriptor layer too)",
     "guard_max_abs": "divergence guard: stop if a revised pixel leaves [-x, x]",
     "guard_energy_gap": "divergence guard: stop if |mean f(revised) - mean f(data)| exceeds this",
     "export": "export RUN_DIR/bundle at the end",
