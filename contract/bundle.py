@@ -16,6 +16,11 @@ the out-of-distribution score (trainer/ood.py): the Mahalanobis distance of the 
 feature statistics from those of training images, scaled so that 95% of the calibration images score
 below 1. The manifest's `ood` section says how it was calibrated.
 
+From coopnets 0.3 on the graphs keep their large tensors in one shared file, `weights.bin` (ONNX external
+data: each tensor once, though two graphs use it), listed in `files` like a graph; the manifest's `weights`
+section says how they are stored (STORAGE: float32, or float16 / int8 decoded to float32 inside the graph,
+trainer/pack.py). Older bundles, all inline, load as before.
+
 Both sides go through this module: the exporter writes the manifest with `write_manifest` and reads the
 result back with `read_bundle` before renaming the directory into place; the service loads with
 `read_bundle` and checks its ONNX Runtime sessions' inputs and outputs with `check_graph_io`. So the format,
@@ -47,6 +52,8 @@ FORMAT = "coopnets.bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 OPSET = 18
+WEIGHTS = "weights.bin"  # the graphs' shared external data (optional)
+STORAGE = ("float32", "float16", "int8")  # how weights.bin stores them; the arithmetic is float32 in all
 BATCH = "N"  # the dynamic batch axis, in the manifest and in every graph
 
 # name -> (inputs, outputs), each a tuple of (tensor name, dims); dims use the symbols below, () = a scalar
@@ -142,6 +149,11 @@ class Bundle:
         return dict(self.manifest.get("ood", {})) if "typicality" in self.graph_files else {}
 
     @property
+    def weights_storage(self) -> str:
+        """How the graphs' weights are stored (contract STORAGE); "float32" for bundles that predate it."""
+        return str(self.manifest.get("weights", {}).get("storage", "float32"))
+
+    @property
     def file_sha256(self) -> dict[str, str]:
         return {name: entry["sha256"] for name, entry in self.manifest["files"].items()}
 
@@ -226,11 +238,13 @@ def write_manifest(
     training: Mapping[str, Any] | None = None,
     writer: Mapping[str, Any] | None = None,
     ood: Mapping[str, Any] | None = None,
+    weights: Mapping[str, Any] | None = None,
 ) -> dict:
     """Writes `root`/manifest.json for the graph files already in `root` (named <graph>.onnx), with their
     sha256 and size; returns the manifest. `graph_io`: per graph {"inputs": [...], "outputs": [...]} as read
-    from the ONNX files; `writer`: extra top-level entries (exporter, versions). Missing completion keys take
-    DEFAULT_COMPLETION. Call read_bundle(root) afterwards: that is the verification."""
+    from the ONNX files; `writer`: extra top-level entries (exporter, versions); `weights`: the `weights`
+    section ({"storage": ...}) when `root` has WEIGHTS, which is then listed in `files` too. Missing
+    completion keys take DEFAULT_COMPLETION. Call read_bundle(root) afterwards: that is the verification."""
     root = Path(root)
     missing = [k for k in LANGEVIN_KEYS if k not in langevin]
     if missing:
@@ -240,6 +254,11 @@ def write_manifest(
         file = f"{name}.onnx"
         graphs[name] = {"file": file, **graph_io[name]}
         files[file] = {"sha256": sha256_file(root / file), "bytes": (root / file).stat().st_size}
+    if (root / WEIGHTS).is_file():
+        files[WEIGHTS] = {"sha256": sha256_file(root / WEIGHTS), "bytes": (root / WEIGHTS).stat().st_size}
+        weights = {"file": WEIGHTS, "storage": "float32", **(weights or {})}
+    elif weights:
+        raise BundleError(f"weights {dict(weights)} given but {root / WEIGHTS} was not written")
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -255,6 +274,7 @@ def write_manifest(
         "files": files,
         "training": dict(training or {}),
         **({"ood": dict(ood)} if ood else {}),
+        **({"weights": dict(weights)} if weights else {}),
     }
     atomic_write_json(root / MANIFEST, manifest)
     return manifest
@@ -315,6 +335,12 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     if "latent_dim" in net and net["latent_dim"] != latent_dim:
         raise m.fail("net.latent_dim", f"{net['latent_dim']!r} differs from latent_dim {latent_dim}")
     graphs, files = m.section(manifest, "graphs"), m.section(manifest, "files")
+    weights = m.section(manifest, "weights", optional=True)
+    if weights and weights.get("storage") not in STORAGE:
+        got = weights.get("storage")
+        raise m.fail("weights.storage", f"must be one of {', '.join(STORAGE)}, got {got!r}")
+    if weights and weights.get("file") not in files:
+        raise BundleError(f"{mpath}: weights names no file listed in 'files': re-export the bundle")
     graph_files = {}
     for name in [*GRAPHS, *(g for g in OPTIONAL_GRAPHS if g in graphs)]:
         entry = m.section(graphs, name, f"graphs.{name}")

@@ -21,7 +21,7 @@ from torch import nn
 from contract.bundle import DEFAULT_COMPLETION, BundleError, read_bundle
 from trainer import grads
 from trainer.config import TrainConfig
-from trainer.export import ExportError, export_bundle, export_run
+from trainer.export import PACK_RTOL, ExportError, export_bundle, export_run
 from trainer.grads import DescriptorWithGrad, GeneratorGrad, UnsupportedLayerError, kink_margin
 from trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy_grad
 from trainer.nets import NetSpec
@@ -173,7 +173,8 @@ def test_manifest_and_sha256(exported):
         for d in ("inputs", "outputs")
         for v in manifest["graphs"][g][d]
     )
-    assert sorted(manifest["files"]) == sorted(f"{g}.onnx" for g in GRAPHS)
+    assert sorted(manifest["files"]) == sorted([*(f"{g}.onnx" for g in GRAPHS), "weights.bin"])
+    assert manifest["weights"] == {"file": "weights.bin", "storage": "float32"}
     for file, meta in manifest["files"].items():
         data = (out / file).read_bytes()
         assert meta == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
@@ -183,6 +184,12 @@ def test_read_bundle_rejects_damage(tmp_path):
     descriptor, generator = perturbed_nets(SPECS[0])
     out = export_bundle(descriptor, generator, tmp_path / "bundle", langevin=LANGEVIN)
     data = bytearray((out / "descriptor.onnx").read_bytes())
+    weights = (out / "weights.bin").read_bytes()
+    (out / "weights.bin").write_bytes(weights[:100] + bytes([weights[100] ^ 1]) + weights[101:])
+    with pytest.raises(BundleError, match="weights.bin does not match its sha256"):
+        read_bundle(out)
+    (out / "weights.bin").write_bytes(weights)
+    read_bundle(out)
     data[len(data) // 2] ^= 1
     (out / "descriptor.onnx").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="descriptor.onnx does not match its sha256"):
@@ -190,6 +197,7 @@ def test_read_bundle_rejects_damage(tmp_path):
     (out / "descriptor.onnx").unlink()
     with pytest.raises(BundleError, match="descriptor.onnx is missing"):
         read_bundle(out)
+
     (out / "manifest.json").write_text("{")
     with pytest.raises(BundleError, match="not valid JSON"):
         read_bundle(out)
@@ -300,3 +308,53 @@ def test_batchnorm_recalibration_matches_batch_statistics_and_keeps_the_weights(
     for (name, p), q in zip(g.named_parameters(), fixed.parameters(), strict=True):
         assert torch.equal(p, q), name
     assert not fixed.training
+
+
+@pytest.mark.parametrize("storage", ["float16", "int8"])
+def test_packed_weights_are_shared_smaller_and_answer_like_float32(exported, storage, tmp_path):
+    """weights.bin holds each tensor once (descriptor.onnx and langevin_step.onnx share the descriptor's);
+    float16 and int8 storage shrink it to about 1/2 and 1/4 and the graphs still answer like the float32
+    bundle (trainer/pack.py: the rounding's error, relative L2 per output)."""
+    descriptor, generator, out, sessions = exported
+    dense = sum(p.numel() for net in (descriptor, generator) for p in net.parameters()) * 4
+    float32 = (out / "weights.bin").stat().st_size
+    assert float32 < 1.3 * dense  # shared: an inline bundle holds every weight at least twice
+    packed = export_bundle(descriptor, generator, tmp_path / "b", langevin=LANGEVIN, weights=storage)
+    b = read_bundle(packed)
+    assert b.weights_storage == storage and b.manifest["weights"]["storage"] == storage
+    ratio = (packed / "weights.bin").stat().st_size / float32
+    assert (0.45 < ratio < 0.55) if storage == "float16" else (0.2 < ratio < 0.3), ratio
+    spec = descriptor.spec
+    feed = random_inputs(spec, 4, seed=7, descriptor=descriptor, generator=generator)
+    for g in GRAPHS:
+        mine = ort.InferenceSession(str(packed / f"{g}.onnx"), providers=["CPUExecutionProvider"])
+        names = [i.name for i in mine.get_inputs()]
+        got = mine.run(None, {k: feed[k] for k in names})
+        want = sessions[g].run(None, {k: feed[k] for k in names})
+        for a, w in zip(got, want, strict=True):
+            err = np.linalg.norm(a - w) / np.linalg.norm(w)
+            assert 0 < err < PACK_RTOL[storage], (g, err)  # rounded (not bit-equal), and close
+
+
+def test_a_bundle_with_inline_weights_still_loads_and_runs(tmp_path):
+    """Bundles before weights.bin (coopnets < 0.3) held every tensor inside its graph: still served."""
+    import onnx
+
+    descriptor, generator = perturbed_nets(SPECS[0])
+    out = export_bundle(descriptor, generator, tmp_path / "bundle", langevin=LANGEVIN)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for g in GRAPHS:
+        model = onnx.load(str(out / f"{g}.onnx"))  # resolves weights.bin
+        onnx.save(model, str(out / f"{g}.onnx"))  # inline again
+        data = (out / f"{g}.onnx").read_bytes()
+        manifest["files"][f"{g}.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (out / "weights.bin").unlink()
+    del manifest["files"]["weights.bin"], manifest["weights"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    b = read_bundle(out)
+    assert b.weights_storage == "float32"
+    session = ort.InferenceSession(str(b.graph_files["generator"]), providers=["CPUExecutionProvider"])
+    z = np.random.default_rng(0).standard_normal((2, 100)).astype(np.float32)
+    with torch.no_grad():
+        want = generator.eval()(torch.from_numpy(z))
+    assert rel_err(session.run(None, {"z": z})[0], want) < 1e-4

@@ -137,6 +137,7 @@ def test_model_info(client, serving_bundle):
         "descriptor.onnx",
         "langevin_step.onnx",
         "generator_grad.onnx",
+        "weights.bin",
     }
     assert info.device == "cpu"
     assert {s.graph: list(s.providers) for s in info.sessions} == {

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from contract.bundle import STORAGE
 from contract.flags import Parser, add_flags, cli_main
 from trainer.config import HELP, TrainConfig, resolve_train_config
 
@@ -189,6 +190,11 @@ def export_main(argv: list[str] | None = None) -> int:
         metavar="BATCHES",
         help=f"{HELP['bn_recalibrate']} (default: the run's --bn-recalibrate)",
     )
+    parser.add_argument(
+        "--weights",
+        choices=STORAGE,
+        help=f"{HELP['weights']} (default: the run's --weights)",
+    )
     args = parser.parse_args(argv)
 
     def export() -> int:
@@ -201,6 +207,8 @@ def export_main(argv: list[str] | None = None) -> int:
         descriptor, generator, config = load_models(args.checkpoint)
         if args.bn_recalibrate is not None:
             config = dataclasses.replace(config, bn_recalibrate=args.bn_recalibrate).validate()
+        if args.weights is not None:
+            config = dataclasses.replace(config, weights=args.weights).validate()
         bundle = export_run(descriptor, generator, config, Path(args.out_dir))
         print(f"bundle: {bundle}")
         if args.triton:

@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from contract.bundle import STORAGE
 from trainer.nets import ARCH_FOR_SIZE, ARCHS, NetSpec, arch_for_size, image_size
 
 DATASET_KINDS = ("fashion-mnist", "digits", "folder:PATH", "npz:PATH")
@@ -43,6 +44,8 @@ HELP = {
     "export": "export RUN_DIR/bundle at the end",
     "bn_recalibrate": "at export, recompute the generator's BatchNorm statistics over this many batches of "
     "fresh latents (0 = training's running averages)",
+    "weights": "how the bundle stores its weights: float32 (as trained) | float16 (half the size) | int8 "
+    "(a quarter, one scale per output channel); the arithmetic stays float32 (trainer/pack.py)",
     "dist_timeout": "under torchrun: seconds a rank waits in a collective for the others before it gives up",
     "out": "run directory (config, checkpoints, logs, samples, bundle)",
 }
@@ -88,6 +91,7 @@ class TrainConfig:
     dist_timeout: float = 300.0
     export: bool = True
     bn_recalibrate: int = 0
+    weights: str = "float32"
     out: str = "runs/coop"
 
     # ---- derived -------------------------------------------------------------------------------------------
@@ -132,6 +136,8 @@ class TrainConfig:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.beta1 < 1:
             bad("beta1", f"must be in [0, 1), got {self.beta1}")
+        if self.weights not in STORAGE:
+            bad("weights", f"{self.weights!r} is not one of {', '.join(STORAGE)}")
         if self.image_size not in ARCH_FOR_SIZE:
             bad("image_size", f"{self.image_size} is not supported: use one of {sorted(ARCH_FOR_SIZE)}")
         if self.arch != "auto":

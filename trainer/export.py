@@ -39,11 +39,15 @@ from contract.files import make_temp_dir, replace_dir
 from trainer.config import TrainConfig
 from trainer.grads import DescriptorWithGrad, Generate, GeneratorGrad, LangevinStep, frozen_copy, kink_margin
 from trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy, latent_energy_grad
+from trainer.pack import pack_bundle
 
 log = logging.getLogger(__name__)
 
 EXPORTERS = ("torchscript", "dynamo")
 RTOL = 1e-4  # max |onnx − torch| / max |torch|, per output
+# after packing (trainer/pack.py), relative L2 error per output for rounded weights: a broken packing (a wrong
+# offset or scale) is off by O(1); what the rounding does to samples is measured by coop-eval instead
+PACK_RTOL = {"float32": RTOL, "float16": 0.05, "int8": 0.15}
 TRACE_BATCH, CHECK_BATCH = 2, 3  # the check runs another batch size than the trace: the batch axis is dynamic
 CANDIDATES = 16  # random inputs drawn per checked one (the smoothest are kept, see _check_case)
 
@@ -137,6 +141,7 @@ def export_run(
         langevin=langevin_manifest(config),
         training=config.to_dict(),
         calibration=calibration_images(config, pixels),
+        weights=config.weights,
     )
 
 
@@ -150,6 +155,7 @@ def export_bundle(
     training: dict | None = None,
     exporter: str = "torchscript",
     calibration: torch.Tensor | None = None,
+    weights: str = "float32",
 ) -> Path:
     """Export both nets (copied to CPU, float32, eval mode) as a verified bundle at `out_dir`; returns it.
 
@@ -159,12 +165,16 @@ def export_bundle(
     training:   the resolved training config (JSON-serialisable), stored as the manifest's "training"
     calibration: training images (N, C, H, W) in [-1, 1] for the out-of-distribution score
                 (typicality.onnx, trainer/ood.py); None = a bundle without it
+    weights:    how weights.bin stores the weights (contract.bundle.STORAGE, trainer/pack.py); the graphs
+                are checked against PyTorch in float32 first, then again after packing within PACK_RTOL
     """
     missing = [k for k in bundle.LANGEVIN_KEYS if k not in langevin]
     if missing:  # checked before the minutes of export that need them, not only by write_manifest after
         raise bundle.BundleError(
             f"langevin settings lack {', '.join(missing)}: give {', '.join(bundle.LANGEVIN_KEYS)}"
         )
+    if weights not in bundle.STORAGE:
+        raise ValueError(f"weight storage {weights!r}: use one of {', '.join(bundle.STORAGE)}")
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}: use one of {', '.join(EXPORTERS)}")
     spec = descriptor.spec
@@ -206,6 +216,10 @@ def export_bundle(
                 spec.latent_dim,
             )
             _compare(graph, path, *checks[graph.name])
+        packed = pack_bundle(tmp, [g.name for g in graphs], weights)
+        for graph in graphs:
+            _compare(graph, tmp / graph.file, *checks[graph.name], rtol=PACK_RTOL[weights], packed=weights)
+        log.info("weights.bin: %.1f MB (%s)", packed[bundle.WEIGHTS] / 1e6, weights)
         bundle.write_manifest(
             tmp,
             net=dataclasses.asdict(spec),
@@ -216,6 +230,7 @@ def export_bundle(
             graph_io=graph_io,
             training=training,
             ood=ood,
+            weights={"storage": weights},
             writer={
                 "exporter": exporter,
                 "versions": bundle.versions(
@@ -334,8 +349,9 @@ def _export(graph: _Graph, args: tuple[torch.Tensor, ...], path: Path, exporter:
             program.save(str(path))
 
 
-def _compare(graph: _Graph, path: Path, args, expected) -> None:
-    """Run the exported graph in ONNX Runtime (CPU) and compare each output with PyTorch."""
+def _compare(graph: _Graph, path: Path, args, expected, rtol: float = RTOL, packed: str = "") -> None:
+    """Run the exported graph in ONNX Runtime (CPU) and compare each output with PyTorch; `packed` names the
+    weight storage when the graph was packed (trainer/pack.py), whose rounding `rtol` then allows."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {name: a.numpy() for name, a in zip(graph.inputs, args, strict=True)}
     got = session.run(list(graph.outputs), feed)
@@ -343,10 +359,19 @@ def _compare(graph: _Graph, path: Path, args, expected) -> None:
         e = e.numpy()
         if g.shape != e.shape:
             raise ExportError(f"{graph.file}: output {name} has shape {g.shape}, PyTorch gives {e.shape}")
+        if packed and packed != "float32":  # rounded weights: the error of the whole output, not its worst
+            # element, which a pre-activation moved across a leaky-ReLU kink by the rounding may dominate
+            err = float(np.linalg.norm(g - e) / max(float(np.linalg.norm(e)), 1e-12))
+            if not err < rtol:
+                raise ExportError(
+                    f"{graph.file}: output {name} with {packed} weights differs from PyTorch by {err:.2e} "
+                    f"(relative L2, >= {rtol:g}): the packing is broken; export with --weights float32"
+                )
+            continue
         err = float(np.abs(g - e).max() / max(float(np.abs(e).max()), 1e-12))
-        if not err < RTOL:
+        if not err < rtol:
             raise ExportError(
-                f"{graph.file}: output {name} differs from PyTorch (relative error {err:.2e} >= {RTOL:g}); "
+                f"{graph.file}: output {name} differs from PyTorch (relative error {err:.2e} >= {rtol:g}); "
                 "the explicit backward in trainer/grads.py is out of sync with trainer/nets.py"
             )
 
