@@ -148,7 +148,8 @@ HEALTH_HELP = {"wait": "poll up to this many seconds for SERVING"}
 COMPLETE_HELP = {
     "mask": "PNG mask, white = missing (applied to every input)",
     "occlude": "named occlusion: center:N | random:P | left-half | rects",
-    "bundle": "complete locally with ONNX Runtime on this bundle directory (instead of --server)",
+    "bundle": "complete locally with ONNX Runtime on this bundle directory, or reference (the one shipped "
+    "in models/), instead of --server",
     "out": "output directory (required)",
     "seed": "input i uses seed S + i",
     "latent_steps": "latent inference steps",

@@ -30,6 +30,11 @@ default out of its range (s, δ, σ > 0; step counts >= 0; 1 <= restarts <= 16),
 the image shape or latent size, and any file whose size or sha256 differs from the manifest.
 
 Bundles written before a key existed still load: a missing `completion` key takes DEFAULT_COMPLETION.
+
+The repository ships one bundle, the reference model (models/reference, made as models/README.md says): the
+name `reference` in place of a directory means it (`coop-serve --bundle reference`), and reading it, by name
+or by path, also checks its manifest's sha256 against the pin in models/reference.sha256, so a partial copy,
+a Git LFS pointer or a re-export that was not re-pinned is refused with one line.
 """
 
 from __future__ import annotations
@@ -92,6 +97,10 @@ DEFAULT_COMPLETION = {
     "restarts": 4,
 }
 LANGEVIN_KEYS = ("s", "delta", "steps", "sigma", "noise")
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models"  # in a clone (and an editable install)
+REFERENCE = "reference"
 
 
 class BundleError(ValueError):
@@ -291,9 +300,37 @@ def is_bundle(path: str | os.PathLike) -> bool:
 # ---- reading -----------------------------------------------------------------------------------------------
 
 
+def resolve_bundle(path: str | os.PathLike) -> Path:
+    """The directory `path` names: itself, or for REFERENCE (when no such directory exists here) the shipped
+    reference bundle."""
+    if str(path) == REFERENCE and not Path(path).is_dir():
+        if not (SHIPPED / REFERENCE / MANIFEST).is_file():
+            raise BundleError(
+                f"--bundle {REFERENCE}: the reference bundle ships with the git repository "
+                f"({SHIPPED / REFERENCE} is missing here): run from a clone, or pass a bundle directory"
+            )
+        return SHIPPED / REFERENCE
+    return Path(path)
+
+
+def pinned_digest(root: Path) -> str | None:
+    """The sha256 the repository pins for the manifest of the shipped bundle at `root`; None for any other
+    directory."""
+    try:
+        if root.resolve() != (SHIPPED / REFERENCE).resolve():
+            return None
+    except OSError:
+        return None
+    pin = SHIPPED / f"{REFERENCE}.sha256"
+    try:
+        return pin.read_text().split()[0]  # sha256sum's format: "<hex>  reference/manifest.json"
+    except (OSError, IndexError):
+        raise BundleError(f"{pin} is missing or empty: restore it with git checkout {pin.name}") from None
+
+
 def read_bundle(path: str | os.PathLike) -> Bundle:
     """Reads and verifies the bundle at `path` (see the module docstring); raises BundleError."""
-    root = Path(path)
+    root = resolve_bundle(path)
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise BundleError(
@@ -306,6 +343,13 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         raise BundleError(f"{mpath} is not valid JSON ({e}): re-export the bundle") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{mpath} is not a JSON object: re-export the bundle")
+    pin = pinned_digest(root)
+    if pin is not None and hashlib.sha256(raw).hexdigest() != pin:
+        raise BundleError(
+            f"{mpath}: sha256 {hashlib.sha256(raw).hexdigest()[:16]}… is not the {pin[:16]}… pinned in "
+            f"{SHIPPED / (REFERENCE + '.sha256')}: restore the shipped bundle (git checkout models/), or "
+            "re-pin it as models/README.md says"
+        )
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(
             f"{mpath}: format {manifest.get('format')!r} version {manifest.get('format_version')!r} is not "

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.bundle import REFERENCE
 from contract.flags import Parser, add_flags, cli_main, resolve
 from contract.occlusions import DEFAULT_OCCLUSIONS, parse_occlusion
 from evaluation.completion import METHODS
@@ -33,7 +34,8 @@ from evaluation.completion import METHODS
 log = logging.getLogger("evaluation")
 
 HELP = {
-    "model": "model bundle directory, or a coop-train checkpoint .pt (exported to a temporary bundle)",
+    "model": "model bundle directory, a coop-train checkpoint .pt (exported to a temporary bundle), or "
+    "reference (the bundle shipped in models/)",
     "out": "output directory for report.md, report.json and the PNG strips",
     "data_dir": "folder with the Fashion-MNIST idx files, train-* and t10k-*; '' = Debian's, then "
                 "~/.cache/coopnets/fashion-mnist",
@@ -110,9 +112,10 @@ class EvalConfig:
         """ValueError with one line naming the flag."""
         if not self.model:
             raise ValueError("give the model: a bundle directory or a checkpoint .pt")
-        if not Path(self.model).exists():
+        if not Path(self.model).exists() and self.model != REFERENCE:
             raise ValueError(
-                f"model {self.model} does not exist: give a bundle directory or a checkpoint .pt"
+                f"model {self.model} does not exist: give a bundle directory, a checkpoint .pt or "
+                f"{REFERENCE} (the shipped model)"
             )
         for name in ("n", "completion_n", "batch", "examples", "classifier_epochs", "inception_n"):
             if getattr(self, name) < 1:
@@ -166,7 +169,7 @@ def open_engine(model: Path, device: str, threads: int, tmp: Path):
     """serving.engine.Engine for a bundle directory, or for a checkpoint exported into `tmp` first."""
     from serving.engine import Engine
 
-    if model.is_dir():
+    if model.is_dir() or str(model) == REFERENCE:
         return Engine.open(model, device=device, threads=threads)
     from trainer.checkpoint import load_models
     from trainer.export import export_run

@@ -57,7 +57,8 @@ log = logging.getLogger("coop-serve")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 HELP = {
-    "bundle": "model bundle directory written by coop-export (required)",
+    "bundle": "model bundle directory written by coop-export, or reference (the one shipped in models/) "
+    "(required)",
     "host": "address to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it (then use TLS and a token)",
     "port": "gRPC port; 0 = any free port (see --port-file)",
     "reuse_port": "SO_REUSEPORT: several coop-serve processes (replicas) may bind the same --port and the "

@@ -1,0 +1,108 @@
+"""The reference bundle shipped in models/: verified against its pin, served, scoring and completing held-out
+images on a fresh clone before any training (models/README.md says how it was made)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from support import start_server
+
+from clients.cli import complete_main
+from contract import bundle
+from contract.bundle import REFERENCE, SHIPPED, BundleError, read_bundle
+from evaluation.data import load_split
+
+
+@pytest.fixture(scope="module")
+def heldout() -> np.ndarray:
+    """Eight t10k images (N, 1, 28, 28) in [-1, 1]: data the reference model never saw."""
+    return load_split("t10k", (1, 28, 28)).images[:8]
+
+
+def test_the_shipped_bundle_verifies_by_name_and_by_path():
+    b = read_bundle(REFERENCE)
+    assert b.path == SHIPPED / REFERENCE
+    assert (SHIPPED / f"{REFERENCE}.sha256").read_text().split() == [b.digest, "reference/manifest.json"]
+    assert read_bundle(SHIPPED / REFERENCE).digest == b.digest
+    assert b.weights_storage == "int8" and b.image_shape == (1, 28, 28) and "typicality" in b.graph_files
+    assert b.manifest["training"]["dataset"] == "fashion-mnist"
+    size = sum(p.stat().st_size for p in (SHIPPED / REFERENCE).iterdir())
+    assert size < 6_000_000, size  # a few MB, so that it can live in git
+
+
+def test_a_changed_or_unpinned_shipped_bundle_is_refused(tmp_path, monkeypatch):
+    shutil.copytree(SHIPPED, tmp_path / "models")
+    monkeypatch.setattr(bundle, "SHIPPED", tmp_path / "models")
+    assert read_bundle(REFERENCE).digest == read_bundle(SHIPPED / REFERENCE).digest  # the copy, as shipped
+    manifest_path = tmp_path / "models" / REFERENCE / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["completion"]["restarts"] = 2  # still a valid bundle, but not the pinned one
+    manifest_path.write_text(json.dumps(manifest))
+    for name in (REFERENCE, tmp_path / "models" / REFERENCE):
+        with pytest.raises(BundleError, match="pinned in .*reference.sha256"):
+            read_bundle(name)
+    shutil.copytree(tmp_path / "models" / REFERENCE, tmp_path / "elsewhere")
+    assert read_bundle(tmp_path / "elsewhere").completion.restarts == 2  # anywhere else: just a bundle
+    (tmp_path / "models" / "reference.sha256").unlink()
+    with pytest.raises(BundleError, match="reference.sha256 is missing"):
+        read_bundle(REFERENCE)
+    shutil.rmtree(tmp_path / "models")
+    with pytest.raises(BundleError, match="ships with the git repository"):
+        read_bundle(REFERENCE)
+
+
+def test_coop_serve_serves_the_reference_bundle_by_name(tmp_path, heldout):
+    server = start_server(REFERENCE, tmp_path / "server", "--warmup-runs", "0")
+    try:
+        with server.client(timeout=120) as c:
+            info = c.info()
+            assert info.bundle_sha256 == read_bundle(REFERENCE).digest
+            images = c.synthesize(count=4, seed=0).images  # (4, 1, 28, 28), the bundle's 15 steps
+            assert images.shape == (4, 1, 28, 28) and np.isfinite(images).all()
+            assert images.std(axis=(1, 2, 3)).min() > 0.1  # pictures, not flat fields
+            noise = np.random.default_rng(0).uniform(-1, 1, (8, 1, 28, 28)).astype(np.float32)
+            scores = c.energies(np.concatenate([heldout, noise]))
+            assert scores.ood is not None
+            assert (scores.ood[8:] > 1).all()  # uniform noise is flagged
+            assert (
+                scores.ood[:8] < 1
+            ).mean() >= 0.75  # held-out Fashion-MNIST mostly is not (95% calibrated)
+    finally:
+        server.stop()
+
+
+def test_coop_complete_recovers_heldout_images_with_the_reference_bundle(tmp_path, heldout):
+    """Centre 12x12 holes in held-out images: the shipped model's fill is closer to the truth than the mean
+    training image (coop-eval's `mean` baseline), on every image and by a clear margin on average."""
+    mean_image = load_split("train", (1, 28, 28)).images.mean(axis=0)[0]  # (28, 28)
+    paths = []
+    for i, im in enumerate(heldout[:4]):
+        paths.append(tmp_path / f"t10k_{i}.png")
+        PILImage.fromarray(np.rint((im[0] + 1) * 127.5).astype(np.uint8)).save(paths[-1])
+    out = tmp_path / "out"
+    argv = [
+        *map(str, paths),
+        "--occlude",
+        "center:12",
+        "--bundle",
+        REFERENCE,
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    assert complete_main(argv) == 0
+    hole = np.zeros((28, 28), bool)
+    hole[8:20, 8:20] = True
+    errors = []  # (coop, mean image): mean absolute error on the hole, per image
+    for i, im in enumerate(heldout[:4]):
+        rec = np.asarray(PILImage.open(out / f"t10k_{i}_recovered.png"), np.float32) / 127.5 - 1
+        truth = im[0]
+        assert np.abs(rec[~hole] - truth[~hole]).max() < 0.01  # observed pixels kept
+        errors.append((np.abs(rec[hole] - truth[hole]).mean(), np.abs(mean_image[hole] - truth[hole]).mean()))
+    coop, baseline = np.array(errors).T
+    assert (coop < baseline).all() and coop.mean() < 0.75 * baseline.mean(), errors
