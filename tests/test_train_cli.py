@@ -212,8 +212,15 @@ def test_train_exports_bundle_and_coop_export_cli(tmp_path, npz):
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert manifest["langevin"] == {"s": 0.016, "delta": 0.002, "steps": 3, "sigma": 0.3, "noise": True}
     assert manifest["training"]["iterations"] == 1 and manifest["training"]["langevin_steps"] == 3
+    assert manifest["source"] == {"checkpoint": "checkpoint.pt", "iteration": 1}
     triton = tmp_path / "triton"  # the repository itself: tests/test_triton.py
     assert export_main([str(out / "checkpoint.pt"), str(tmp_path / "again"), "--triton", str(triton)]) == 0
     assert (triton / "synthesis_chain" / "1" / "model.onnx").is_file()
     again = json.loads((tmp_path / "again" / "manifest.json").read_text())
     assert again["files"]["generator.onnx"]["sha256"] == manifest["files"]["generator.onnx"]["sha256"]
+    assert again["source"] == manifest["source"] and again["weights"]["storage"] == "float32"
+    # --weights int8: the same graphs (the decoders aside), a quarter of the weight bytes
+    assert export_main([str(out / "checkpoint.pt"), str(tmp_path / "int8"), "--weights", "int8"]) == 0
+    int8 = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    assert int8["weights"]["storage"] == "int8"
+    assert int8["files"]["weights.bin"]["bytes"] < 0.3 * manifest["files"]["weights.bin"]["bytes"]

@@ -111,7 +111,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def load_models(path: str | os.PathLike) -> tuple[Descriptor, Generator, TrainConfig]:
     """(descriptor, generator, config) from a checkpoint, on CPU, the generator in eval mode (running BN
     statistics) as the bundle needs it."""
-    state = load_checkpoint(path)
+    return models_from_state(load_checkpoint(path))
+
+
+def models_from_state(state: dict) -> tuple[Descriptor, Generator, TrainConfig]:
+    """load_models for a checkpoint already read with load_checkpoint (whose "iteration" the caller wants
+    too)."""
     spec = NetSpec(**state["spec"])
     descriptor, generator = build_nets(spec)
     descriptor.load_state_dict(state["descriptor"])

@@ -167,7 +167,9 @@ def _train_ranks(dist, flags: dict, config_file: str | None, resume: bool, dry_r
         if config.export:
             from trainer.export import export_run  # onnx and onnxruntime load only when a bundle is written
 
-            print(f"bundle: {export_run(run.descriptor, run.generator, config, out / 'bundle', data)}")
+            source = {"checkpoint": CHECKPOINT, "iteration": run.iteration}
+            bundle = export_run(run.descriptor, run.generator, config, out / "bundle", data, source=source)
+            print(f"bundle: {bundle}")
         print(f"run directory: {out} (config.json, checkpoint.pt, metrics.jsonl, tb/, samples/)")
         return 0
     finally:
@@ -200,16 +202,18 @@ def export_main(argv: list[str] | None = None) -> int:
     def export() -> int:
         import dataclasses
 
-        from trainer.checkpoint import load_models
+        from trainer.checkpoint import load_checkpoint, models_from_state
         from trainer.export import export_run
 
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-        descriptor, generator, config = load_models(args.checkpoint)
+        state = load_checkpoint(args.checkpoint)
+        descriptor, generator, config = models_from_state(state)
         if args.bn_recalibrate is not None:
             config = dataclasses.replace(config, bn_recalibrate=args.bn_recalibrate).validate()
         if args.weights is not None:
             config = dataclasses.replace(config, weights=args.weights).validate()
-        bundle = export_run(descriptor, generator, config, Path(args.out_dir))
+        source = {"checkpoint": Path(args.checkpoint).name, "iteration": int(state["iteration"])}
+        bundle = export_run(descriptor, generator, config, Path(args.out_dir), source=source)
         print(f"bundle: {bundle}")
         if args.triton:
             from trainer.triton import export_triton

@@ -123,11 +123,13 @@ def export_run(
     config: TrainConfig,
     out_dir: str | os.PathLike,
     pixels: np.ndarray | None = None,
+    source: dict | None = None,
 ) -> Path:
     """The nets of a training run as a bundle: its Langevin settings as the defaults, its config stored,
     the generator's BatchNorm statistics recalibrated first (`--bn-recalibrate` batches; 0 keeps training's
     running averages), the OOD score calibrated on its training images (`pixels`, uint8 (N, C, H, W), when
-    the caller holds them; else read again from its --dataset)."""
+    the caller holds them; else read again from its --dataset). `source`: where the weights come from
+    ({"checkpoint": name, "iteration": N}), the manifest's `source`."""
     if config.bn_recalibrate:
         generator = recalibrate_batchnorm(
             generator, config.latent_dim, config.num_chains, config.bn_recalibrate, config.seed
@@ -142,6 +144,7 @@ def export_run(
         training=config.to_dict(),
         calibration=calibration_images(config, pixels),
         weights=config.weights,
+        source=source,
     )
 
 
@@ -156,6 +159,7 @@ def export_bundle(
     exporter: str = "torchscript",
     calibration: torch.Tensor | None = None,
     weights: str = "float32",
+    source: dict | None = None,
 ) -> Path:
     """Export both nets (copied to CPU, float32, eval mode) as a verified bundle at `out_dir`; returns it.
 
@@ -167,6 +171,8 @@ def export_bundle(
                 (typicality.onnx, trainer/ood.py); None = a bundle without it
     weights:    how weights.bin stores the weights (contract.bundle.STORAGE, trainer/pack.py); the graphs
                 are checked against PyTorch in float32 first, then again after packing within PACK_RTOL
+    source:     where the weights come from ({"checkpoint": name, "iteration": N}), stored as the
+                manifest's `source`
     """
     missing = [k for k in bundle.LANGEVIN_KEYS if k not in langevin]
     if missing:  # checked before the minutes of export that need them, not only by write_manifest after
@@ -232,6 +238,7 @@ def export_bundle(
             ood=ood,
             weights={"storage": weights},
             writer={
+                **({"source": dict(source)} if source else {}),
                 "exporter": exporter,
                 "versions": bundle.versions(
                     torch=torch.__version__, onnx=onnx.__version__, onnxruntime=ort.__version__
