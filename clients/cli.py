@@ -117,6 +117,7 @@ class CompleteConfig(ConnectionConfig):
     latent_steps: int | None = None
     refine_steps: int | None = None
     restarts: int | None = None
+    residual_fill: bool | None = None
     device: str = "auto"
 
     def validate(self) -> CompleteConfig:
@@ -155,6 +156,8 @@ COMPLETE_HELP = {
     "latent_steps": "latent inference steps",
     "refine_steps": "descriptor refinement steps",
     "restarts": "latent chains per image, the lowest-energy one kept",
+    "residual_fill": "fill the hole with g(X) plus the observed pixels' residual, interpolated (default: the "
+    "model's)",
     "device": "ONNX Runtime device, with --bundle",
 }
 
@@ -325,6 +328,7 @@ def _complete_remote(config: CompleteConfig, inputs: list[Path]) -> list[Recover
                 latent_steps=config.latent_steps,
                 refine_steps=config.refine_steps,
                 restarts=config.restarts,
+                residual_fill=config.residual_fill,
             )
             out.append(Recovered(r.recovered, r.occluded))
     return out
@@ -348,7 +352,7 @@ def _complete_local(config: CompleteConfig, inputs: list[Path]) -> list[Recovere
     else:
         masks = np.stack([occlusion_mask(config.occlude, shape, s) for s in seeds])  # (N, C, H, W)
     overrides = {"latent_steps": config.latent_steps, "refine_steps": config.refine_steps,
-                 "restarts": config.restarts}  # fmt: skip
+                 "restarts": config.restarts, "residual_fill": config.residual_fill}  # fmt: skip
     params = dataclasses.replace(
         engine.completion_defaults, **{k: v for k, v in overrides.items() if v is not None}
     ).checked()

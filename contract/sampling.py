@@ -12,8 +12,10 @@ Synthesis of image i, K steps of size δ:
     X ~ N(0, I_d) from rng_i;  Ŷ = g(X);  K times: Y ← Y − (δ²/2)(Y/s² − ∂f/∂Y) + δ·U_t, U_t from rng_i (or 0)
 Completion of Y_obs with mask M, R restarts, L latent steps of size η, K refinement steps:
     R starts X_r ~ N(0, I) from rng_i as one (R, d) draw;  L times: X ← X − (η²/2) ∂U/∂X + η·U_t (U_t if
-    latent noise);  keep the X with the lowest U (the first on ties);  Y = M ⊙ g(X) + (1 − M) ⊙ Y_obs;
-    K descriptor Langevin steps on the missing pixels, noise from rng_i as in synthesis.
+    latent noise);  keep the X with the lowest U (the first on ties);  Y = M ⊙ (g(X) + R) + (1 − M) ⊙ Y_obs,
+    R the harmonic interpolation into the hole of the residual Y_obs − g(X) on the observed pixels (with
+    residual fill; R = 0 without, as in the paper);  K descriptor Langevin steps on the missing pixels,
+    noise from rng_i as in synthesis.
 In a batch, image i's R chains are rows i·R … i·R + R − 1 of one (N·R, d) array.
 
 A backend (the ONNX Runtime engine in serving, the autograd nets in trainer.reference) supplies the nets:
@@ -33,6 +35,7 @@ import numpy as np
 
 MAX_STEP_SIZE = 1.0  # δ and η above this are not Langevin steps but jumps
 MAX_RESTARTS = 16  # latent chains per completed image: a request costs up to steps × this many gradients
+RESIDUAL_ITERATIONS = 400  # Jacobi sweeps of residual_fill: converged for 28-32 px holes (docs/results.md)
 
 
 class ParamError(ValueError):
@@ -77,6 +80,7 @@ class CompletionParams:
     refine_step_size: float
     noise: bool
     restarts: int
+    residual_fill: bool = False  # the hole gets g(X) plus the observed pixels' residual, interpolated
 
     def checked(self, max_steps: int | None = None) -> CompletionParams:
         for name in ("latent_steps", "refine_steps"):
@@ -267,13 +271,37 @@ def completion_steps(
     rngs = rngs_for(seeds)
     # 1. latent inference of X from the visible pixels (the lowest-U of R chains)
     z = yield from latent_steps(backend, y_obs, mask, rngs, params)  # (N, d)
-    # 2. fill the hole with the generator's guess
-    y = np.where(mask > 0.5, backend.generate(z), y_obs).astype(np.float32)  # (N, C, H, W)
+    # 2. fill the hole with the generator's guess, corrected by what it got wrong around the hole
+    g = backend.generate(z)  # (N, C, H, W)
+    if params.residual_fill:
+        g = g + residual_fill(y_obs - g, mask)
+    y = np.where(mask > 0.5, g, y_obs).astype(np.float32)  # (N, C, H, W)
     # 3. descriptor Langevin on the missing pixels, the observed ones clamped
     y = yield from langevin_steps(
         backend, y, mask, rngs, params.refine_steps, params.refine_step_size, params.noise
     )
     return Samples(y, *measure(backend, y))
+
+
+def residual_fill(
+    residual: np.ndarray, mask: np.ndarray, iterations: int = RESIDUAL_ITERATIONS
+) -> np.ndarray:
+    """The harmonic interpolation of `residual` (N, C, H, W) from its observed pixels (mask = 0) into the
+    missing ones (mask = 1): the solution of Laplace's equation on the hole with the observed values as its
+    boundary, by Jacobi sweeps (edges replicated). Observed pixels keep their value.
+
+    Why: g(X) fits the observed pixels only approximately, and next to them its error is smooth, so carrying
+    the error into the hole corrects the fill where it meets the observed image. With every other pixel
+    known (random masks) that is most of the hole: on Fashion-MNIST random 50% it took completion from level
+    with scikit-image's biharmonic inpainting to 1.7 dB above it; centre holes gained 0.4 dB
+    (docs/results.md)."""
+    hole = np.broadcast_to(mask, residual.shape) > 0.5
+    r = np.where(hole, 0.0, residual).astype(np.float32)  # (N, C, H, W)
+    for _ in range(iterations):
+        p = np.pad(r, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")  # (N, C, H + 2, W + 2)
+        mean4 = (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) * 0.25
+        r = np.where(hole, mean4, r)
+    return r
 
 
 def run(

@@ -118,6 +118,7 @@ def completion(req: pb.CompleteRequest, model: Model, limits: Limits) -> Complet
         refine_step_size=given("refine_step_size", d.refine_step_size),
         noise=given("noise", d.noise),
         restarts=int(req.restarts) or d.restarts,  # 0 (unset) = the bundle's default
+        residual_fill=given("residual_fill", d.residual_fill),
     ).checked(limits.max_steps)
     return Completion(image, mask, seed, params, _png(req.format, "format"))
 

@@ -268,6 +268,7 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
                     latent_noise=cp.latent_noise,
                     refine_steps=cp.refine_steps,
                     restarts=cp.restarts,
+                    residual_fill=cp.residual_fill,
                 ),
                 format_version=int(b.manifest["format_version"]),
                 bundle_sha256=b.digest,

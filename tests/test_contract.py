@@ -234,3 +234,35 @@ def test_params_check_their_ranges_and_name_the_field():
     with pytest.raises(sampling.ParamError) as e:
         CompletionParams(11, 0.05, False, 1, 0.002, True, 1).checked(max_steps=10)
     assert e.value.field == "latent_steps"
+
+
+def test_residual_fill_is_the_harmonic_interpolation_of_the_observed_residual():
+    """Linear functions are harmonic: a residual that is a ramp on the observed pixels is continued into the
+    hole as the same ramp; observed pixels keep their values; a constant stays constant."""
+    h = w = 28
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = (0.03 * xx - 0.02 * yy + 0.1)[None, None]  # (1, 1, H, W)
+    mask = np.zeros((1, 1, h, w), np.float32)
+    mask[..., 8:20, 6:22] = 1  # an interior hole
+    garbage = np.where(mask > 0.5, 7.0, ramp)  # values under the hole must not matter
+    r = sampling.residual_fill(garbage, mask)
+    np.testing.assert_array_equal(r[mask < 0.5], ramp[mask < 0.5])
+    assert np.abs(r - ramp).max() < 1e-3
+    np.testing.assert_allclose(
+        sampling.residual_fill(np.full((2, 3, h, w), 0.25, np.float32), mask), 0.25, atol=1e-4
+    )
+
+
+def test_completion_with_residual_fill_differs_only_in_the_hole_and_starts_closer(engine):
+    """On the legacy bundle's graphs: the fill before refinement is g(X) plus the interpolated residual, so
+    it differs from the plain fill only on missing pixels, and (g fitting the visible pixels imperfectly)
+    the residual is not zero there. That it is the better guess needs a trained model:
+    tests/test_reference_bundle.py."""
+    images = engine.synthesize([5, 6]).images
+    masks = occlusions.occlusion_masks("random:0.5", engine.image_shape, [0, 1])
+    fills = {}
+    for residual in (False, True):
+        params = CompletionParams(3, 0.05, False, 0, 0.002, True, 1, residual_fill=residual)
+        fills[residual] = engine.complete(images, masks, [0, 1], params).images
+    np.testing.assert_array_equal(fills[True][masks < 0.5], fills[False][masks < 0.5])
+    assert np.abs(fills[True] - fills[False])[masks > 0.5].max() > 1e-3

@@ -242,6 +242,17 @@ def test_complete_keeps_observed_pixels_and_equals_the_engine(client, engine):
     restarts = engine.completion_defaults.restarts
     default = client.complete(image, occlusion="center:14", seed=9, restarts=restarts)
     assert np.array_equal(default.recovered, rec.recovered)
+    # residual_fill travels too (unset = the bundle's default, on for bundles from coopnets 0.3)
+    assert engine.completion_defaults.residual_fill and client.info().completion.residual_fill
+    plain = client.complete(image, occlusion="center:14", seed=9, residual_fill=False)
+    no_residual = dataclasses.replace(engine.completion_defaults, residual_fill=False)
+    np.testing.assert_allclose(
+        plain.recovered,
+        engine.complete(image[None], mask[None], [9], no_residual).images[0],
+        rtol=0,
+        atol=1e-6,
+    )
+    assert not np.array_equal(plain.recovered, rec.recovered)
 
 
 def test_energy_is_f_of_the_descriptor_graph_and_the_formula(stub, client, engine):
