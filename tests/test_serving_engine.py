@@ -114,7 +114,9 @@ def test_defaults_come_from_the_manifest(engine, serving_bundle):
         refine_step_size=DELTA,
         noise=LANGEVIN["noise"],
         restarts=manifest["completion"]["restarts"],
+        residual_fill=manifest["completion"]["residual_fill"],
     )
+    assert manifest["completion"]["residual_fill"] is True  # written by this version: on
     assert np.array_equal(
         engine.synthesize([1]).images, engine.synthesize([1], engine.synthesis_defaults).images
     )
