@@ -127,3 +127,25 @@ def test_residual_fill_recovers_random_holes_better_with_the_trained_model(heldo
         out = engine.complete(observed, masks, seeds, dataclasses.replace(base, residual_fill=residual))
         err[residual] = np.abs(np.clip(out.images, -1, 1) - heldout)[masks > 0.5].mean()
     assert err[True] < 0.9 * err[False], err
+
+
+def test_onnx_runtime_folds_the_int8_decoding_at_session_start(tmp_path):
+    """trainer/pack.py's promise: the Cast/Mul nodes that decode int8 weights read only initializers, so
+    ONNX Runtime's constant folding turns them into float32 constants when it opens the session; the graph it
+    runs has none of them left (the arithmetic and the op count of the float32 graph)."""
+    import onnx
+    import onnxruntime as ort
+
+    for graph in ("generator", "langevin_step", "generator_grad"):
+        path = SHIPPED / REFERENCE / f"{graph}.onnx"
+        stored = onnx.load(str(path), load_external_data=False)
+        decoders = [n for n in stored.graph.node if any(i.endswith("::int8") for i in n.input)]
+        assert decoders, graph  # the shipped graph does store int8 weights
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(tmp_path / f"{graph}.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(str(tmp_path / f"{graph}.onnx"), load_external_data=False)
+        stored_as = ("::int8", "::scale", "::float16")  # trainer/pack.py's names of the stored forms
+        left = [n.op_type for n in optimized.graph.node if any(i.endswith(stored_as) for i in n.input)]
+        assert left == [], (graph, left)
