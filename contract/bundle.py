@@ -90,10 +90,10 @@ ALL_GRAPHS = {**GRAPHS, **OPTIONAL_GRAPHS}
 # R = 4), K = 15 less (16.05), and K = 50 loses (ckpt 1000: 14.29 at K = 15, 12.20 at K = 50). Larger η
 # loses: η = 0.06 at L = 200 gave 13.53 dB against 13.69 for η = 0.05 at L = 100 (ckpt 1000), η = 0.07
 # 11.79 vs 12.31 (ckpt 500, L = 100).
-# residual_fill (contract.sampling.residual_fill), measured on the reference run's 6000-iteration bundle
-# (`python scripts/residual_fill.py reference --n 100`: t10k images, PSNR of the missing region): centre 12×12
-# 15.76 -> 16.13 dB, random 50% 18.59 -> 20.21 dB (biharmonic 18.48). Bundles written before it (no key)
-# keep completing without it, so that they answer as they did (LEGACY_COMPLETION).
+# residual_fill (contract.sampling.residual_fill), measured on the shipped reference bundle (iteration 14,000;
+# `python scripts/residual_fill.py reference --n 100`: t10k images, PSNR of the missing region): centre 12×12
+# 16.15 -> 16.38 dB, random 50% 18.64 -> 20.29 dB (biharmonic 18.48); docs/results.md. Bundles written
+# before it (no key) keep completing without it, so that they answer as they did (LEGACY_COMPLETION).
 DEFAULT_COMPLETION = {
     "latent_steps": 100,
     "latent_step_size": 0.05,

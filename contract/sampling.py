@@ -293,7 +293,7 @@ def residual_fill(
     Why: g(X) fits the observed pixels only approximately, and next to them its error is smooth, so carrying
     the error into the hole corrects the fill where it meets the observed image. With every other pixel
     known (random masks) that is most of the hole: on Fashion-MNIST random 50% it took completion from level
-    with scikit-image's biharmonic inpainting to 1.7 dB above it; centre holes gained 0.4 dB
+    with scikit-image's biharmonic inpainting to 1.8 dB above it; centre holes gained 0.2 dB
     (docs/results.md)."""
     hole = np.broadcast_to(mask, residual.shape) > 0.5
     r = np.where(hole, 0.0, residual).astype(np.float32)  # (N, C, H, W)

@@ -164,8 +164,8 @@ def export_bundle(
     """Export both nets (copied to CPU, float32, eval mode) as a verified bundle at `out_dir`; returns it.
 
     langevin:   {"s", "delta", "steps", "sigma", "noise"}, the sampling defaults written to the manifest
-    completion: {"latent_steps", "latent_step_size", "latent_noise", "refine_steps", "restarts", "residual_fill"}; missing
-                keys (or None) take contract.bundle.DEFAULT_COMPLETION
+    completion: {"latent_steps", "latent_step_size", "latent_noise", "refine_steps", "restarts",
+                "residual_fill"}; missing keys (or None) take contract.bundle.DEFAULT_COMPLETION
     training:   the resolved training config (JSON-serialisable), stored as the manifest's "training"
     calibration: training images (N, C, H, W) in [-1, 1] for the out-of-distribution score
                 (typicality.onnx, trainer/ood.py); None = a bundle without it
