@@ -352,10 +352,10 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         raise BundleError(f"{mpath} is not valid JSON ({e}): re-export the bundle") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{mpath} is not a JSON object: re-export the bundle")
-    pin = pinned_digest(root)
-    if pin is not None and hashlib.sha256(raw).hexdigest() != pin:
+    digest, pin = hashlib.sha256(raw).hexdigest(), pinned_digest(root)
+    if pin is not None and digest != pin:
         raise BundleError(
-            f"{mpath}: sha256 {hashlib.sha256(raw).hexdigest()[:16]}… is not the {pin[:16]}… pinned in "
+            f"{mpath}: sha256 {digest[:16]}… is not the {pin[:16]}… pinned in "
             f"{SHIPPED / (REFERENCE + '.sha256')}: restore the shipped bundle (git checkout models/), or "
             "re-pin it as models/README.md says"
         )
@@ -425,7 +425,7 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     return Bundle(
         path=root,
         manifest=manifest,
-        digest=hashlib.sha256(raw).hexdigest(),
+        digest=digest,
         image_shape=tuple(shape),  # type: ignore[arg-type]
         latent_dim=latent_dim,
         langevin=langevin,

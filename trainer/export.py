@@ -221,7 +221,8 @@ def export_bundle(
                 spec.image_shape,
                 spec.latent_dim,
             )
-            _compare(graph, path, *checks[graph.name])
+            if weights != "float32":  # the exact math first; a float32 packing is checked at RTOL below
+                _compare(graph, path, *checks[graph.name])
         packed = pack_bundle(tmp, [g.name for g in graphs], weights)
         for graph in graphs:
             _compare(graph, tmp / graph.file, *checks[graph.name], rtol=PACK_RTOL[weights], packed=weights)
