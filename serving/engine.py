@@ -109,10 +109,13 @@ class Engine:
         self.completion_defaults: CompletionParams = bundle.completion_params
 
     @classmethod
-    def open(cls, bundle_dir, *, device: str = "auto", threads: int = 0, spin: bool = False) -> Engine:
-        """Reads and verifies the bundle and opens its sessions (raises contract.bundle.BundleError)."""
+    def open(
+        cls, bundle_dir, *, device: str = "auto", threads: int = 0, spin: bool = False, shards: int = 0
+    ) -> Engine:
+        """Reads and verifies the bundle and opens its sessions (serving.sessions.open_sessions; raises
+        contract.bundle.BundleError)."""
         bundle = read_bundle(bundle_dir)
-        return cls(bundle, open_sessions(bundle, device=device, threads=threads, spin=spin))
+        return cls(bundle, open_sessions(bundle, device=device, threads=threads, spin=spin, shards=shards))
 
     def draft(self, seeds: Sequence[int]) -> np.ndarray:
         """Drafts Ŷ = g(X), X drawn from each seed's rng as synthesis draws it: (N, C, H, W)."""

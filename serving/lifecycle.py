@@ -82,8 +82,9 @@ def check_defaults(bundle: Bundle, max_steps: int) -> None:
 
 
 class Lifecycle:
-    """Owns the served engine, the health status and the count of RPCs in flight. `bundle_dir`, `device`
-    and `threads` are what reload() opens; `max_steps` is the request limit the bundle's defaults must fit."""
+    """Owns the served engine, the health status and the count of RPCs in flight. `bundle_dir`, `device`,
+    `threads` and `shards` are what reload() opens; `max_steps` is the request limit the bundle's defaults
+    must fit."""
 
     def __init__(
         self,
@@ -95,9 +96,10 @@ class Lifecycle:
         warmup_runs: int,
         max_batch: int,
         max_steps: int,
+        shards: int = 0,
     ):
         self.health = health_servicer
-        self.bundle_dir, self.device, self.threads = bundle_dir, device, threads
+        self.bundle_dir, self.device, self.threads, self.shards = bundle_dir, device, threads, shards
         self.warmup_runs, self.max_batch, self.max_steps = warmup_runs, max_batch, max_steps
         self._engine: Engine | None = None
         self._draining = False
@@ -181,7 +183,9 @@ class Lifecycle:
                     f"served {old.image_shape} / {old.latent_dim}: restart coop-serve to change them"
                 )
             check_defaults(bundle, self.max_steps)
-            engine = Engine(bundle, open_sessions(bundle, device=self.device, threads=self.threads))
+            engine = Engine(
+                bundle, open_sessions(bundle, device=self.device, threads=self.threads, shards=self.shards)
+            )
             warm_up(engine, self.warmup_runs, self.max_batch)
             if read_bundle(self.bundle_dir).digest != bundle.digest:
                 raise BundleError(

@@ -51,7 +51,7 @@ from serving.oip import SERVICE_NAME as OIP_SERVICE_NAME
 from serving.oip import InferenceService
 from serving.requests import Limits
 from serving.service import CoopNetsService
-from serving.sessions import DEVICES, open_sessions
+from serving.sessions import DEVICES, MIN_PER_SHARD, open_sessions
 
 log = logging.getLogger("coop-serve")
 
@@ -66,6 +66,9 @@ HELP = {
     "port_file": 'write {"port": P, "metrics_port": M} here once bound (atomic)',
     "device": "auto (CUDA if it loads, else CPU) | cuda (fail if CUDA cannot load) | cpu (never tries CUDA)",
     "threads": "ONNX Runtime intra-op threads per session (0 = one per core)",
+    "batch_shards": f"CPU: a batch of {2 * MIN_PER_SHARD} or more images runs as up to this many parts at "
+    f"once, each of at least {MIN_PER_SHARD} images on its own single-threaded sessions (0 = one per "
+    "--threads thread; 1 = never cut)",
     "max_batch": "most images merged into one ONNX Runtime batch",
     "max_delay_ms": (
         "how long the first request of a batch waits for others to join (only under concurrency: "
@@ -99,6 +102,7 @@ class ServeConfig:
     port_file: str = ""
     device: str = "auto"
     threads: int = 0
+    batch_shards: int = 0
     max_batch: int = 64
     max_delay_ms: int = 5
     max_queue: int = 64
@@ -134,7 +138,7 @@ class ServeConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        for name in ("max_delay_ms", "grace_s", "threads", "warmup_runs"):
+        for name in ("max_delay_ms", "grace_s", "threads", "batch_shards", "warmup_runs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
         if self.workers <= self.max_queue:
@@ -251,6 +255,7 @@ def create_server(config: ServeConfig, engine: Engine | None = None) -> Server:
         bundle_dir=config.bundle,
         device=config.device,
         threads=config.threads,
+        shards=config.batch_shards,
         warmup_runs=config.warmup_runs,
         max_batch=config.max_batch,
         max_steps=config.max_steps,
@@ -302,7 +307,12 @@ def serve(config: ServeConfig) -> int:
                 config.port_file, {"port": server.port, "metrics_port": server.metrics_port}, None
             )
         server.lifecycle.start(
-            Engine(bundle, open_sessions(bundle, device=config.device, threads=config.threads))
+            Engine(
+                bundle,
+                open_sessions(
+                    bundle, device=config.device, threads=config.threads, shards=config.batch_shards
+                ),
+            )
         )
         while not stop.wait(0.2):
             if reload.is_set():

@@ -8,11 +8,20 @@ What ONNX Runtime really uses is read back from `session.get_providers()` (onnxr
 "available" even on a machine without a GPU). Every session's inputs and outputs are checked against the
 contract (contract.bundle.check_graph_io) for the manifest's image shape and latent size, so a manifest that
 does not describe its graphs is refused at start, not inside a request.
+
+Batch shards (CPU): ONNX Runtime's intra-op pool leaves a core idle between ops (cpu/wall ~1.6 of 2), while
+the images of a batch are independent. So a graph is a `ShardedSession`: small batches run on one session with
+every thread; a larger batch is cut along its first axis into up to `shards` parts of at least MIN_PER_SHARD
+images, run at once, each on its own single-threaded session (opened on first use), and the outputs joined.
+Each image's answer is the same either way (tests/test_serving_engine.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +37,79 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
+# Images per part below which a batch is not cut: measured with 1-thread parts against one 2-thread session
+# (2 cores, langevin_step.onnx, docs in bench/README.md): 2 images per part lost (3.3 vs 3.2 ms at 28 px, 4.7
+# vs 3.8 at 32 px), 4 broke even, 8 won (7.9 vs 10.3 ms; 9.3 vs 10.7), 32 won by 1.2-1.3x.
+MIN_PER_SHARD = 4
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class ShardedSession:
+    """One graph: `main` (every thread) for small batches; `shards` single-threaded sessions of the same file
+    run the parts of a large batch at once (see the module docstring). Quacks like the InferenceSession it
+    wraps for what the engine and tests use (run, get_inputs, get_outputs, get_providers)."""
+
+    def __init__(self, main: ort.InferenceSession, path: Path, shards: int, pool: ThreadPoolExecutor | None):
+        self.main, self.path, self.shards, self.pool = main, path, shards, pool
+        self._parts: list[ort.InferenceSession] | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):  # get_inputs, get_outputs, get_providers, ...: the main session's
+        return getattr(self.main, name)
+
+    @property
+    def parts_open(self) -> bool:
+        """Whether a batch was ever large enough to be cut (the parts' sessions exist)."""
+        return self._parts is not None
+
+    def parts(self) -> list[ort.InferenceSession]:
+        with self._lock:  # opened once, on the first large batch (the server's warm-up runs one)
+            if self._parts is None:
+                opts = self.main.get_session_options()
+                one = session_options(1)
+                one.graph_optimization_level = opts.graph_optimization_level
+                self._parts = [_session(self.path, one, [CPU]) for _ in range(self.shards)]
+            return self._parts
+
+    def run(self, output_names, feed: dict[str, np.ndarray], run_options=None) -> list[np.ndarray]:
+        n = _batch_size(feed)
+        k = min(self.shards, n // MIN_PER_SHARD)  # parts of at least MIN_PER_SHARD images
+        if k < 2:
+            return self.main.run(output_names, feed, run_options)
+        cuts = np.linspace(0, n, k + 1).astype(int)  # near-equal parts
+        feeds = [
+            {k: (v[a:b] if np.ndim(v) else v) for k, v in feed.items()}  # views; scalars as they are
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+        ]
+        parts = self.parts()
+        futures = [
+            self.pool.submit(part.run, output_names, f, run_options)
+            for part, f in zip(parts[1:k], feeds[1:], strict=True)
+        ]
+        outs = [parts[0].run(output_names, feeds[0], run_options)]  # the first part in the caller's thread
+        outs += [fut.result() for fut in futures]
+        return [np.concatenate(chunk, axis=0) for chunk in zip(*outs, strict=True)]
+
+
+def _batch_size(feed: dict[str, np.ndarray]) -> int:
+    sizes = {np.shape(v)[0] for v in feed.values() if np.ndim(v)}
+    return sizes.pop() if len(sizes) == 1 else 0  # 0: nothing to cut (or inconsistent: let ORT say so)
+
+
 @dataclass
 class Sessions:
-    """One ORT session per graph, on one device."""
+    """One ORT session per graph (a ShardedSession on CPU), on one device."""
 
-    sessions: dict[str, ort.InferenceSession]
+    sessions: dict[str, ort.InferenceSession | ShardedSession]
     device: str  # "cuda" or "cpu": where they actually run
+    shards: int = 1  # parts a large CPU batch is cut into
 
     @property
     def providers(self) -> dict[str, list[str]]:
@@ -62,8 +138,12 @@ def session_options(threads: int = 0, spin: bool = False) -> ort.SessionOptions:
     return so
 
 
-def open_sessions(bundle: Bundle, device: str = "auto", threads: int = 0, spin: bool = False) -> Sessions:
-    """Opens the four graphs on `device` (auto | cuda | cpu, see the module docstring). Raises BundleError."""
+def open_sessions(
+    bundle: Bundle, device: str = "auto", threads: int = 0, spin: bool = False, shards: int = 0
+) -> Sessions:
+    """Opens the bundle's graphs on `device` (auto | cuda | cpu, see the module docstring). `threads`:
+    intra-op threads of the main sessions (0 = one per core); `shards`: parts of a large CPU batch (0 = one
+    per thread of the main sessions, 1 = never cut). Raises BundleError."""
     if device not in DEVICES:
         raise BundleError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
     want_cuda = device in ("auto", "cuda") and CUDA in ort.get_available_providers()
@@ -110,7 +190,21 @@ def open_sessions(bundle: Bundle, device: str = "auto", threads: int = 0, spin: 
             f"--device cuda: not every session runs on CUDA ({Sessions(sessions, 'cpu').providers})"
         )
     result = Sessions(sessions=sessions, device="cuda" if on_cuda else "cpu")
-    log.info("ONNX Runtime %s sessions on %s: %s", ort.__version__, result.device, result.providers)
+    if not on_cuda:
+        result.shards = shards or (threads or usable_cores())
+        if result.shards > 1:
+            pool = ThreadPoolExecutor(result.shards - 1, thread_name_prefix="ort-shard")
+            result.sessions = {
+                name: ShardedSession(sess, bundle.graph_files[name], result.shards, pool)
+                for name, sess in sessions.items()
+            }
+    log.info(
+        "ONNX Runtime %s sessions on %s: %s (large batches in %d parts)",
+        ort.__version__,
+        result.device,
+        result.providers,
+        result.shards,
+    )
     return result
 
 

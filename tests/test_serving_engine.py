@@ -103,6 +103,37 @@ def test_batched_equals_unbatched(engine):
     assert np.array_equal(together, alone)
 
 
+def test_a_large_batch_cut_into_parts_gives_every_image_the_same_answer(engine, serving_bundle):
+    """Two single-threaded parts at once (serving.sessions.ShardedSession) vs the whole batch on one session:
+    every image's synthesis and completion are identical, f equal to float32 rounding."""
+    from serving.engine import Engine
+    from serving.sessions import MIN_PER_SHARD
+
+    cut = Engine.open(serving_bundle, device="cpu", threads=2, shards=2)
+    assert cut.sessions.shards == 2
+    small = list(range(2 * MIN_PER_SHARD - 1))  # too few images for two parts: not cut
+    assert np.array_equal(cut.synthesize(small).images, engine.synthesize(small).images)
+    assert not any(s.parts_open for s in cut.sessions.sessions.values())
+
+    seeds = list(range(20, 20 + 2 * MIN_PER_SHARD + 3))  # cut into parts of 5 and 6
+    whole, parts = engine.synthesize(seeds), cut.synthesize(seeds)
+    assert cut.sessions["langevin_step"].parts_open and cut.sessions["generator"].parts_open
+    assert np.array_equal(parts.images, whole.images)
+    np.testing.assert_allclose(parts.energy, whole.energy, rtol=1e-6)
+    masks = center_masks(len(seeds))
+    completed = cut.complete(whole.images, masks, seeds)
+    assert cut.sessions["generator_grad"].parts_open
+    assert np.array_equal(completed.images, engine.complete(whole.images, masks, seeds).images)
+    np.testing.assert_allclose(cut.energy(whole.images)[1], engine.energy(whole.images)[1], rtol=1e-6)
+
+
+def test_one_thread_means_one_part(serving_bundle):
+    from serving.engine import Engine
+
+    assert Engine.open(serving_bundle, device="cpu", threads=1).sessions.shards == 1
+    assert Engine.open(serving_bundle, device="cpu", threads=2, shards=1).sessions.shards == 1
+
+
 def test_defaults_come_from_the_manifest(engine, serving_bundle):
     manifest = json.loads((serving_bundle / "manifest.json").read_text())
     assert engine.synthesis_defaults == SynthesisParams(LANGEVIN["steps"], DELTA, LANGEVIN["noise"])
