@@ -4,7 +4,11 @@
 
 For each net (mnist28: 1×28×28, cifar32: 3×32×32; seeded weights scaled up from the official init so that
 activations are far from zero) and each count, three cases run interleaved in one window:
-    engine   serving.engine.Engine.synthesize on an exported bundle (what coop-serve runs per batch)
+    engine   serving.engine.Engine.synthesize on an exported bundle (what coop-serve runs per batch); a
+             batch of 8 or more runs as parts on single-threaded sessions at once (serving.sessions)
+    one part the same engine with --batch-shards 1: the whole batch on one session with every thread
+    chain    the whole synthesis as one ONNX graph (an ONNX Loop over the Langevin step: the Triton export's
+             synthesis_chain, trainer/triton.py) in one ONNX Runtime call, fed the same draws
     eager    contract.sampling.synthesize over trainer.reference.TorchBackend (autograd input gradients)
     compile  the same sampler with each Langevin step a torch.compile'd trainer.grads.LangevinStep
 All three draw the same per-image numpy noise and run the same K steps from the same drafts (checked: max
@@ -32,6 +36,7 @@ from timing import fp32_peak, interleave, machine, table  # noqa: E402
 from contract import sampling  # noqa: E402
 from contract.sampling import SynthesisParams  # noqa: E402
 from serving.engine import Engine  # noqa: E402
+from serving.sessions import MIN_PER_SHARD, usable_cores  # noqa: E402
 from trainer.export import export_bundle  # noqa: E402
 from trainer.grads import LangevinStep  # noqa: E402
 from trainer.nets import NetSpec, build_nets  # noqa: E402
@@ -78,6 +83,31 @@ class _CompiledChain:
         return self.y.cpu().numpy()
 
 
+class ChainPath:
+    """The Triton export's whole-chain graph on ONNX Runtime: one call per synthesis, no per-step Python."""
+
+    def __init__(self, bundle: Path, out: Path, threads: int):
+        import onnxruntime as ort
+
+        from contract.bundle import read_bundle
+        from serving.sessions import session_options
+        from trainer.triton import CHAIN, export_triton
+
+        self.bundle = read_bundle(bundle)
+        path = export_triton(bundle, out) / CHAIN / "1" / "model.onnx"
+        opts = session_options(threads)
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def synthesize(self, seeds, params: SynthesisParams) -> sampling.Samples:
+        z, noise = sampling.synthesis_draws(
+            seeds, self.bundle.latent_dim, self.bundle.image_shape, params.steps, params.noise
+        )
+        images, energy = self.sess.run(None, {"z": z, "noise": noise, "steps": np.array([params.steps])})
+        s = self.bundle.langevin.s
+        score = (images.astype(np.float64) ** 2).reshape(len(images), -1).sum(1) / (2 * s * s) - energy
+        return sampling.Samples(images=images, energy=energy, score=score.astype(np.float32))  # f = prior - E
+
+
 def flops_per_image(backend: TorchBackend, params: SynthesisParams) -> float:
     """FLOPs of one image's synthesis: the draft g(X) and K Langevin steps, each a descriptor forward and its
     input gradient (counted on trainer.grads.LangevinStep, the explicit form of the same arithmetic:
@@ -94,10 +124,26 @@ def flops_per_image(backend: TorchBackend, params: SynthesisParams) -> float:
     return float(counter.get_total_flops())
 
 
-def ort_profile(bundle: Path, n: int, threads: int, steps: int = 10) -> list[list[str]]:
+def flops_per_step(backend: TorchBackend) -> float:
+    """FLOPs of one image's Langevin step (a descriptor forward and its input gradient)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step = LangevinStep(backend.descriptor).eval()
+    y = torch.zeros(1, *backend.image_shape)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        step(y, y, y, torch.tensor(DELTA), torch.tensor(S))
+    return float(counter.get_total_flops())
+
+
+ARITHMETIC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # where a step's FLOPs are
+
+
+def ort_profile(bundle: Path, n: int, threads: int, steps: int = 10) -> tuple[list[list[str]], float, float]:
     """Where ONNX Runtime's time goes in one Langevin step at count `n`: its own profiler on
     langevin_step.onnx (the engine's session options, profiling on), summed per op type over `steps` runs
-    after one warm-up. Returns rows (op type, ms per step, share of the step, nodes)."""
+    after one warm-up. Returns rows (op type, ms per step, share of the step, nodes), the ms per step in
+    ARITHMETIC_OPS and the ms of the whole step."""
     import json
 
     import onnxruntime as ort
@@ -129,7 +175,8 @@ def ort_profile(bundle: Path, n: int, threads: int, steps: int = 10) -> list[lis
         [op, f"{sum(d) / len(runs):.2f}", f"{sum(d) / len(runs) / total:.0%}", str(len(d) // len(runs))]
         for op, d in sorted(per_op.items(), key=lambda kv: -sum(kv[1]))
     ]
-    return [*rows, ["(whole step)", f"{total:.2f}", "100%", ""]]
+    arithmetic = sum(sum(d) for op, d in per_op.items() if op in ARITHMETIC_OPS) / len(runs)
+    return [*rows, ["(whole step)", f"{total:.2f}", "100%", ""]], arithmetic, total
 
 
 def measure(
@@ -137,7 +184,7 @@ def measure(
 ) -> tuple[list[str], float]:
     """One table row: every path at count `n`, interleaved; returns the row and eager/engine."""
     seeds = list(range(n))
-    run = {k: (lambda b=b: b.synthesize(seeds, params)) if isinstance(b, Engine)
+    run = {k: (lambda b=b: b.synthesize(seeds, params)) if isinstance(b, (Engine, ChainPath))
            else (lambda b=b: sampling.synthesize(b, seeds, params)) for k, b in paths.items()}  # fmt: skip
     first = {k: fn().images for k, fn in run.items()}  # also compiles torch.compile for this shape
     diff = max(float(np.abs(first["engine"] - x).max()) for x in first.values())
@@ -152,8 +199,8 @@ def measure(
     print(f"  {name} count {n}: " + ", ".join(f"{k} {v} ms" for k, v in ms.items()), flush=True)
     ratio = lambda k: f"{st[k].median / e.median:.2f}" if k in st else "–"  # noqa: E731
     row = [
-        name, str(n), ms["engine"], ms["eager"], ms.get("compile", "–"),
-        ratio("eager"), ratio("compile"), rate(e), rate(g),
+        name, str(n), ms["engine"], ms["one part"], ms["chain"], ms["eager"], ms.get("compile", "–"),
+        ratio("one part"), ratio("chain"), ratio("eager"), ratio("compile"), rate(e), rate(g),
         "/".join(f"{x.cpu_per_wall:.2f}" for x in st.values()), f"{diff:.1e}",
     ]  # fmt: skip
     return row, g.median / e.median
@@ -193,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             bundle = export_bundle(descriptor, generator, Path(tmp) / name, langevin=langevin)
             paths = {
                 "engine": Engine.open(bundle, device=args.device, threads=args.threads),
+                "one part": Engine.open(bundle, device=args.device, threads=args.threads, shards=1),
+                "chain": ChainPath(bundle, Path(tmp) / f"{name}-triton", args.threads),
                 "eager": TorchBackend(descriptor, generator, s=S, sigma=SIGMA, device=args.device),
             }
             if args.compile:
@@ -205,8 +254,15 @@ def main(argv: list[str] | None = None) -> int:
                 row, ratio = measure(name, n, paths, flops, params, args, peak)
                 rows.append(row)
                 ratios.append(ratio)
-            if args.profile:
-                profiles[name] = ort_profile(bundle, max(counts), args.threads)
+            if args.profile:  # one part of the largest batch, as the engine runs it (serving.sessions)
+                parts = min(args.threads, max(counts) // MIN_PER_SHARD) if args.threads > 1 else 1
+                n_part, t_part = max(counts) // parts, (1 if parts > 1 else args.threads)
+                rows_p, arith_ms, step_ms = ort_profile(bundle, n_part, t_part)
+                rate = flops_per_step(eager) * n_part / (arith_ms / 1e3)  # FLOP/s of those kernels
+                engine_ms = float(rows[-1][2].split()[0])  # the largest count's engine time
+                eager_ms = float(rows[-1][5].split()[0])
+                share = arith_ms / step_ms
+                profiles[name] = (rows_p, n_part, t_part, parts, rate, share, eager_ms / engine_ms)
     print()
     print(
         table(
@@ -214,8 +270,12 @@ def main(argv: list[str] | None = None) -> int:
                 "net",
                 "count",
                 "engine ms (p10–p90)",
+                "one part ms",
+                "chain ms",
                 "eager ms",
                 "compile ms",
+                "one part/engine",
+                "chain/engine",
                 "eager/engine",
                 "compile/engine",
                 "engine GFLOP/s (peak)",
@@ -226,11 +286,19 @@ def main(argv: list[str] | None = None) -> int:
             rows,
         )  # fmt: skip
     )
-    for name, prof in profiles.items():
+    core_peak = peak / usable_cores()  # fp32_peak counts the cores this process may use
+    for name, (prof, n_part, t_part, parts, rate, share, ratio) in profiles.items():
         print(
-            f"\nONNX Runtime profile, {name}, a Langevin step at count {max(counts)}, {args.threads} threads"
+            f"\nONNX Runtime profile, {name}, a Langevin step of one part: count {n_part} on {t_part} "
+            f"thread(s) ({parts} such parts run at once at count {max(counts)})"
         )
         print(table(["op type", "ms per step", "share", "nodes"], prof))
+        print(
+            f"{' + '.join(ARITHMETIC_OPS)}: {rate / 1e9:.0f} GFLOP/s on {t_part} thread(s) "
+            f"({rate / (core_peak * t_part):.0%} of {t_part} core(s)' fp32 peak), {share:.0%} of the step. "
+            f"With every other op gone the engine would be at most {ratio / share:.2f}x eager at count "
+            f"{max(counts)} (eager/engine {ratio:.2f} / that share)."
+        )
     print(f"synth_speedup_vs_eager_min={min(ratios):.2f}")
     return 0
 
