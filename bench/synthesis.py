@@ -139,6 +139,52 @@ def flops_per_step(backend: TorchBackend) -> float:
 ARITHMETIC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # where a step's FLOPs are
 
 
+def part_scaling(bundle: Path, n_part: int, parts: int, repeats: int = 10) -> tuple[float, float, float]:
+    """Whether parts at once slow each other: ms of one Langevin step of one single-threaded part alone, and
+    of `parts` such parts at once (threads, as the engine runs them); and how a 2048² matmul scales from one
+    thread to `parts` (a compute-bound reference). Interleaved, medians."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnxruntime as ort
+
+    from serving.sessions import scalar, session_options
+
+    sessions = [
+        ort.InferenceSession(
+            str(bundle / "langevin_step.onnx"), session_options(1), providers=["CPUExecutionProvider"]
+        )
+        for _ in range(parts)
+    ]
+    shape = [n_part if d is None or isinstance(d, str) else d for d in sessions[0].get_inputs()[0].shape]
+    rng = np.random.default_rng(0)
+    feeds = []
+    for _ in range(parts):
+        y = rng.standard_normal(shape).astype(np.float32)
+        feeds.append({"y": y, "mask": np.ones_like(y), "noise": y, "delta": scalar(DELTA), "s": scalar(S)})
+    pool = ThreadPoolExecutor(parts)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+
+    def matmul(threads: int):
+        torch.set_num_threads(threads)
+        a @ b
+
+    threads = torch.get_num_threads()
+    cases = {
+        "alone": lambda: sessions[0].run(None, feeds[0]),
+        "together": lambda: list(pool.map(lambda i: sessions[i].run(None, feeds[i]), range(parts))),
+        "matmul 1": lambda: matmul(1),
+        "matmul n": lambda: matmul(parts),
+    }
+    st = interleave(cases, repeats, 2)
+    torch.set_num_threads(threads)
+    pool.shutdown()
+    return (
+        st["alone"].median * 1e3,
+        st["together"].median * 1e3,
+        st["matmul 1"].median / st["matmul n"].median,
+    )
+
+
 def ort_profile(bundle: Path, n: int, threads: int, steps: int = 10) -> tuple[list[list[str]], float, float]:
     """Where ONNX Runtime's time goes in one Langevin step at count `n`: its own profiler on
     langevin_step.onnx (the engine's session options, profiling on), summed per op type over `steps` runs
@@ -262,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                 engine_ms = float(rows[-1][2].split()[0])  # the largest count's engine time
                 eager_ms = float(rows[-1][5].split()[0])
                 share = arith_ms / step_ms
-                profiles[name] = (rows_p, n_part, t_part, parts, rate, share, eager_ms / engine_ms)
+                scaling = part_scaling(bundle, n_part, parts) if parts > 1 else None
+                profiles[name] = (rows_p, n_part, t_part, parts, rate, share, eager_ms / engine_ms, scaling)
     print()
     print(
         table(
@@ -287,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     )
     core_peak = peak / usable_cores()  # fp32_peak counts the cores this process may use
-    for name, (prof, n_part, t_part, parts, rate, share, ratio) in profiles.items():
+    for name, (prof, n_part, t_part, parts, rate, share, ratio, scaling) in profiles.items():
         print(
             f"\nONNX Runtime profile, {name}, a Langevin step of one part: count {n_part} on {t_part} "
             f"thread(s) ({parts} such parts run at once at count {max(counts)})"
@@ -299,6 +346,13 @@ def main(argv: list[str] | None = None) -> int:
             f"With every other op gone the engine would be at most {ratio / share:.2f}x eager at count "
             f"{max(counts)} (eager/engine {ratio:.2f} / that share)."
         )
+        if scaling:
+            alone, together, mm = scaling
+            print(
+                f"One part's step alone {alone:.1f} ms, {parts} parts at once {together:.1f} ms "
+                f"({alone / together:.0%} parallel efficiency); a 2048² matmul on {parts} threads: {mm:.2f}x "
+                "one thread."
+            )
     print(f"synth_speedup_vs_eager_min={min(ratios):.2f}")
     return 0
 
