@@ -86,7 +86,7 @@ class _CompiledChain:
 class ChainPath:
     """The Triton export's whole-chain graph on ONNX Runtime: one call per synthesis, no per-step Python."""
 
-    def __init__(self, bundle: Path, out: Path, threads: int):
+    def __init__(self, bundle: Path, out: Path, threads: int, device: str = "cpu"):
         import onnxruntime as ort
 
         from contract.bundle import read_bundle
@@ -96,7 +96,8 @@ class ChainPath:
         self.bundle = read_bundle(bundle)
         path = export_triton(bundle, out) / CHAIN / "1" / "model.onnx"
         opts = session_options(threads)
-        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        providers = ["CUDAExecutionProvider"] * (device == "cuda") + ["CPUExecutionProvider"]
+        self.sess = ort.InferenceSession(str(path), opts, providers=providers)
 
     def synthesize(self, seeds, params: SynthesisParams) -> sampling.Samples:
         z, noise = sampling.synthesis_draws(
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = {
                 "engine": Engine.open(bundle, device=args.device, threads=args.threads),
                 "one part": Engine.open(bundle, device=args.device, threads=args.threads, shards=1),
-                "chain": ChainPath(bundle, Path(tmp) / f"{name}-triton", args.threads),
+                "chain": ChainPath(bundle, Path(tmp) / f"{name}-triton", args.threads, args.device),
                 "eager": TorchBackend(descriptor, generator, s=S, sigma=SIGMA, device=args.device),
             }
             if args.compile:
