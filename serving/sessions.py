@@ -58,25 +58,26 @@ class ShardedSession:
 
     def __init__(self, main: ort.InferenceSession, path: Path, shards: int, pool: ThreadPoolExecutor | None):
         self.main, self.path, self.shards, self.pool = main, path, shards, pool
-        self._parts: list[ort.InferenceSession] | None = None
+        self._parts: list[ort.InferenceSession] = []
         self._lock = threading.Lock()
 
     def __getattr__(self, name):  # get_inputs, get_outputs, get_providers, ...: the main session's
         return getattr(self.main, name)
 
     @property
-    def parts_open(self) -> bool:
-        """Whether a batch was ever large enough to be cut (the parts' sessions exist)."""
-        return self._parts is not None
+    def parts_open(self) -> int:
+        """How many parts' sessions exist (0 until a batch was large enough to be cut)."""
+        return len(self._parts)
 
-    def parts(self) -> list[ort.InferenceSession]:
-        with self._lock:  # opened once, on the first large batch (the server's warm-up runs one)
-            if self._parts is None:
-                opts = self.main.get_session_options()
+    def parts(self, k: int) -> list[ort.InferenceSession]:
+        """The first `k` parts' sessions, opened on first need (the server's warm-up at --max-batch opens
+        what its largest batch uses), so a many-core machine holds only the copies its batches use."""
+        with self._lock:
+            if len(self._parts) < k:
                 one = session_options(1)
-                one.graph_optimization_level = opts.graph_optimization_level
-                self._parts = [_session(self.path, one, [CPU]) for _ in range(self.shards)]
-            return self._parts
+                one.graph_optimization_level = self.main.get_session_options().graph_optimization_level
+                self._parts += [_session(self.path, one, [CPU]) for _ in range(k - len(self._parts))]
+            return self._parts[:k]
 
     def run(self, output_names, feed: dict[str, np.ndarray], run_options=None) -> list[np.ndarray]:
         n = _batch_size(feed)
@@ -85,13 +86,13 @@ class ShardedSession:
             return self.main.run(output_names, feed, run_options)
         cuts = np.linspace(0, n, k + 1).astype(int)  # near-equal parts
         feeds = [
-            {k: (v[a:b] if np.ndim(v) else v) for k, v in feed.items()}  # views; scalars as they are
+            {name: (v[a:b] if np.ndim(v) else v) for name, v in feed.items()}  # views; scalars as they are
             for a, b in zip(cuts[:-1], cuts[1:], strict=True)
         ]
-        parts = self.parts()
+        parts = self.parts(k)
         futures = [
             self.pool.submit(part.run, output_names, f, run_options)
-            for part, f in zip(parts[1:k], feeds[1:], strict=True)
+            for part, f in zip(parts[1:], feeds[1:], strict=True)
         ]
         outs = [parts[0].run(output_names, feeds[0], run_options)]  # the first part in the caller's thread
         outs += [fut.result() for fut in futures]

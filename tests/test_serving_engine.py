@@ -117,14 +117,24 @@ def test_a_large_batch_cut_into_parts_gives_every_image_the_same_answer(engine, 
 
     seeds = list(range(20, 20 + 2 * MIN_PER_SHARD + 3))  # cut into parts of 5 and 6
     whole, parts = engine.synthesize(seeds), cut.synthesize(seeds)
-    assert cut.sessions["langevin_step"].parts_open and cut.sessions["generator"].parts_open
+    assert cut.sessions["langevin_step"].parts_open == 2 and cut.sessions["generator"].parts_open == 2
     assert np.array_equal(parts.images, whole.images)
     np.testing.assert_allclose(parts.energy, whole.energy, rtol=1e-6)
     masks = center_masks(len(seeds))
     completed = cut.complete(whole.images, masks, seeds)
-    assert cut.sessions["generator_grad"].parts_open
+    assert cut.sessions["generator_grad"].parts_open == 2
     assert np.array_equal(completed.images, engine.complete(whole.images, masks, seeds).images)
     np.testing.assert_allclose(cut.energy(whole.images)[1], engine.energy(whole.images)[1], rtol=1e-6)
+
+
+def test_a_batch_is_cut_into_no_more_parts_than_it_fills(engine, serving_bundle):
+    from serving.engine import Engine
+    from serving.sessions import MIN_PER_SHARD
+
+    cut = Engine.open(serving_bundle, device="cpu", threads=2, shards=4)
+    seeds = list(range(3 * MIN_PER_SHARD - 1))  # room for two parts of at least MIN_PER_SHARD, not three
+    assert np.array_equal(cut.synthesize(seeds).images, engine.synthesize(seeds).images)
+    assert cut.sessions["langevin_step"].parts_open == 2
 
 
 def test_one_thread_means_one_part(serving_bundle):
