@@ -37,9 +37,9 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
-# Images per part below which a batch is not cut: measured with 1-thread parts against one 2-thread session
-# (2 cores, langevin_step.onnx, docs in bench/README.md): 2 images per part lost (3.3 vs 3.2 ms at 28 px, 4.7
-# vs 3.8 at 32 px), 4 broke even, 8 won (7.9 vs 10.3 ms; 9.3 vs 10.7), 32 won by 1.2-1.3x.
+# Images per part below which a batch is not cut. Chosen by measurement on 2 cores, 1-thread parts against
+# one 2-thread session of langevin_step.onnx: 2 images per part lost, 4 broke even, 8 and more won; the
+# `engine` vs `one part` columns of `bench/synthesis.py --counts 4,8,16,64` show the same comparison.
 MIN_PER_SHARD = 4
 
 
