@@ -3,7 +3,7 @@
     .venv/bin/python bench/synthesis.py [--repeats 7] [--steps 15] [--counts 1,16,64] [--threads 2]
 
 For each net (mnist28: 1×28×28, cifar32: 3×32×32; seeded weights scaled up from the official init so that
-activations are far from zero) and each count, three cases run interleaved in one window:
+activations are far from zero) and each count, these cases run interleaved in one window:
     engine   serving.engine.Engine.synthesize on an exported bundle (what coop-serve runs per batch); a
              batch of 8 or more runs as parts on single-threaded sessions at once (serving.sessions)
     one part the same engine with --batch-shards 1: the whole batch on one session with every thread
@@ -11,7 +11,7 @@ activations are far from zero) and each count, three cases run interleaved in on
              synthesis_chain, trainer/triton.py) in one ONNX Runtime call, fed the same draws
     eager    contract.sampling.synthesize over trainer.reference.TorchBackend (autograd input gradients)
     compile  the same sampler with each Langevin step a torch.compile'd trainer.grads.LangevinStep
-All three draw the same per-image numpy noise and run the same K steps from the same drafts (checked: max
+All draw the same per-image numpy noise and run the same K steps from the same drafts (checked: max
 |engine − eager| is printed). GFLOP/s counts the convolutions and matmuls of the draft and of K forward +
 input-gradient passes (torch.utils.flop_counter), over the median wall time. Ends with
 `synth_speedup_vs_eager_min=` (the smallest eager/engine ratio in the table).
@@ -109,32 +109,29 @@ class ChainPath:
         return sampling.Samples(images=images, energy=energy, score=score.astype(np.float32))  # f = prior - E
 
 
-def flops_per_image(backend: TorchBackend, params: SynthesisParams) -> float:
-    """FLOPs of one image's synthesis: the draft g(X) and K Langevin steps, each a descriptor forward and its
-    input gradient (counted on trainer.grads.LangevinStep, the explicit form of the same arithmetic:
-    FlopCounterMode does not follow torch.autograd.grad)."""
+def _flops(fn) -> float:
+    """FLOPs torch.utils.flop_counter counts in `fn()` (convolutions and matmuls), no autograd."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    step = LangevinStep(backend.descriptor).eval()
-    y = torch.zeros(1, *backend.image_shape)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        backend.generator(torch.zeros(1, backend.latent_dim))
-        for _ in range(params.steps):
-            step(y, y, y, torch.tensor(DELTA), torch.tensor(S))
+        fn()
     return float(counter.get_total_flops())
 
 
 def flops_per_step(backend: TorchBackend) -> float:
-    """FLOPs of one image's Langevin step (a descriptor forward and its input gradient)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """FLOPs of one image's Langevin step: a descriptor forward and its input gradient, counted on
+    trainer.grads.LangevinStep, the explicit form of the same arithmetic (FlopCounterMode does not follow
+    torch.autograd.grad)."""
     step = LangevinStep(backend.descriptor).eval()
     y = torch.zeros(1, *backend.image_shape)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        step(y, y, y, torch.tensor(DELTA), torch.tensor(S))
-    return float(counter.get_total_flops())
+    return _flops(lambda: step(y, y, y, torch.tensor(DELTA), torch.tensor(S)))
+
+
+def flops_per_image(backend: TorchBackend, params: SynthesisParams) -> float:
+    """FLOPs of one image's synthesis: the draft g(X) and K Langevin steps."""
+    draft = _flops(lambda: backend.generator(torch.zeros(1, backend.latent_dim)))
+    return draft + params.steps * flops_per_step(backend)
 
 
 ARITHMETIC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # where a step's FLOPs are
@@ -297,20 +294,19 @@ def main(argv: list[str] | None = None) -> int:
                 )
             eager = paths["eager"]
             flops = flops_per_image(eager, params)
+            eager_over_engine = {}
             for n in counts:
-                row, ratio = measure(name, n, paths, flops, params, args, peak)
+                row, eager_over_engine[n] = measure(name, n, paths, flops, params, args, peak)
                 rows.append(row)
-                ratios.append(ratio)
+            ratios += eager_over_engine.values()
             if args.profile:  # one part of the largest batch, as the engine runs it (serving.sessions)
                 parts = min(args.threads, max(counts) // MIN_PER_SHARD) if args.threads > 1 else 1
                 n_part, t_part = max(counts) // parts, (1 if parts > 1 else args.threads)
                 rows_p, arith_ms, step_ms = ort_profile(bundle, n_part, t_part)
                 rate = flops_per_step(eager) * n_part / (arith_ms / 1e3)  # FLOP/s of those kernels
-                engine_ms = float(rows[-1][2].split()[0])  # the largest count's engine time
-                eager_ms = float(rows[-1][5].split()[0])
-                share = arith_ms / step_ms
+                share, ratio = arith_ms / step_ms, eager_over_engine[max(counts)]
                 scaling = part_scaling(bundle, n_part, parts) if parts > 1 else None
-                profiles[name] = (rows_p, n_part, t_part, parts, rate, share, eager_ms / engine_ms, scaling)
+                profiles[name] = (rows_p, n_part, t_part, parts, rate, share, ratio, scaling)
     print()
     print(
         table(

@@ -38,23 +38,17 @@ def heldout_images(args, shape) -> np.ndarray:
     return images[args.heldout_skip : args.heldout_skip + args.n]
 
 
-def generated_at_fill(engine, observed, masks, seeds, params) -> np.ndarray:
-    """g(X) on the whole image for the latent X that completion infers (the sampler's last generate call
-    before refinement), with refinement off."""
-    seen = {}
-    generate = engine.backend.generate
+class KeepGenerated:
+    """Wraps the engine's generate so that the last g(X) it made can be read back: completion's last
+    generate call is g(X) at the latent it inferred, on the whole image (the observed pixels included)."""
 
-    def keep(z):
-        seen["g"] = generate(z)
-        return seen["g"]
+    def __init__(self, engine):
+        self.generate, self.last = engine.backend.generate, None
+        engine.backend.generate = self
 
-    engine.backend.generate = keep
-    try:
-        no_refine = dataclasses.replace(params, refine_steps=0, residual_fill=False)
-        sampling.run(engine.completion_steps(observed, masks, seeds, no_refine))
-    finally:
-        engine.backend.generate = generate
-    return seen["g"]
+    def __call__(self, z):
+        self.last = self.generate(z)
+        return self.last
 
 
 def main() -> int:
@@ -70,6 +64,7 @@ def main() -> int:
     images = heldout_images(args, engine.image_shape)  # (N, C, H, W)
     seeds = list(range(len(images)))
     base = engine.completion_defaults
+    generated = KeepGenerated(engine)
     print(f"{args.bundle}: N = {len(images)}, PSNR (dB) of the missing region")
     print(
         "| occlusion | fill g(X) | + refine | fill g(X) + residual | + refine | g(X) + biharmonic residual "
@@ -90,9 +85,8 @@ def main() -> int:
 
             out = sampling.run(engine.completion_steps(observed, masks, seeds, params), on_progress=keep_fill)
             cells += [fills[0], out.images]
-        # the no-residual fill is g(X) in the hole; g(X) on the observed pixels comes from one more generate
-        # call at the latent the sampler chose, caught on its way through the backend
-        g = generated_at_fill(engine, observed, masks, seeds, base)  # (N, C, H, W)
+        # g(X) at the latent both runs above inferred (the same seeds: the same latent), the whole image
+        g = generated.last  # (N, C, H, W)
         resid = biharmonic(np.where(masks > 0.5, 0.0, images - g).astype(np.float32), masks)
         bi_fill = np.where(masks > 0.5, g + resid, images).astype(np.float32)
         rngs = sampling.rngs_for(seeds)

@@ -68,7 +68,7 @@ HELP = {
     "threads": "ONNX Runtime intra-op threads per session (0 = one per core)",
     "batch_shards": f"CPU: a batch of {2 * MIN_PER_SHARD} or more images runs as up to this many parts at "
     f"once, each of at least {MIN_PER_SHARD} images on its own single-threaded sessions (0 = one per "
-    "--threads thread; 1 = never cut)",
+    "--threads thread, per core with --threads 0; 1 = never cut)",
     "max_batch": "most images merged into one ONNX Runtime batch",
     "max_delay_ms": (
         "how long the first request of a batch waits for others to join (only under concurrency: "
