@@ -5,9 +5,11 @@
 #
 # Made for the GPU machines this project is lent (Python 3.12, torch 2.x+cu13x, onnx, a CPU-only onnxruntime,
 # grpcio, protobuf, no package registry): onnxruntime-gpu is installed with --no-deps from a wheel next to the
-# repository (onnxruntime_gpu-*.whl, or its parts onnxruntime_gpu-*.whl.part-* joined here) into a venv made
-# with --system-site-packages, so that it shadows the CPU build and keeps the machine's torch. The repository
-# is imported from its tree (PYTHONPATH), not pip-installed: nothing is downloaded. Without CUDA it says so in
+# repository (onnxruntime_gpu-*.whl, or its parts onnxruntime_gpu-*.whl.part-* joined here) into a folder of
+# its own (pip --target) put first on PYTHONPATH, so that it shadows the CPU build and keeps the machine's
+# torch (a venv would not: the machine's python3 is itself a venv, and --system-site-packages reaches the
+# base interpreter's packages, not torch). The repository is imported from its tree (PYTHONPATH), not
+# pip-installed: nothing is downloaded. Without CUDA it says so in
 # one line and exits 3. Steps (each reports and the script goes on if one fails):
 #   1. the card, the driver, torch's and ONNX Runtime's view of CUDA
 #   2. pytest -m gpu tests/test_gpu.py (trainer on cuda fp32/bf16, ORT CUDA + IO binding vs CPU, the service)
@@ -30,10 +32,10 @@ for part in onnxruntime_gpu-*.whl.part-aa; do
 done
 whl=$(ls onnxruntime_gpu-*.whl 2>/dev/null | head -n 1)
 if [ -n "$whl" ]; then
-  venv=${GPU_VENV:-/tmp/coopnets-gpu-venv}
-  [ -x "$venv/bin/python" ] || "$py" -m venv --system-site-packages "$venv"
-  "$venv/bin/python" -m pip install -q --no-deps --no-index "$whl" && py="$venv/bin/python"
-  echo "onnxruntime-gpu: installed $whl into $venv (--no-deps, shadows the CPU build)"
+  site=${GPU_SITE:-/tmp/coopnets-gpu-site}
+  [ -d "$site/onnxruntime" ] || "$py" -m pip install -q --no-deps --no-index --no-compile --target "$site" "$whl"
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  echo "onnxruntime-gpu: installed $whl into $site (--no-deps --target, first on PYTHONPATH: shadows the CPU build)"
 else
   echo "onnxruntime-gpu: no wheel next to the repository; using the installed onnxruntime"
 fi

