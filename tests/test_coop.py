@@ -20,6 +20,7 @@ from trainer.coop import (
     build_run,
     check_divergence,
     cooperative_iteration,
+    lr_factor,
     train,
 )
 
@@ -117,6 +118,32 @@ def _params(run):
         **{f"d.{k}": v for k, v in run.descriptor.state_dict().items()},
         **{f"g.{k}": v for k, v in run.generator.state_dict().items()},
     }
+
+
+def test_the_constant_schedule_is_the_papers_and_cosine_falls_from_one_to_the_floor():
+    constant = TrainConfig(iterations=11)
+    assert [lr_factor(constant, i) for i in range(11)] == [1.0] * 11
+    cosine = TrainConfig(iterations=11, lr_schedule="cosine", lr_floor=0.1)
+    factors = [lr_factor(cosine, i) for i in range(11)]
+    assert factors[0] == 1.0 and factors[-1] == pytest.approx(0.1) and factors[5] == pytest.approx(0.55)
+    assert all(a > b for a, b in zip(factors[:-1], factors[1:], strict=True))
+
+
+def test_a_cosine_run_steps_both_optimisers_at_the_scheduled_rates(tmp_path):
+    config = TrainConfig(**TINY, out=str(tmp_path / "r"), lr_schedule="cosine", lr_floor=0.2)
+    run = train(config, tiny_data(), progress=False)
+    last = lr_factor(config, config.iterations - 1)  # the factor of the final update
+    assert last == pytest.approx(0.2)
+    assert run.opt_d.param_groups[0]["lr"] == pytest.approx(config.lr_descriptor * last)
+    assert run.opt_g.param_groups[0]["lr"] == pytest.approx(config.lr_generator * last)
+
+
+@pytest.mark.parametrize(
+    "field, value, flag", [("lr_schedule", "linear", "--lr-schedule"), ("lr_floor", 0.0, "--lr-floor")]
+)
+def test_bad_schedules_are_refused_naming_the_flag(field, value, flag):
+    with pytest.raises(ValueError, match=flag):
+        TrainConfig(**{field: value}).validate()
 
 
 def test_resume_is_bit_identical(tmp_path):

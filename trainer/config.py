@@ -18,6 +18,7 @@ from typing import Any
 from contract.bundle import STORAGE
 from trainer.nets import ARCH_FOR_SIZE, ARCHS, NetSpec, arch_for_size, image_size
 
+LR_SCHEDULES = ("constant", "cosine")
 DATASET_KINDS = ("fashion-mnist", "digits", "folder:PATH", "npz:PATH")
 
 HELP = {
@@ -33,6 +34,9 @@ HELP = {
     "delta": "δ, descriptor Langevin step size",
     "s": "reference distribution standard deviation",
     "sigma": "σ, generator noise standard deviation",
+    "lr_schedule": "constant (the paper's) | cosine: both learning rates follow a half cosine from their "
+    "value down to --lr-floor times it at --iterations (a resumed run to more iterations stretches it)",
+    "lr_floor": "with --lr-schedule cosine: the final learning rates as a fraction of the initial ones",
     "infer_latent": "latent Langevin inference of X̂ on the revised images (off in the paper)",
     "latent_step_size": "η of --infer-latent's steps on the per-image U(X) (docs/training.md: measured)",
     "latent_noise": "the η·N(0, I) term of --infer-latent's steps (the official code always adds it)",
@@ -74,6 +78,8 @@ class TrainConfig:
     langevin_noise: bool = True
     lr_descriptor: float = 0.007
     lr_generator: float = 1e-4
+    lr_schedule: str = "constant"
+    lr_floor: float = 0.1
     beta1: float = 0.5
     infer_latent: bool = False
     latent_steps: int = 10
@@ -158,6 +164,10 @@ class TrainConfig:
             bad("device", f"unknown device {self.device!r}: use auto, cpu or cuda")
         if self.amp not in ("auto", "none", "bf16", "fp16"):
             bad("amp", f"unknown autocast mode {self.amp!r}: use auto, none, bf16 or fp16")
+        if self.lr_schedule not in LR_SCHEDULES:
+            bad("lr_schedule", f"unknown schedule {self.lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
+        if not 0 < self.lr_floor <= 1:
+            bad("lr_floor", f"must be in (0, 1], got {self.lr_floor}")
         if not self.dist_timeout > 0:
             bad("dist_timeout", f"must be > 0 seconds, got {self.dist_timeout}")
         if self.preset:

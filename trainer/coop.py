@@ -211,6 +211,25 @@ def _nets(run: Run) -> tuple[nn.Module, nn.Module]:
 
 
 # ---- the algorithm -------------------------------------------------------------------------------
+def lr_factor(config: TrainConfig, iteration: int) -> float:
+    """The learning rates' multiplier for the update that makes iteration `iteration` + 1: 1 throughout under
+    the paper's constant schedule; under `cosine`, a half cosine from 1 at the first update to --lr-floor at
+    the last (as nanoGPT's decay, without warm-up: Adam's β1 = 0.5 needs none). A function of the iteration
+    alone, so a resumed run continues the same curve."""
+    if config.lr_schedule == "constant":
+        return 1.0
+    t = min(iteration / max(config.iterations - 1, 1), 1.0)
+    return config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def set_learning_rates(run: Run) -> None:
+    """Both optimisers' learning rates for the coming update, from the config's and lr_factor."""
+    k = lr_factor(run.config, run.iteration)
+    for opt, lr in ((run.opt_d, run.config.lr_descriptor), (run.opt_g, run.config.lr_generator)):
+        for group in opt.param_groups:
+            group["lr"] = lr * k
+
+
 def cooperative_iteration(run: Run, y_data: torch.Tensor) -> tuple[IterStats, torch.Tensor, torch.Tensor]:
     """One iteration of cooperative learning on a data batch `y_data` (N, C, H, W) in [-1, 1].
     Returns the stats, the drafts Ŷ and the revised Ỹ (both (M̃, C, H, W), detached)."""
@@ -396,6 +415,7 @@ def train(
                 run.iteration, len(y_all), config.batch_size, config.seed, dist.rank, dist.world_size
             )
             y_data = y_all[idx].to(run.device)  # (N, C, H, W), this rank's share of the global batch
+            set_learning_rates(run)
             stats, y_draft, y_rev = cooperative_iteration(run, y_data)
             stats = global_stats(dist, stats)  # the global batch's, the same on every rank
             it = run.iteration
