@@ -32,6 +32,7 @@ TINY = dict(
     sample_every=2,
     ckpt_every=2,
     export=False,
+    lr_schedule="constant",  # the hand computations and the resume to another --iterations below need it
     amp="none",  # float32: the hand computations below are exact; --amp auto would pick bf16 on some CPUs
 )
 
@@ -121,7 +122,7 @@ def _params(run):
 
 
 def test_the_constant_schedule_is_the_papers_and_cosine_falls_from_one_to_the_floor():
-    constant = TrainConfig(iterations=11)
+    constant = TrainConfig(iterations=11, lr_schedule="constant")
     assert [lr_factor(constant, i) for i in range(11)] == [1.0] * 11
     cosine = TrainConfig(iterations=11, lr_schedule="cosine", lr_floor=0.1)
     factors = [lr_factor(cosine, i) for i in range(11)]
@@ -130,7 +131,7 @@ def test_the_constant_schedule_is_the_papers_and_cosine_falls_from_one_to_the_fl
 
 
 def test_a_cosine_run_steps_both_optimisers_at_the_scheduled_rates(tmp_path):
-    config = TrainConfig(**TINY, out=str(tmp_path / "r"), lr_schedule="cosine", lr_floor=0.2)
+    config = TrainConfig(**{**TINY, "lr_schedule": "cosine"}, out=str(tmp_path / "r"), lr_floor=0.2)
     run = train(config, tiny_data(), progress=False)
     last = lr_factor(config, config.iterations - 1)  # the factor of the final update
     assert last == pytest.approx(0.2)

@@ -36,6 +36,8 @@ from trainer.nets import build_nets
 
 WORLD = 2
 TINY = [
+    "--lr-schedule",  # one_process below steps at constant rates, the paper's
+    "constant",
     "--batch-size",
     "2",
     "--langevin-steps",

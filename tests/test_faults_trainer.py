@@ -28,6 +28,8 @@ from trainer.checkpoint import load_checkpoint
 
 INTERVAL = 2  # --ckpt-every
 TINY = [
+    "--lr-schedule",  # a resume to another --iterations stretches a cosine curve: constant rates redo
+    "constant",  # the lost iterations exactly whatever the target
     "--batch-size",
     "2",
     "--langevin-steps",

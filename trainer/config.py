@@ -34,8 +34,9 @@ HELP = {
     "delta": "δ, descriptor Langevin step size",
     "s": "reference distribution standard deviation",
     "sigma": "σ, generator noise standard deviation",
-    "lr_schedule": "constant (the paper's) | cosine: both learning rates follow a half cosine from their "
-    "value down to --lr-floor times it at --iterations (a resumed run to more iterations stretches it)",
+    "lr_schedule": "cosine (the default: a stable end point, docs/training.md) | constant (the paper's): "
+    "cosine takes both learning rates on a half cosine down to --lr-floor times their value at --iterations "
+    "(resuming to more iterations stretches the curve)",
     "lr_floor": "with --lr-schedule cosine: the final learning rates as a fraction of the initial ones",
     "infer_latent": "latent Langevin inference of X̂ on the revised images (off in the paper)",
     "latent_step_size": "η of --infer-latent's steps on the per-image U(X) (docs/training.md: measured)",
@@ -68,7 +69,7 @@ class TrainConfig:
     image_size: int = 28
     latent_dim: int = 100
     # cooperative learning
-    iterations: int = 1000
+    iterations: int = 2500
     batch_size: int = 32
     chains: int = 0
     langevin_steps: int = 15
@@ -78,7 +79,7 @@ class TrainConfig:
     langevin_noise: bool = True
     lr_descriptor: float = 0.007
     lr_generator: float = 1e-4
-    lr_schedule: str = "constant"
+    lr_schedule: str = "cosine"
     lr_floor: float = 0.1
     beta1: float = 0.5
     infer_latent: bool = False
