@@ -125,3 +125,19 @@ def test_checkpoint_holds_every_ranks_rng_and_old_ones_still_resume(tmp_path):
     fresh = build_run(TrainConfig(seed=3))
     restore_run(fresh, state)
     assert fresh.iteration == 4 and torch.equal(torch.randn(3, generator=fresh.rng), expected)
+
+
+def test_a_checkpoint_from_before_the_schedule_resumes_and_exports_at_constant_rates(tmp_path):
+    """Runs saved before --lr-schedule existed trained at constant rates; today's default is cosine."""
+    from trainer.config import resolve_train_config
+
+    run = build_run(TrainConfig(batch_size=4, lr_schedule="constant"))
+    path = _save(run, tmp_path / "checkpoint.pt")
+    state = ckpt.load_checkpoint(path)
+    del state["config"]["lr_schedule"]  # what an earlier version wrote
+    torch.save(state, path)
+    assert ckpt.load_models(path)[2].lr_schedule == "constant"
+    saved = ckpt.load_checkpoint(path)["config"]
+    assert resolve_train_config({}, saved=saved).lr_schedule == "constant"
+    assert resolve_train_config({"lr_schedule": "cosine"}, saved=saved).lr_schedule == "cosine"  # a flag wins
+    assert resolve_train_config({}).lr_schedule == "cosine"  # a new run gets the default

@@ -22,7 +22,7 @@ import torch
 
 from contract.files import atomic_write, atomic_write_text
 from contract.flags import from_dict
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, saved_config
 from trainer.nets import Descriptor, Generator, NetSpec, build_nets
 
 FORMAT = "coopnets.checkpoint"
@@ -123,7 +123,7 @@ def models_from_state(state: dict) -> tuple[Descriptor, Generator, TrainConfig]:
     generator.load_state_dict(state["generator"])
     descriptor.eval()
     generator.eval()
-    return descriptor, generator, from_dict(TrainConfig, state["config"])
+    return descriptor, generator, from_dict(TrainConfig, saved_config(state["config"]))
 
 
 def lock_run_dir(run_dir: str | os.PathLike) -> int:

@@ -180,6 +180,16 @@ class TrainConfig:
         return self
 
 
+# Fields that runs saved before they existed, with the value such a run trained with (not today's default): a
+# run from before --lr-schedule had constant rates, and resumes or exports with them.
+PREDATED = {"lr_schedule": "constant"}
+
+
+def saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's saved config with the fields it predates set to what that run used (PREDATED)."""
+    return {**PREDATED, **saved}
+
+
 def resolve_train_config(
     flags: dict[str, Any], config_file: str | None = None, saved: dict[str, Any] | None = None
 ) -> TrainConfig:
@@ -191,5 +201,5 @@ def resolve_train_config(
 
     in_file = load_toml(config_file, TrainConfig) if config_file else {}
     name = flags.get("preset") or in_file.get("preset") or (saved or {}).get("preset") or ""
-    base = {**(preset_values(name) if name else {}), **(saved or {}), "preset": name}
+    base = {**(preset_values(name) if name else {}), **(saved_config(saved) if saved else {}), "preset": name}
     return resolve(TrainConfig, flags, config_file, base=base)
