@@ -128,6 +128,10 @@ def test_the_constant_schedule_is_the_papers_and_cosine_falls_from_one_to_the_fl
     factors = [lr_factor(cosine, i) for i in range(11)]
     assert factors[0] == 1.0 and factors[-1] == pytest.approx(0.1) and factors[5] == pytest.approx(0.55)
     assert all(a > b for a, b in zip(factors[:-1], factors[1:], strict=True))
+    # --lr-decay-iters: the same curve over 21 iterations, whatever --iterations says; the floor after it
+    longer = TrainConfig(iterations=5, lr_schedule="cosine", lr_floor=0.1, lr_decay_iters=21)
+    assert [lr_factor(longer, 2 * i) for i in range(11)] == pytest.approx(factors)
+    assert lr_factor(longer, 40) == pytest.approx(0.1)
 
 
 def test_a_cosine_run_steps_both_optimisers_at_the_scheduled_rates(tmp_path):

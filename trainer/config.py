@@ -38,6 +38,8 @@ HELP = {
     "cosine takes both learning rates on a half cosine down to --lr-floor times their value at --iterations "
     "(resuming to more iterations stretches the curve)",
     "lr_floor": "with --lr-schedule cosine: the final learning rates as a fraction of the initial ones",
+    "lr_decay_iters": "with --lr-schedule cosine: the iteration the curve reaches --lr-floor at (nanoGPT's "
+    "lr_decay_iters); 0 = --iterations",
     "infer_latent": "latent Langevin inference of X̂ on the revised images (off in the paper)",
     "latent_step_size": "η of --infer-latent's steps on the per-image U(X) (docs/training.md: measured)",
     "latent_noise": "the η·N(0, I) term of --infer-latent's steps (the official code always adds it)",
@@ -81,6 +83,7 @@ class TrainConfig:
     lr_generator: float = 1e-4
     lr_schedule: str = "cosine"
     lr_floor: float = 0.1
+    lr_decay_iters: int = 0
     beta1: float = 0.5
     infer_latent: bool = False
     latent_steps: int = 10
@@ -138,7 +141,14 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("chains", "langevin_steps", "latent_steps", "max_images", "bn_recalibrate"):
+        for name in (
+            "chains",
+            "langevin_steps",
+            "latent_steps",
+            "max_images",
+            "bn_recalibrate",
+            "lr_decay_iters",
+        ):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.beta1 < 1:

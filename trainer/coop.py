@@ -214,11 +214,12 @@ def _nets(run: Run) -> tuple[nn.Module, nn.Module]:
 def lr_factor(config: TrainConfig, iteration: int) -> float:
     """The learning rates' multiplier for the update that makes iteration `iteration` + 1: 1 throughout under
     the paper's constant schedule; under `cosine`, a half cosine from 1 at the first update to --lr-floor at
-    the last (as nanoGPT's decay, without warm-up: Adam's β1 = 0.5 needs none). A function of the iteration
-    alone, so a resumed run continues the same curve."""
+    the last of --lr-decay-iters (default --iterations; as nanoGPT's decay, without warm-up: Adam's β1 = 0.5
+    needs none), then the floor. A function of the iteration alone, so a resumed run continues the curve."""
     if config.lr_schedule == "constant":
         return 1.0
-    t = min(iteration / max(config.iterations - 1, 1), 1.0)
+    horizon = config.lr_decay_iters or config.iterations
+    t = min(iteration / max(horizon - 1, 1), 1.0)
     return config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
