@@ -148,6 +148,16 @@ def test_fuzz_npz_files(tmp_path, content):
         assert images.dtype == np.uint8 and images.shape[1:] == (1, 28, 28)
 
 
+def test_a_png_with_a_corrupted_chunk_is_skipped_not_raised(tmp_path):
+    """The case hypothesis found (byte 36 of a valid PNG xor 16): Pillow raises SyntaxError on load."""
+    blob = valid_png()
+    (tmp_path / "broken.png").write_bytes(blob[:36] + bytes([blob[36] ^ 16]) + blob[37:])
+    with pytest.raises(DataError, match="no readable images"):
+        load_images(f"folder:{tmp_path}", size=28, channels=1)
+    (tmp_path / "good.png").write_bytes(blob)
+    assert load_images(f"folder:{tmp_path}", size=28, channels=1).shape == (1, 1, 28, 28)
+
+
 @FUZZ
 @given(
     files=st.lists(

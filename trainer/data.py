@@ -173,7 +173,8 @@ def _folder(root: Path, size: int, channels: int, max_images: int) -> np.ndarray
             with Image.open(p) as img:
                 img = img.convert(mode)
                 img.load()
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        # Pillow raises SyntaxError for a corrupted PNG chunk ("broken PNG file"), beside the usual ones
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             log.warning("skipping %s: not a readable image (%s)", p, e)
             continue
         out.append(_square_resize(img, size))
