@@ -225,6 +225,28 @@ def langevin_steps(
     return chain.value() if steps else y
 
 
+def latent_chains(
+    backend: Backend,
+    y_rep: np.ndarray,
+    mask_rep: np.ndarray,
+    rngs: Sequence[np.random.Generator],
+    params: CompletionParams,
+) -> Generator[Progress, None, np.ndarray]:
+    """The R = params.restarts latent chains of each image, all of them: `y_rep`, `mask_rep` (N·R, C, H, W)
+    hold each image R times in a row. Returns every chain's final X (N·R, d); latent_steps picks from them."""
+    r, d = params.restarts, backend.latent_dim
+
+    def draw() -> np.ndarray:  # (N·R, d): R rows from each image's rng, in image order
+        return np.concatenate([g.standard_normal((r, d), dtype=np.float32) for g in rngs])
+
+    x = draw()  # (N·R, d)
+    for t in range(params.latent_steps):
+        grad, _ = backend.latent_grad(x, y_rep, mask_rep)  # (N·R, d)
+        x = latent_step(x, grad, draw() if params.latent_noise else 0.0, params.latent_step_size)
+        yield Progress("latent", t + 1, params.latent_steps, lambda x=x: x)
+    return x
+
+
 def latent_steps(
     backend: Backend,
     y_obs: np.ndarray,
@@ -236,15 +258,7 @@ def latent_steps(
     image, the lowest final U kept. Returns X (N, d)."""
     n, r, d = len(rngs), params.restarts, backend.latent_dim
     y_rep, mask_rep = np.repeat(y_obs, r, axis=0), np.repeat(mask, r, axis=0)  # (N·R, C, H, W)
-
-    def draw() -> np.ndarray:  # (N·R, d): R rows from each image's rng, in image order
-        return np.concatenate([g.standard_normal((r, d), dtype=np.float32) for g in rngs])
-
-    x = draw()  # (N·R, d)
-    for t in range(params.latent_steps):
-        grad, _ = backend.latent_grad(x, y_rep, mask_rep)  # (N·R, d)
-        x = latent_step(x, grad, draw() if params.latent_noise else 0.0, params.latent_step_size)
-        yield Progress("latent", t + 1, params.latent_steps, lambda x=x: x)
+    x = yield from latent_chains(backend, y_rep, mask_rep, rngs, params)  # (N·R, d)
     if r == 1:
         return x
     _, u = backend.latent_grad(x, y_rep, mask_rep)  # (N·R,) U of each chain's final X

@@ -17,7 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH="$PWD:$PWD/protos${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-entry() { local fn=$1; shift; "$py" -c "import sys; from trainer.entry import $fn; sys.exit($fn())" "$@"; }
+code() { echo "import sys; from trainer.entry import $1; sys.exit($1())"; }  # an entry point, as -c code
+entry() { local fn=$1; shift; "$py" -c "$(code "$fn")" "$@"; }
 usage="usage: scripts/gpu_reference.sh train RUN_DIR SECONDS [flags] | export RUN_DIR BUNDLE_DIR | eval MODEL OUT_DIR [flags]"
 case ${1:-} in
   train)
@@ -25,7 +26,7 @@ case ${1:-} in
     resume=(); [[ -f "$run/checkpoint.pt" ]] && resume=(--resume)
     mkdir -p "$run"
     rc=0
-    timeout -s TERM "$secs" "$py" -c "import sys; from trainer.entry import train_main; sys.exit(train_main())" \
+    timeout -s TERM "$secs" "$py" -c "$(code train_main)" \
       --dataset fashion-mnist --preset paper-mnist --device cuda --iterations 200000 --out "$run" \
       --ckpt-every 500 --sample-every 2000 --log-every 100 "${resume[@]}" "$@" || rc=$?
     # 124: stopped by the time limit, which is how a budgeted run ends; its last checkpoint stands

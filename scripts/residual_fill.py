@@ -51,8 +51,9 @@ class KeepGenerated:
         return self.last
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def setup(description: str):
+    """The command line the completion scripts share: (args, engine, held-out images (N, C, H, W), seeds)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("bundle", help="bundle directory, or reference")
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--heldout", default="", help="coop-train --dataset syntax; default Fashion-MNIST t10k")
@@ -62,7 +63,11 @@ def main() -> int:
     args = p.parse_args()
     engine = Engine.open(args.bundle, device="cpu", threads=args.threads)
     images = heldout_images(args, engine.image_shape)  # (N, C, H, W)
-    seeds = list(range(len(images)))
+    return args, engine, images, list(range(len(images)))
+
+
+def main() -> int:
+    args, engine, images, seeds = setup(__doc__.splitlines()[0])
     base = engine.completion_defaults
     generated = KeepGenerated(engine)
     print(f"{args.bundle}: N = {len(images)}, PSNR (dB) of the missing region")

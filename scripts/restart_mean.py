@@ -13,7 +13,6 @@ inpainting.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 
@@ -23,27 +22,19 @@ from contract import sampling
 from contract.occlusions import occlusion_masks
 from evaluation import metrics
 from evaluation.baselines import biharmonic
-from serving.engine import Engine
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from residual_fill import heldout_images  # noqa: E402  (the scripts folder is not a package)
+from residual_fill import setup  # noqa: E402  (the scripts folder is not a package)
 
 
 def mean_fill(engine, y_obs, masks, seeds, params, restarts: int) -> np.ndarray:
-    """The same latent chains as contract.sampling.latent_steps, R per image, then the mean of g(X_r) over
-    them instead of the lowest-U one; residual fill and refinement as completion_steps does."""
-    backend, rngs = engine.backend, sampling.rngs_for(seeds)
-    n, r, d = len(seeds), restarts, backend.latent_dim
-    y_rep, m_rep = np.repeat(y_obs, r, axis=0), np.repeat(masks, r, axis=0)  # (N·R, C, H, W)
-
-    def draw() -> np.ndarray:  # (N·R, d)
-        return np.concatenate([g.standard_normal((r, d), dtype=np.float32) for g in rngs])
-
-    x = draw()
-    for _ in range(params.latent_steps):
-        grad, _ = backend.latent_grad(x, y_rep, m_rep)
-        x = sampling.latent_step(x, grad, draw() if params.latent_noise else 0.0, params.latent_step_size)
-    g = backend.generate(x).reshape(n, r, *y_obs.shape[1:]).mean(1)  # (N, C, H, W)
+    """The latent chains of completion (contract.sampling.latent_chains), R per image, then the mean of
+    g(X_r) over them instead of the lowest-U one; residual fill and refinement as completion_steps does."""
+    backend, rngs, n = engine.backend, sampling.rngs_for(seeds), len(seeds)
+    params = dataclasses.replace(params, restarts=restarts)
+    y_rep, m_rep = np.repeat(y_obs, restarts, axis=0), np.repeat(masks, restarts, axis=0)  # (N·R, C, H, W)
+    x = sampling.run(sampling.latent_chains(backend, y_rep, m_rep, rngs, params))  # (N·R, d)
+    g = backend.generate(x).reshape(n, restarts, *y_obs.shape[1:]).mean(1)  # (N, C, H, W)
     if params.residual_fill:
         g = g + sampling.residual_fill(y_obs - g, masks)
     y = np.where(masks > 0.5, g, y_obs).astype(np.float32)
@@ -54,17 +45,7 @@ def mean_fill(engine, y_obs, masks, seeds, params, restarts: int) -> np.ndarray:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("bundle", help="bundle directory, or reference")
-    p.add_argument("--n", type=int, default=100)
-    p.add_argument("--heldout", default="", help="coop-train --dataset syntax; default Fashion-MNIST t10k")
-    p.add_argument("--heldout-skip", type=int, default=0)
-    p.add_argument("--occlusions", default="center:12,random:0.5,left-half")
-    p.add_argument("--threads", type=int, default=0)
-    args = p.parse_args()
-    engine = Engine.open(args.bundle, device="cpu", threads=args.threads)
-    images = heldout_images(args, engine.image_shape)  # (N, C, H, W)
-    seeds = list(range(len(images)))
+    args, engine, images, seeds = setup(__doc__.splitlines()[0])
     base = engine.completion_defaults
     r = base.restarts
     print(f"{args.bundle}: N = {len(images)}, PSNR (dB) of the missing region")
@@ -74,8 +55,7 @@ def main() -> int:
         masks = occlusion_masks(occlusion, engine.image_shape, seeds)  # (N, C, H, W), 1 = missing
         observed = np.where(masks > 0.5, 0.0, images).astype(np.float32)
         cells = [sampling.run(engine.completion_steps(observed, masks, seeds, base)).images]
-        for restarts in (r, 4 * r):
-            cells.append(mean_fill(engine, observed, masks, seeds, dataclasses.replace(base), restarts))
+        cells += [mean_fill(engine, observed, masks, seeds, base, restarts) for restarts in (r, 4 * r)]
         cells.append(biharmonic(observed, masks))
         psnr = [float(np.mean(metrics.psnr(np.clip(x, -1, 1), images, masks))) for x in cells]
         print(f"| {occlusion} | " + " | ".join(f"{v:.2f}" for v in psnr) + " |", flush=True)

@@ -35,8 +35,8 @@ HELP = {
     "s": "reference distribution standard deviation",
     "sigma": "σ, generator noise standard deviation",
     "lr_schedule": "cosine (the default: a stable end point, docs/training.md) | constant (the paper's): "
-    "cosine takes both learning rates on a half cosine down to --lr-floor times their value at --iterations "
-    "(resuming to more iterations stretches the curve)",
+    "cosine takes both learning rates on a half cosine down to --lr-floor times their value at "
+    "--lr-decay-iters (default --iterations: resuming to more iterations then stretches the curve)",
     "lr_floor": "with --lr-schedule cosine: the final learning rates as a fraction of the initial ones",
     "lr_decay_iters": "with --lr-schedule cosine: the iteration the curve reaches --lr-floor at (nanoGPT's "
     "lr_decay_iters); 0 = --iterations",
