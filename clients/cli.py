@@ -118,6 +118,7 @@ class CompleteConfig(ConnectionConfig):
     refine_steps: int | None = None
     restarts: int | None = None
     residual_fill: bool | None = None
+    average_restarts: bool | None = None
     device: str = "auto"
 
     def validate(self) -> CompleteConfig:
@@ -158,6 +159,8 @@ COMPLETE_HELP = {
     "restarts": "latent chains per image, the lowest-energy one kept",
     "residual_fill": "fill the hole with g(X) plus the observed pixels' residual, interpolated (default: the "
     "model's)",
+    "average_restarts": "fill the hole with the mean of the latent chains' g(X), not the lowest-energy one's "
+    "(default: the model's)",
     "device": "ONNX Runtime device, with --bundle",
 }
 
@@ -329,6 +332,7 @@ def _complete_remote(config: CompleteConfig, inputs: list[Path]) -> list[Recover
                 refine_steps=config.refine_steps,
                 restarts=config.restarts,
                 residual_fill=config.residual_fill,
+                average_restarts=config.average_restarts,
             )
             out.append(Recovered(r.recovered, r.occluded))
     return out
@@ -352,7 +356,8 @@ def _complete_local(config: CompleteConfig, inputs: list[Path]) -> list[Recovere
     else:
         masks = np.stack([occlusion_mask(config.occlude, shape, s) for s in seeds])  # (N, C, H, W)
     overrides = {"latent_steps": config.latent_steps, "refine_steps": config.refine_steps,
-                 "restarts": config.restarts, "residual_fill": config.residual_fill}  # fmt: skip
+                 "restarts": config.restarts, "residual_fill": config.residual_fill,
+                 "average_restarts": config.average_restarts}  # fmt: skip
     params = dataclasses.replace(
         engine.completion_defaults, **{k: v for k, v in overrides.items() if v is not None}
     ).checked()

@@ -290,13 +290,15 @@ class CoopNetsClient:
         noise: bool | None = None,
         restarts: int | None = None,
         residual_fill: bool | None = None,
+        average_restarts: bool | None = None,
         timeout: float | None = None,
     ) -> Completion:
         """Recover the missing pixels of one image. Give `mask` ((C, H, W) / (H, W) array of 0/1, **1 =
         missing**, or a PNG with white = missing) or `occlusion` ("center:14", "random:0.5", "left-half",
         "rects") applied by the server. `restarts`: latent chains per image, the lowest-U one kept;
-        `residual_fill`: add the observed pixels' residual, interpolated, to g(X) in the hole (None = the
-        model's default for either)."""
+        `residual_fill`: add the observed pixels' residual, interpolated, to g(X) in the hole;
+        `average_restarts`: fill with the mean of the chains' g(X) instead (None = the model's default for
+        each)."""
         req = pb.CompleteRequest(image=self._encode(image), seed=seed, format=pb.IMAGE_FORMAT_TENSOR)
         if (mask is None) == (occlusion is None):
             raise ValueError("give exactly one of mask (1 = missing) and occlusion")
@@ -312,6 +314,7 @@ class CoopNetsClient:
             ("noise", noise),
             ("restarts", restarts),
             ("residual_fill", residual_fill),
+            ("average_restarts", average_restarts),
         ):
             if value is not None:
                 setattr(req, name, value)

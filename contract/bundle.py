@@ -30,7 +30,8 @@ default out of its range (s, δ, σ > 0; step counts >= 0; 1 <= restarts <= 16),
 the image shape or latent size, and any file whose size or sha256 differs from the manifest.
 
 Bundles written before a key existed still load: a missing `completion` key takes DEFAULT_COMPLETION, except
-`residual_fill`, which such bundles did not have and keep off (LEGACY_COMPLETION), so they answer as before.
+`residual_fill` and `average_restarts`, which such bundles did not have and keep off (LEGACY_COMPLETION), so
+they answer as before.
 
 The repository ships one bundle, the reference model (models/reference, made as models/README.md says): the
 name `reference` in place of a directory means it (`coop-serve --bundle reference`), and reading it, by name
@@ -101,8 +102,10 @@ DEFAULT_COMPLETION = {
     "refine_steps": 10,
     "restarts": 4,
     "residual_fill": True,
+    "average_restarts": False,
 }
-LEGACY_COMPLETION = {"residual_fill": False}  # what a manifest without the key meant when it was written
+# what a manifest without the key meant when it was written
+LEGACY_COMPLETION = {"residual_fill": False, "average_restarts": False}
 LANGEVIN_KEYS = ("s", "delta", "steps", "sigma", "noise")
 
 
@@ -132,8 +135,8 @@ class LangevinDefaults:
 
 @dataclass(frozen=True)
 class CompletionDefaults:
-    """Latent Langevin steps L of size η (noise on/off) on R restarts (the lowest U kept), then K descriptor
-    refinement steps."""
+    """Latent Langevin steps L of size η (noise on/off) on R restarts (the lowest U kept, or the mean of their
+    fills), then K descriptor refinement steps."""
 
     latent_steps: int
     latent_step_size: float
@@ -141,6 +144,7 @@ class CompletionDefaults:
     refine_steps: int
     restarts: int
     residual_fill: bool = False
+    average_restarts: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,7 @@ class Bundle:
             noise=lv.noise,
             restarts=c.restarts,
             residual_fill=c.residual_fill,
+            average_restarts=c.average_restarts,
         )
 
 
@@ -384,6 +389,7 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         refine_steps=m.integer(cp, "refine_steps", "completion.refine_steps", low=0),
         restarts=m.integer(cp, "restarts", "completion.restarts", low=1, high=MAX_RESTARTS),
         residual_fill=m.boolean(cp, "residual_fill", "completion.residual_fill"),
+        average_restarts=m.boolean(cp, "average_restarts", "completion.average_restarts"),
     )
     net = m.section(manifest, "net", optional=True)
     if "latent_dim" in net and net["latent_dim"] != latent_dim:

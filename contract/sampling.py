@@ -12,10 +12,10 @@ Synthesis of image i, K steps of size δ:
     X ~ N(0, I_d) from rng_i;  Ŷ = g(X);  K times: Y ← Y − (δ²/2)(Y/s² − ∂f/∂Y) + δ·U_t, U_t from rng_i (or 0)
 Completion of Y_obs with mask M, R restarts, L latent steps of size η, K refinement steps:
     R starts X_r ~ N(0, I) from rng_i as one (R, d) draw;  L times: X ← X − (η²/2) ∂U/∂X + η·U_t (U_t if
-    latent noise);  keep the X with the lowest U (the first on ties);  Y = M ⊙ (g(X) + R) + (1 − M) ⊙ Y_obs,
-    R the harmonic interpolation into the hole of the residual Y_obs − g(X) on the observed pixels (with
-    residual fill; R = 0 without, as in the paper);  K descriptor Langevin steps on the missing pixels,
-    noise from rng_i as in synthesis.
+    latent noise);  G = g(X) of the X with the lowest U (the first on ties), or with average_restarts the
+    mean of g(X_r) over the R chains;  Y = M ⊙ (G + R) + (1 − M) ⊙ Y_obs, R the harmonic interpolation into
+    the hole of the residual Y_obs − G on the observed pixels (with residual fill; R = 0 without, as in the
+    paper);  K descriptor Langevin steps on the missing pixels, noise from rng_i as in synthesis.
 In a batch, image i's R chains are rows i·R … i·R + R − 1 of one (N·R, d) array.
 
 A backend (the ONNX Runtime engine in serving, the autograd nets in trainer.reference) supplies the nets:
@@ -70,8 +70,8 @@ class SynthesisParams:
 
 @dataclass(frozen=True)
 class CompletionParams:
-    """R latent chains of L steps of size η (noise on/off), the lowest U kept, then K descriptor refinement
-    steps of size δ on the missing pixels."""
+    """R latent chains of L steps of size η (noise on/off), the lowest U kept (or the mean of their fills),
+    then K descriptor refinement steps of size δ on the missing pixels."""
 
     latent_steps: int
     latent_step_size: float
@@ -81,6 +81,7 @@ class CompletionParams:
     noise: bool
     restarts: int
     residual_fill: bool = False  # the hole gets g(X) plus the observed pixels' residual, interpolated
+    average_restarts: bool = False  # the hole gets the mean of the R chains' g(X), not the lowest-U one's
 
     def checked(self, max_steps: int | None = None) -> CompletionParams:
         for name in ("latent_steps", "refine_steps"):
@@ -266,6 +267,28 @@ def latent_steps(
     return x.reshape(n, r, d)[np.arange(n), best]  # (N, d)
 
 
+def latent_fill(
+    backend: Backend,
+    y_obs: np.ndarray,
+    mask: np.ndarray,
+    rngs: Sequence[np.random.Generator],
+    params: CompletionParams,
+) -> Generator[Progress, None, np.ndarray]:
+    """The generator's guess G of each image (N, C, H, W) from its observed pixels: g(X) of the lowest-U
+    chain, or with `average_restarts` the mean of g(X_r) over the R chains.
+
+    Why the mean: under uncertainty the fill with the least squared error is the posterior mean, and a
+    confident stroke of the wrong digit costs more PSNR than a blur between the candidates
+    (docs/results.md, the MNIST table; scripts/restart_mean.py measures it)."""
+    if not params.average_restarts:
+        x = yield from latent_steps(backend, y_obs, mask, rngs, params)  # (N, d)
+        return backend.generate(x)
+    n, r = len(rngs), params.restarts
+    y_rep, mask_rep = np.repeat(y_obs, r, axis=0), np.repeat(mask, r, axis=0)  # (N·R, C, H, W)
+    x = yield from latent_chains(backend, y_rep, mask_rep, rngs, params)  # (N·R, d)
+    return backend.generate(x).reshape(n, r, *y_obs.shape[1:]).mean(axis=1)  # (N, C, H, W)
+
+
 def synthesis_steps(backend: Backend, seeds: Sequence[int], params: SynthesisParams) -> Steps:
     """Drafts Ŷ = g(X) then K descriptor Langevin steps (mask all ones), image i from seeds[i]."""
     rngs = rngs_for(seeds)
@@ -283,10 +306,9 @@ def completion_steps(
     if len(seeds) != len(y_obs):
         raise ValueError(f"{len(seeds)} seeds for {len(y_obs)} images: give one seed per image")
     rngs = rngs_for(seeds)
-    # 1. latent inference of X from the visible pixels (the lowest-U of R chains)
-    z = yield from latent_steps(backend, y_obs, mask, rngs, params)  # (N, d)
-    # 2. fill the hole with the generator's guess, corrected by what it got wrong around the hole
-    g = backend.generate(z)  # (N, C, H, W)
+    # 1. latent inference of X from the visible pixels (R chains) and the generator's guess G
+    g = yield from latent_fill(backend, y_obs, mask, rngs, params)  # (N, C, H, W)
+    # 2. fill the hole with G, corrected by what it got wrong around the hole
     if params.residual_fill:
         g = g + residual_fill(y_obs - g, mask)
     y = np.where(mask > 0.5, g, y_obs).astype(np.float32)  # (N, C, H, W)

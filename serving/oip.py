@@ -14,7 +14,7 @@ guards it like every RPC. Models (version "1"; [N] = one value per image, [1] = 
     coopnets-complete    in:  images FP32 [N, C, H, W], masks FP32 [N, C, H, W] (1 = missing), optional
                               seed INT64 [1] (image i uses seed + i), latent_steps, refine_steps, restarts
                               INT32|INT64 [1], latent_step_size, refine_step_size FP32 [1], noise,
-                              residual_fill BOOL [1]
+                              residual_fill, average_restarts BOOL [1]
                          out: images FP32 [N, C, H, W] (observed pixels as given), energy FP32 [N]
     coopnets-energy      in:  images FP32 [N, C, H, W]
                          out: energy FP32 [N] (E(Y), lower = more typical), score FP32 [N] (f(Y)),
@@ -100,6 +100,7 @@ MODELS: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = {
             Tensor("restarts", ("INT32", "INT64", "UINT32", "UINT64")),
             Tensor("noise", ("BOOL",)),
             Tensor("residual_fill", ("BOOL",)),
+            Tensor("average_restarts", ("BOOL",)),
         ),
         (Tensor("images", ("FP32",), (-1, "image")), Tensor("energy", ("FP32",), (-1,))),
     ),
@@ -330,6 +331,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
             noise=_scalar(inputs, "noise", d.noise, bool),
             restarts=_scalar(inputs, "restarts", d.restarts, int),
             residual_fill=_scalar(inputs, "residual_fill", d.residual_fill, bool),
+            average_restarts=_scalar(inputs, "average_restarts", d.average_restarts, bool),
         ).checked(limits.max_steps)
         seeds = np.arange(seed, seed + len(images), dtype=np.int64)
         arrays = {"images": images, "masks": masks, "seeds": seeds}

@@ -119,6 +119,7 @@ def completion(req: pb.CompleteRequest, model: Model, limits: Limits) -> Complet
         noise=given("noise", d.noise),
         restarts=int(req.restarts) or d.restarts,  # 0 (unset) = the bundle's default
         residual_fill=given("residual_fill", d.residual_fill),
+        average_restarts=given("average_restarts", d.average_restarts),
     ).checked(limits.max_steps)
     return Completion(image, mask, seed, params, _png(req.format, "format"))
 

@@ -269,6 +269,7 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
                     refine_steps=cp.refine_steps,
                     restarts=cp.restarts,
                     residual_fill=cp.residual_fill,
+                    average_restarts=cp.average_restarts,
                 ),
                 format_version=int(b.manifest["format_version"]),
                 bundle_sha256=b.digest,

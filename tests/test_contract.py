@@ -266,3 +266,25 @@ def test_completion_with_residual_fill_differs_only_in_the_hole_and_starts_close
         fills[residual] = engine.complete(images, masks, [0, 1], params).images
     np.testing.assert_array_equal(fills[True][masks < 0.5], fills[False][masks < 0.5])
     assert np.abs(fills[True] - fills[False])[masks > 0.5].max() > 1e-3
+
+
+def test_average_restarts_fills_the_hole_with_the_mean_of_the_chains(engine):
+    """average_restarts: the hole gets the mean over the R chains of g(X_r), the chains being exactly those
+    the lowest-U choice picks from (contract.sampling.latent_chains); observed pixels come back exactly; with
+    one chain the two choices are the same completion."""
+    images = engine.synthesize([5, 6]).images  # (2, C, H, W)
+    masks = occlusions.occlusion_masks("center:12", engine.image_shape, [0, 1])
+    base = CompletionParams(4, 0.05, False, 0, 0.002, True, 3)
+    got = engine.complete(images, masks, [0, 1], dataclasses.replace(base, average_restarts=True)).images
+    rep = (np.repeat(images, 3, axis=0), np.repeat(masks, 3, axis=0))  # (N·R, C, H, W)
+    x = sampling.run(sampling.latent_chains(engine.backend, *rep, sampling.rngs_for([0, 1]), base))
+    mean = engine.backend.generate(x).reshape(2, 3, *images.shape[1:]).mean(axis=1)  # (N, C, H, W)
+    np.testing.assert_allclose(got[masks > 0.5], mean[masks > 0.5], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(got[masks < 0.5], images[masks < 0.5])
+    lowest = engine.complete(images, masks, [0, 1], base).images
+    assert np.abs(lowest - got)[masks > 0.5].max() > 1e-3  # three chains do not agree
+    one = dataclasses.replace(base, restarts=1)
+    np.testing.assert_array_equal(
+        engine.complete(images, masks, [0, 1], dataclasses.replace(one, average_restarts=True)).images,
+        engine.complete(images, masks, [0, 1], one).images,
+    )

@@ -74,6 +74,8 @@ def test_the_legacy_bundle_still_loads():
     bundle = read_bundle(LEGACY / "bundle")
     assert bundle.latent_dim == 8 and bundle.image_shape == (1, 28, 28)
     assert bundle.completion.restarts == 2 and bundle.langevin.steps == 4
+    # completion choices added later keep what the bundle meant when it was written: off
+    assert not bundle.completion.residual_fill and not bundle.completion.average_restarts
 
 
 @pytest.mark.parametrize("i", range(len(CASES)), ids=[f"{c['rpc']}-{i}" for i, c in enumerate(CASES)])

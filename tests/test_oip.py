@@ -106,6 +106,17 @@ def test_completion_and_energy_are_the_coopnets_v1_answers(tc, client, serving_e
     expected = client.complete(images[0], mask=masks[0], seed=5, residual_fill=False)
     np.testing.assert_array_equal(plain.as_numpy("images")[0], expected.recovered)
     assert not np.array_equal(plain.as_numpy("images")[0], got.as_numpy("images")[0])
+    averaged = infer(
+        tc,
+        "coopnets-complete",
+        tensor("images", images[:1], "FP32"),
+        tensor("masks", masks[:1], "FP32"),
+        tensor("seed", [5], "INT64"),
+        tensor("average_restarts", [True], "BOOL"),
+    )
+    expected = client.complete(images[0], mask=masks[0], seed=5, average_restarts=True)
+    np.testing.assert_array_equal(averaged.as_numpy("images")[0], expected.recovered)
+    assert not np.array_equal(averaged.as_numpy("images")[0], got.as_numpy("images")[0])
     energy = infer(tc, "coopnets-energy", tensor("images", images, "FP32"))
     np.testing.assert_array_equal(energy.as_numpy("energy"), client.energy(images))
 

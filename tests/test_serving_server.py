@@ -253,6 +253,15 @@ def test_complete_keeps_observed_pixels_and_equals_the_engine(client, engine):
         atol=1e-6,
     )
     assert not np.array_equal(plain.recovered, rec.recovered)
+    # and average_restarts (unset = the bundle's default: off before coopnets 0.4)
+    assert client.info().completion.average_restarts == engine.completion_defaults.average_restarts
+    flip = not engine.completion_defaults.average_restarts
+    other = client.complete(image, occlusion="center:14", seed=9, average_restarts=flip)
+    averaged = dataclasses.replace(engine.completion_defaults, average_restarts=flip)
+    np.testing.assert_allclose(
+        other.recovered, engine.complete(image[None], mask[None], [9], averaged).images[0], rtol=0, atol=1e-6
+    )
+    assert not np.array_equal(other.recovered, rec.recovered)
 
 
 def test_energy_is_f_of_the_descriptor_graph_and_the_formula(stub, client, engine):

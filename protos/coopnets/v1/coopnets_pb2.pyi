@@ -90,7 +90,7 @@ class SynthesizeEvent(_message.Message):
     def __init__(self, image: _Optional[_Union[GeneratedImage, _Mapping]] = ..., step: _Optional[int] = ..., final: bool = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("image", "mask", "occlusion", "seed", "latent_steps", "latent_step_size", "refine_steps", "refine_step_size", "noise", "format", "restarts", "residual_fill")
+    __slots__ = ("image", "mask", "occlusion", "seed", "latent_steps", "latent_step_size", "refine_steps", "refine_step_size", "noise", "format", "restarts", "residual_fill", "average_restarts")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     OCCLUSION_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class CompleteRequest(_message.Message):
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     RESIDUAL_FILL_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     image: Image
     mask: Image
     occlusion: str
@@ -115,7 +116,8 @@ class CompleteRequest(_message.Message):
     format: ImageFormat
     restarts: int
     residual_fill: bool
-    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., mask: _Optional[_Union[Image, _Mapping]] = ..., occlusion: _Optional[str] = ..., seed: _Optional[int] = ..., latent_steps: _Optional[int] = ..., latent_step_size: _Optional[float] = ..., refine_steps: _Optional[int] = ..., refine_step_size: _Optional[float] = ..., noise: bool = ..., format: _Optional[_Union[ImageFormat, str]] = ..., restarts: _Optional[int] = ..., residual_fill: bool = ...) -> None: ...
+    average_restarts: bool
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., mask: _Optional[_Union[Image, _Mapping]] = ..., occlusion: _Optional[str] = ..., seed: _Optional[int] = ..., latent_steps: _Optional[int] = ..., latent_step_size: _Optional[float] = ..., refine_steps: _Optional[int] = ..., refine_step_size: _Optional[float] = ..., noise: bool = ..., format: _Optional[_Union[ImageFormat, str]] = ..., restarts: _Optional[int] = ..., residual_fill: bool = ..., average_restarts: bool = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
     __slots__ = ("recovered", "occluded", "mask", "energy")
@@ -164,20 +166,22 @@ class LangevinDefaults(_message.Message):
     def __init__(self, s: _Optional[float] = ..., step_size: _Optional[float] = ..., steps: _Optional[int] = ..., sigma: _Optional[float] = ..., noise: bool = ...) -> None: ...
 
 class CompletionDefaults(_message.Message):
-    __slots__ = ("latent_steps", "latent_step_size", "latent_noise", "refine_steps", "restarts", "residual_fill")
+    __slots__ = ("latent_steps", "latent_step_size", "latent_noise", "refine_steps", "restarts", "residual_fill", "average_restarts")
     LATENT_STEPS_FIELD_NUMBER: _ClassVar[int]
     LATENT_STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
     LATENT_NOISE_FIELD_NUMBER: _ClassVar[int]
     REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     RESIDUAL_FILL_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     latent_steps: int
     latent_step_size: float
     latent_noise: bool
     refine_steps: int
     restarts: int
     residual_fill: bool
-    def __init__(self, latent_steps: _Optional[int] = ..., latent_step_size: _Optional[float] = ..., latent_noise: bool = ..., refine_steps: _Optional[int] = ..., restarts: _Optional[int] = ..., residual_fill: bool = ...) -> None: ...
+    average_restarts: bool
+    def __init__(self, latent_steps: _Optional[int] = ..., latent_step_size: _Optional[float] = ..., latent_noise: bool = ..., refine_steps: _Optional[int] = ..., restarts: _Optional[int] = ..., residual_fill: bool = ..., average_restarts: bool = ...) -> None: ...
 
 class SessionInfo(_message.Message):
     __slots__ = ("graph", "providers")
