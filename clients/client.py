@@ -295,10 +295,10 @@ class CoopNetsClient:
     ) -> Completion:
         """Recover the missing pixels of one image. Give `mask` ((C, H, W) / (H, W) array of 0/1, **1 =
         missing**, or a PNG with white = missing) or `occlusion` ("center:14", "random:0.5", "left-half",
-        "rects") applied by the server. `restarts`: latent chains per image, the lowest-U one kept;
+        "rects") applied by the server. `restarts`: latent chains per image;
         `residual_fill`: add the observed pixels' residual, interpolated, to g(X) in the hole;
-        `average_restarts`: fill with the mean of the chains' g(X) instead (None = the model's default for
-        each)."""
+        `average_restarts`: fill with the mean of the chains' g(X), or (False) with the lowest-U chain's
+        (None = the model's default for each)."""
         req = pb.CompleteRequest(image=self._encode(image), seed=seed, format=pb.IMAGE_FORMAT_TENSOR)
         if (mask is None) == (occlusion is None):
             raise ValueError("give exactly one of mask (1 = missing) and occlusion")

@@ -228,8 +228,7 @@ def run(config: EvalConfig) -> str:
             f"({len(train.labels)} images) for the classifier, the floor and the memorisation check",
             "classifier": f"test accuracy {clf.test_accuracy:.4f}, sha256 {clf.sha256[:16]}",
             "langevin": f"s {lang.s}, δ {lang.delta}, noise {lang.noise}; revised samples: {steps} steps",
-            "completion defaults": f"{comp.restarts} latent chain(s) of {comp.latent_steps} steps of size "
-            f"{comp.latent_step_size} (the lowest U kept), then {comp.refine_steps} refinement steps; "
+            "completion defaults": f"{_completion_summary(comp)}; "
             f"langevin-only: {config.langevin_only_steps} steps",
             "seed": config.seed,
         }
@@ -287,6 +286,16 @@ def _other_split(config: EvalConfig, shape):
     return Split(train, none), Split(test, none)
 
 
+def _completion_summary(comp) -> str:
+    """The report's one line on the completion defaults it measured (contract.bundle.CompletionDefaults)."""
+    keep = "the mean of their g(X) filled in" if comp.average_restarts else "the lowest U kept"
+    residual = ", plus the harmonic residual" if comp.residual_fill else ""
+    return (
+        f"{comp.restarts} latent chain(s) of {comp.latent_steps} steps of size {comp.latent_step_size} "
+        f"({keep}{residual}), then {comp.refine_steps} refinement steps"
+    )
+
+
 def _completion(engine, train_images: np.ndarray, heldout: np.ndarray, config: EvalConfig, out: Path):
     """The completion scores on completion_n of the held-out images (their PNG strips written to `out`)."""
     from evaluation import report
@@ -311,8 +320,7 @@ def _without_synthesis(engine, train, test, config: EvalConfig, out: Path, start
     header = {
         "model": f"{config.model} ({engine.bundle.arch}, manifest sha256 {engine.bundle.digest[:16]})",
         "data": data,
-        "completion defaults": f"{comp.restarts} latent chain(s) of {comp.latent_steps} steps of size "
-        f"{comp.latent_step_size} (the lowest U kept), then {comp.refine_steps} refinement steps",
+        "completion defaults": _completion_summary(comp),
         "seed": config.seed,
     }
     completion = _completion(engine, train.images, test.images, config, out) if config.completion else None

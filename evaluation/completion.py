@@ -4,9 +4,10 @@ and on the whole image, per image, summarised as mean and 95% interval.
 
 Methods (the model ones run the one sampler, contract.sampling, through the served engine, exactly as a
 client gets them):
-    coop            latent inference of X on the observed pixels (the lowest-U of R restarts), fill the hole
-                    with g(X), then K descriptor Langevin steps on the hole (Engine.complete at the bundle's
-                    defaults)
+    coop            latent inference of X on the observed pixels (R restarts: the mean of their g(X), or
+                    the lowest-U one's for bundles before 0.4), fill the hole with it (plus the residual
+                    with residual fill), then K descriptor Langevin steps on the hole (Engine.complete at
+                    the bundle's defaults)
     latent-only     the same run's image before refinement (the hole filled with g(X)): what the generator
                     alone recovers, equal to Engine.complete with refine_steps = 0
     langevin-only   no generator: the hole filled with uniform noise in [-1, 1], then descriptor Langevin

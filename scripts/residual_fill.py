@@ -51,8 +51,9 @@ class KeepGenerated:
         return self.last
 
 
-def setup(description: str):
-    """The command line the completion scripts share: (args, engine, held-out images (N, C, H, W), seeds)."""
+def setup(description: str, add_arguments=None):
+    """The command line the completion scripts share: (args, engine, held-out images (N, C, H, W), seeds).
+    `add_arguments(parser)` adds a script's own flags."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("bundle", help="bundle directory, or reference")
     p.add_argument("--n", type=int, default=100)
@@ -60,6 +61,8 @@ def setup(description: str):
     p.add_argument("--heldout-skip", type=int, default=0)
     p.add_argument("--occlusions", default="center:12,random:0.5,left-half")
     p.add_argument("--threads", type=int, default=0)
+    if add_arguments is not None:
+        add_arguments(p)
     args = p.parse_args()
     engine = Engine.open(args.bundle, device="cpu", threads=args.threads)
     images = heldout_images(args, engine.image_shape)  # (N, C, H, W)
@@ -91,7 +94,8 @@ def main() -> int:
             out = sampling.run(engine.completion_steps(observed, masks, seeds, params), on_progress=keep_fill)
             cells += [fills[0], out.images]
         # g(X) at the latent both runs above inferred (the same seeds: the same latent), the whole image
-        g = generated.last  # (N, C, H, W)
+        g = generated.last  # (N, C, H, W), or (N·R, C, H, W) with average_restarts: their mean is the fill
+        g = g.reshape(len(images), -1, *g.shape[1:]).mean(axis=1)  # (N, C, H, W)
         resid = biharmonic(np.where(masks > 0.5, 0.0, images - g).astype(np.float32), masks)
         bi_fill = np.where(masks > 0.5, g + resid, images).astype(np.float32)
         rngs = sampling.rngs_for(seeds)

@@ -7,8 +7,8 @@ and one confident wrong stroke costs more than a blur (docs/results.md, the MNIS
 
 Prints, per occlusion, the PSNR of the missing region (mean over N held-out images, seeds 0..N-1) of
 completion at the bundle's defaults but for the two choices, with R = the bundle's restarts and 4R chains
-(the lowest U kept, or the mean of g(X_r)), each then residual-filled and refined as the bundle says, and
-scikit-image's biharmonic inpainting.
+(--factors; the lowest U kept, or the mean of g(X_r)), each then residual-filled and refined as the bundle
+says, and scikit-image's biharmonic inpainting.
 """
 
 from __future__ import annotations
@@ -28,10 +28,13 @@ from residual_fill import setup  # noqa: E402  (the scripts folder is not a pack
 
 
 def main() -> int:
-    args, engine, images, seeds = setup(__doc__.splitlines()[0])
+    def add_arguments(p):
+        p.add_argument("--factors", default="1,4", help="chain counts, multiples of the bundle's R")
+
+    args, engine, images, seeds = setup(__doc__.splitlines()[0], add_arguments)
     base = engine.completion_defaults
-    r = base.restarts
-    cases = [(restarts, mean) for restarts in (r, 4 * r) for mean in (False, True)]
+    factors = [int(f) for f in args.factors.split(",")]
+    cases = [(k * base.restarts, mean) for k in factors for mean in (False, True)]
     print(f"{args.bundle}: N = {len(images)}, PSNR (dB) of the missing region")
     print("| occlusion | " + " | ".join(f"{'mean' if m else 'lowest U'} of {k}" for k, m in cases)
           + " | biharmonic |")  # fmt: skip

@@ -149,6 +149,7 @@ def test_manifest_and_sha256(exported):
     assert manifest["latent_dim"] == spec.latent_dim
     assert manifest["langevin"] == LANGEVIN
     assert manifest["completion"] == DEFAULT_COMPLETION and manifest["completion"]["residual_fill"] is True
+    assert manifest["completion"]["average_restarts"] is True
     assert manifest["opset"] == 18
     assert manifest["training"] == {"lr": 0.007}
     assert set(manifest["versions"]) >= {"coopnets", "torch", "onnx", "onnxruntime"}
