@@ -156,11 +156,9 @@ COMPLETE_HELP = {
     "seed": "input i uses seed S + i",
     "latent_steps": "latent inference steps",
     "refine_steps": "descriptor refinement steps",
-    "restarts": "latent chains per image, the lowest-energy one kept",
-    "residual_fill": "fill the hole with g(X) plus the observed pixels' residual, interpolated (default: the "
-    "model's)",
-    "average_restarts": "fill the hole with the mean of the latent chains' g(X), not the lowest-energy one's "
-    "(default: the model's)",
+    "restarts": "latent chains per image (their g(X) averaged, or the lowest-energy one kept)",
+    "residual_fill": "fill the hole with g(X) plus the observed pixels' residual, interpolated",
+    "average_restarts": "fill the hole with the mean of the latent chains' g(X), not the lowest-energy one's",
     "device": "ONNX Runtime device, with --bundle",
 }
 

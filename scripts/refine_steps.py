@@ -6,8 +6,8 @@ missing region after K = 0, 5, 10, 20, 40, 80 refinement steps at step sizes sca
 
 The fill is completion at the bundle's defaults with no refinement (latent chains, their fill and the
 residual); each column then runs contract.sampling.langevin_steps on the hole from that same fill, with the
-bundle's noise setting, so the columns differ only in K and the step size. The row marked with the bundle's
-(K, δ) is what completion returns up to the refinement's noise draw.
+bundle's noise setting, so the columns differ only in K and the step size. The cell at the bundle's
+(K, δ), printed in the header, is what completion returns up to the refinement's noise draw.
 """
 
 from __future__ import annotations
