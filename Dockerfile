@@ -1,8 +1,8 @@
 # The serving image: coop-serve on ONNX Runtime, the base install of coopnets (no torch, no training stack).
-#   docker build -t coopnets-serve:0.4.0 .
-#   docker run -p 50051:50051 -p 9090:9090 -v "$PWD/runs/demo/bundle:/models/bundle:ro" coopnets-serve:0.4.0
+#   docker build -t coopnets-serve:0.5.0 .
+#   docker run -p 50051:50051 -p 9090:9090 -v "$PWD/runs/demo/bundle:/models/bundle:ro" coopnets-serve:0.5.0
 # The bundle is not in the image: mount it at /models/bundle (Kubernetes: deploy/coopnets.yaml). Any coop-serve
-# flag can be appended (`docker run ... coopnets-serve:0.4.0 --bundle /models/bundle --max-batch 32`).
+# flag can be appended (`docker run ... coopnets-serve:0.5.0 --bundle /models/bundle --max-batch 32`).
 
 FROM python:3.11-slim AS build
 WORKDIR /src

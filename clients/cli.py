@@ -34,6 +34,7 @@ from google.protobuf.json_format import MessageToDict
 from clients.client import CoopNetsClient, channel_target
 from contract.codec import decode_png, save_grid, save_image, save_strip
 from contract.flags import Parser, add_flags, resolve
+from contract.sampling import RESIDUAL_INTERPOLANTS
 
 
 class CliError(Exception):
@@ -119,6 +120,7 @@ class CompleteConfig(ConnectionConfig):
     restarts: int | None = None
     residual_fill: bool | None = None
     average_restarts: bool | None = None
+    residual_interpolant: str | None = None
     device: str = "auto"
 
     def validate(self) -> CompleteConfig:
@@ -130,6 +132,9 @@ class CompleteConfig(ConnectionConfig):
             raise ValueError("--out DIR is required: where <stem>_recovered.png and <stem>_strip.png go")
         if self.seed < 0:
             raise ValueError(f"--seed {self.seed}: must be >= 0")
+        if self.residual_interpolant not in (None, *RESIDUAL_INTERPOLANTS):
+            forms = ", ".join(RESIDUAL_INTERPOLANTS)
+            raise ValueError(f"--residual-interpolant {self.residual_interpolant!r}: use one of {forms}")
         if self.restarts is not None and self.restarts < 1:
             raise ValueError(f"--restarts {self.restarts}: must be at least 1 (omit it for the default)")
         for name in ("latent_steps", "refine_steps"):
@@ -159,6 +164,8 @@ COMPLETE_HELP = {
     "restarts": "latent chains per image (their g(X) averaged, or the lowest-energy one kept)",
     "residual_fill": "fill the hole with g(X) plus the observed pixels' residual, interpolated",
     "average_restarts": "fill the hole with the mean of the latent chains' g(X), not the lowest-energy one's",
+    "residual_interpolant": "how the residual is carried into the hole: auto = biharmonic in scattered holes "
+    "(random pixels), harmonic in blocks",
     "device": "ONNX Runtime device, with --bundle",
 }
 
@@ -331,6 +338,7 @@ def _complete_remote(config: CompleteConfig, inputs: list[Path]) -> list[Recover
                 restarts=config.restarts,
                 residual_fill=config.residual_fill,
                 average_restarts=config.average_restarts,
+                residual_interpolant=config.residual_interpolant,
             )
             out.append(Recovered(r.recovered, r.occluded))
     return out
@@ -355,7 +363,8 @@ def _complete_local(config: CompleteConfig, inputs: list[Path]) -> list[Recovere
         masks = np.stack([occlusion_mask(config.occlude, shape, s) for s in seeds])  # (N, C, H, W)
     overrides = {"latent_steps": config.latent_steps, "refine_steps": config.refine_steps,
                  "restarts": config.restarts, "residual_fill": config.residual_fill,
-                 "average_restarts": config.average_restarts}  # fmt: skip
+                 "average_restarts": config.average_restarts,
+                 "residual_interpolant": config.residual_interpolant}  # fmt: skip
     params = dataclasses.replace(
         engine.completion_defaults, **{k: v for k, v in overrides.items() if v is not None}
     ).checked()
@@ -386,7 +395,8 @@ def complete_main(argv: list[str] | None = None) -> int:
         description="Recover occluded images (white mask pixels = missing) through coop-serve or locally.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG images of the model's size")
-    _add_config(parser, CompleteConfig, COMPLETE_HELP, choices={"device": ("auto", "cuda", "cpu")})
+    choices = {"device": ("auto", "cuda", "cpu"), "residual_interpolant": RESIDUAL_INTERPOLANTS}
+    _add_config(parser, CompleteConfig, COMPLETE_HELP, choices=choices)
     args = parser.parse_args(argv)
     config = _resolve(parser, CompleteConfig, args)
     return _run("coop-complete", lambda: _complete(config, [Path(p) for p in args.inputs]))

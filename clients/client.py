@@ -291,14 +291,16 @@ class CoopNetsClient:
         restarts: int | None = None,
         residual_fill: bool | None = None,
         average_restarts: bool | None = None,
+        residual_interpolant: str | None = None,
         timeout: float | None = None,
     ) -> Completion:
         """Recover the missing pixels of one image. Give `mask` ((C, H, W) / (H, W) array of 0/1, **1 =
         missing**, or a PNG with white = missing) or `occlusion` ("center:14", "random:0.5", "left-half",
         "rects") applied by the server. `restarts`: latent chains per image;
         `residual_fill`: add the observed pixels' residual, interpolated, to g(X) in the hole;
-        `average_restarts`: fill with the mean of the chains' g(X), or (False) with the lowest-U chain's
-        (None = the model's default for each)."""
+        `average_restarts`: fill with the mean of the chains' g(X), or (False) with the lowest-U chain's;
+        `residual_interpolant`: how the residual is carried in, "harmonic", "biharmonic" or "auto" (by the
+        hole's shape) (None = the model's default for each)."""
         req = pb.CompleteRequest(image=self._encode(image), seed=seed, format=pb.IMAGE_FORMAT_TENSOR)
         if (mask is None) == (occlusion is None):
             raise ValueError("give exactly one of mask (1 = missing) and occlusion")
@@ -315,6 +317,7 @@ class CoopNetsClient:
             ("restarts", restarts),
             ("residual_fill", residual_fill),
             ("average_restarts", average_restarts),
+            ("residual_interpolant", residual_interpolant),
         ):
             if value is not None:
                 setattr(req, name, value)

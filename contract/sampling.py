@@ -13,9 +13,10 @@ Synthesis of image i, K steps of size δ:
 Completion of Y_obs with mask M, R restarts, L latent steps of size η, K refinement steps:
     R starts X_r ~ N(0, I) from rng_i as one (R, d) draw;  L times: X ← X − (η²/2) ∂U/∂X + η·U_t (U_t if
     latent noise);  G = g(X) of the X with the lowest U (the first on ties), or with average_restarts the
-    mean of g(X_r) over the R chains;  Y = M ⊙ (G + R) + (1 − M) ⊙ Y_obs, R the harmonic interpolation into
-    the hole of the residual Y_obs − G on the observed pixels (with residual fill; R = 0 without, as in the
-    paper);  K descriptor Langevin steps on the missing pixels, noise from rng_i as in synthesis.
+    mean of g(X_r) over the R chains;  Y = M ⊙ (G + R) + (1 − M) ⊙ Y_obs, R the interpolation into the
+    hole of the residual Y_obs − G on the observed pixels (with residual fill: harmonic, biharmonic, or by
+    the hole's shape; R = 0 without, as in the paper);  K descriptor Langevin steps on the missing pixels,
+    noise from rng_i as in synthesis.
 In a batch, image i's R chains are rows i·R … i·R + R − 1 of one (N·R, d) array.
 
 A backend (the ONNX Runtime engine in serving, the autograd nets in trainer.reference) supplies the nets:
@@ -36,6 +37,12 @@ import numpy as np
 MAX_STEP_SIZE = 1.0  # δ and η above this are not Langevin steps but jumps
 MAX_RESTARTS = 16  # latent chains per completed image: a request costs up to steps × this many gradients
 RESIDUAL_ITERATIONS = 400  # Jacobi sweeps of residual_fill: converged for 28-32 px holes (docs/results.md)
+BIHARMONIC_ITERATIONS = 2000  # CG cap of biharmonic_fill (a 28×28 random mask converges in ~50)
+# How the residual is carried into the hole (CompletionParams.residual_interpolant). "auto" picks, per image,
+# biharmonic when the hole is scattered (at least SCATTERED of its pixels touch an observed one: random-pixel
+# masks) and harmonic for blocks, where biharmonic's extrapolated slopes overshoot (docs/results.md).
+RESIDUAL_INTERPOLANTS = ("harmonic", "biharmonic", "auto")
+SCATTERED = 0.5
 
 
 class ParamError(ValueError):
@@ -82,6 +89,7 @@ class CompletionParams:
     restarts: int
     residual_fill: bool = False  # the hole gets g(X) plus the observed pixels' residual, interpolated
     average_restarts: bool = False  # the hole gets the mean of the R chains' g(X), not the lowest-U one's
+    residual_interpolant: str = "harmonic"  # how the residual is carried in: RESIDUAL_INTERPOLANTS
 
     def checked(self, max_steps: int | None = None) -> CompletionParams:
         for name in ("latent_steps", "refine_steps"):
@@ -90,6 +98,9 @@ class CompletionParams:
                 raise ParamError(name, f"{v} is not between 0 and max_steps = {max_steps}")
         _check_size("latent_step_size", self.latent_step_size)
         _check_size("refine_step_size", self.refine_step_size)
+        if self.residual_interpolant not in RESIDUAL_INTERPOLANTS:
+            forms = ", ".join(RESIDUAL_INTERPOLANTS)
+            raise ParamError("residual_interpolant", f"{self.residual_interpolant!r} is not one of {forms}")
         if not 1 <= self.restarts <= MAX_RESTARTS:
             raise ParamError(
                 "restarts", f"{self.restarts} is not between 1 and {MAX_RESTARTS} chains per image"
@@ -310,7 +321,7 @@ def completion_steps(
     g = yield from latent_fill(backend, y_obs, mask, rngs, params)  # (N, C, H, W)
     # 2. fill the hole with G, corrected by what it got wrong around the hole
     if params.residual_fill:
-        g = g + residual_fill(y_obs - g, mask)
+        g = g + interpolate_residual(y_obs - g, mask, params.residual_interpolant)
     y = np.where(mask > 0.5, g, y_obs).astype(np.float32)  # (N, C, H, W)
     # 3. descriptor Langevin on the missing pixels, the observed ones clamped
     y = yield from langevin_steps(
@@ -338,6 +349,95 @@ def residual_fill(
         mean4 = (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) * 0.25
         r = np.where(hole, mean4, r)
     return r
+
+
+def _laplacian(r: np.ndarray) -> np.ndarray:
+    """The 5-point Laplacian of r (N, C, H, W), edges replicated."""
+    p = np.pad(r, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")  # (N, C, H + 2, W + 2)
+    return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:] - 4 * r
+
+
+def _laplacian_adjoint(q: np.ndarray) -> np.ndarray:
+    """The transpose of `_laplacian`: the stencil spread back, what fell on the replicated edge folded in."""
+    n, c, h, w = q.shape
+    full = np.zeros((n, c, h + 2, w + 2), q.dtype)  # (N, C, H + 2, W + 2)
+    full[..., :-2, 1:-1] += q
+    full[..., 2:, 1:-1] += q
+    full[..., 1:-1, :-2] += q
+    full[..., 1:-1, 2:] += q
+    out = full[..., 1:-1, 1:-1].copy()  # (N, C, H, W)
+    out[..., 0, :] += full[..., 0, 1:-1]
+    out[..., -1, :] += full[..., -1, 1:-1]
+    out[..., :, 0] += full[..., 1:-1, 0]
+    out[..., :, -1] += full[..., 1:-1, -1]
+    return out - 4 * q
+
+
+def biharmonic_fill(
+    residual: np.ndarray, mask: np.ndarray, max_iterations: int = BIHARMONIC_ITERATIONS, tol: float = 1e-6
+) -> np.ndarray:
+    """The biharmonic interpolation of `residual` (N, C, H, W) into the missing pixels (mask = 1): the hole
+    values that minimise the squared Laplacian ‖Δr‖² summed over the image with the observed pixels fixed
+    (the least-curvature surface through them; scikit-image's inpaint_biharmonic solves the same equation
+    Δ²r = 0 with a sparse factorisation). Conjugate gradients on the normal equations, per image and channel,
+    until the residual norm falls by `tol`. Observed pixels keep their value.
+
+    Why beside the harmonic fill: it carries the slope of the observed residual across a missing pixel, not
+    only its level, which is what a pixel between observed ones needs (random-pixel masks); in a wide hole
+    the same slopes are extrapolated and overshoot, so `interpolate_residual` keeps it to scattered holes."""
+    hole = (np.broadcast_to(mask, residual.shape) > 0.5).astype(np.float64)  # (N, C, H, W) 1 = unknown
+    r0 = (1 - hole) * residual  # (N, C, H, W) the observed residual, 0 in the hole
+
+    def normal(v: np.ndarray) -> np.ndarray:  # the hole block of ΔᵀΔ, applied to v (zero off the hole)
+        return hole * _laplacian_adjoint(_laplacian(hole * v))
+
+    x = np.zeros_like(r0)
+    g = -hole * _laplacian_adjoint(_laplacian(r0))  # (N, C, H, W) the CG residual b - A x at x = 0
+    p = g.copy()
+    gg = (g * g).sum(axis=(2, 3), keepdims=True)  # (N, C, 1, 1)
+    stop = gg * tol**2
+    for _ in range(max_iterations):
+        if np.all(gg <= stop):
+            break
+        ap = normal(p)
+        pap = (p * ap).sum(axis=(2, 3), keepdims=True)
+        alpha = np.divide(gg, pap, out=np.zeros_like(gg), where=pap > 0)
+        x += alpha * p
+        g -= alpha * ap
+        gg_next = (g * g).sum(axis=(2, 3), keepdims=True)
+        p = g + np.divide(gg_next, gg, out=np.zeros_like(gg), where=gg > 0) * p
+        gg = gg_next
+    return (r0 + hole * x).astype(np.float32)
+
+
+def scattered_fraction(mask: np.ndarray) -> np.ndarray:
+    """(N,) the fraction of each image's missing pixels that have an observed 4-neighbour: ~1 for random-pixel
+    masks (0.94 at 50%, 0.68 at 75%), 0.31 for a centre 12×12 square, 0.07 for a 28-px half image."""
+    hole = mask[:, 0] > 0.5  # (N, H, W): the same on every channel
+    p = np.pad(hole, ((0, 0), (1, 1), (1, 1)), constant_values=True)  # beyond the edge counts as missing
+    touches = ~(p[:, :-2, 1:-1] & p[:, 2:, 1:-1] & p[:, 1:-1, :-2] & p[:, 1:-1, 2:])  # (N, H, W)
+    missing = hole.sum(axis=(1, 2))
+    return np.divide((hole & touches).sum(axis=(1, 2)), missing, out=np.zeros(len(hole)), where=missing > 0)
+
+
+def interpolate_residual(residual: np.ndarray, mask: np.ndarray, interpolant: str) -> np.ndarray:
+    """`residual` (N, C, H, W) carried into the hole by `interpolant` (RESIDUAL_INTERPOLANTS); "auto" takes
+    biharmonic_fill for the images whose hole is scattered (scattered_fraction >= SCATTERED), residual_fill
+    (harmonic) for the others."""
+    if interpolant == "harmonic":
+        return residual_fill(residual, mask)
+    if interpolant == "biharmonic":
+        return biharmonic_fill(residual, mask)
+    if interpolant != "auto":
+        forms = ", ".join(RESIDUAL_INTERPOLANTS)
+        raise ParamError("residual_interpolant", f"{interpolant!r} is not one of {forms}")
+    mask = np.ascontiguousarray(np.broadcast_to(mask, residual.shape))
+    out = np.empty_like(residual, dtype=np.float32)
+    scattered = scattered_fraction(mask) >= SCATTERED  # (N,)
+    for pick, fill in ((scattered, biharmonic_fill), (~scattered, residual_fill)):
+        if pick.any():
+            out[pick] = fill(residual[pick], mask[pick])
+    return out
 
 
 def run(

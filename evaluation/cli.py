@@ -289,7 +289,8 @@ def _other_split(config: EvalConfig, shape):
 def _completion_summary(comp) -> str:
     """The report's one line on the completion defaults it measured (contract.bundle.CompletionDefaults)."""
     keep = "the mean of their g(X) filled in" if comp.average_restarts else "the lowest U kept"
-    residual = ", plus the harmonic residual" if comp.residual_fill else ""
+    how = {"auto": "biharmonic in scattered holes, harmonic in blocks"}.get(comp.residual_interpolant)
+    residual = f", plus the residual ({how or comp.residual_interpolant})" if comp.residual_fill else ""
     return (
         f"{comp.restarts} latent chain(s) of {comp.latent_steps} steps of size {comp.latent_step_size} "
         f"({keep}{residual}), then {comp.refine_steps} refinement steps"

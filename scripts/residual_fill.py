@@ -1,20 +1,22 @@
-"""Completion with and without residual fill (contract.sampling.residual_fill), beside the best classical
-baseline: the measurement behind the default `residual_fill: true` (contract/bundle.py DEFAULT_COMPLETION).
+"""Completion's residual fill (contract.sampling.interpolate_residual) beside the best classical baseline: the
+measurement behind the defaults `residual_fill: true` and `residual_interpolant: auto` (contract/bundle.py
+DEFAULT_COMPLETION).
 
     python scripts/residual_fill.py reference --n 100
     python scripts/residual_fill.py runs/digits/bundle --heldout digits --heldout-skip 1497 --n 100
 
-Prints, per occlusion, the PSNR of the missing region (mean over N held-out images, seeds 0..N-1, the
-bundle's other completion defaults) of: the fill before refinement and after it, each without and with
-residual fill, the same fill with the residual carried biharmonically instead (scikit-image's
-inpaint_biharmonic of Y_obs - g(X): an alternative measured against the harmonic one), and scikit-image's
-biharmonic inpainting of the image itself.
+Per occlusion: the latent chains run once (the bundle's completion defaults, seeds 0..N-1), and from their
+fill G = g(X) every variant gets the same refinement (K descriptor steps, each variant from the same rng
+state): G alone (the paper), G plus the observed residual carried harmonically, biharmonically, or by the
+hole's shape ("auto"), beside scikit-image's biharmonic inpainting of the image itself. Prints the PSNR (dB)
+of the missing region, mean over the N held-out images, and the mean fraction of the hole that touches an
+observed pixel (contract.sampling.scattered_fraction: "auto" goes biharmonic at >= SCATTERED).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import copy
 import sys
 
 import numpy as np
@@ -38,19 +40,6 @@ def heldout_images(args, shape) -> np.ndarray:
     return images[args.heldout_skip : args.heldout_skip + args.n]
 
 
-class KeepGenerated:
-    """Wraps the engine's generate so that the last g(X) it made can be read back: completion's last
-    generate call is g(X) at the latent it inferred, on the whole image (the observed pixels included)."""
-
-    def __init__(self, engine):
-        self.generate, self.last = engine.backend.generate, None
-        engine.backend.generate = self
-
-    def __call__(self, z):
-        self.last = self.generate(z)
-        return self.last
-
-
 def setup(description: str, add_arguments=None):
     """The command line the completion scripts share: (args, engine, held-out images (N, C, H, W), seeds).
     `add_arguments(parser)` adds a script's own flags."""
@@ -72,40 +61,39 @@ def setup(description: str, add_arguments=None):
 def main() -> int:
     args, engine, images, seeds = setup(__doc__.splitlines()[0])
     base = engine.completion_defaults
-    generated = KeepGenerated(engine)
-    print(f"{args.bundle}: N = {len(images)}, PSNR (dB) of the missing region")
+    backend = engine.backend
+    print(f"{args.bundle}: N = {len(images)}, PSNR (dB) of the missing region after refinement")
     print(
-        "| occlusion | fill g(X) | + refine | fill g(X) + residual | + refine | g(X) + biharmonic residual "
-        "| + refine | biharmonic |"
+        "| occlusion | hole touching observed | g(X) | + harmonic residual | + biharmonic residual "
+        "| + auto | biharmonic inpainting | auto − biharmonic inpainting |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for occlusion in args.occlusions.split(","):
         masks = occlusion_masks(occlusion, engine.image_shape, seeds)  # (N, C, H, W), 1 = missing
-        observed = np.where(masks > 0.5, 0.0, images).astype(np.float32)
-        cells = []
-        for residual in (False, True):
-            params = dataclasses.replace(base, residual_fill=residual)
-            fills = []
-
-            def keep_fill(progress: sampling.Progress, fills=fills) -> None:
-                if progress.phase == "langevin" and progress.step == 0:
-                    fills.append(progress.value())
-
-            out = sampling.run(engine.completion_steps(observed, masks, seeds, params), on_progress=keep_fill)
-            cells += [fills[0], out.images]
-        # g(X) at the latent both runs above inferred (the same seeds: the same latent), the whole image
-        g = generated.last  # (N, C, H, W), or (N·R, C, H, W) with average_restarts: their mean is the fill
-        g = g.reshape(len(images), -1, *g.shape[1:]).mean(axis=1)  # (N, C, H, W)
-        resid = biharmonic(np.where(masks > 0.5, 0.0, images - g).astype(np.float32), masks)
-        bi_fill = np.where(masks > 0.5, g + resid, images).astype(np.float32)
+        observed = np.where(masks > 0.5, 0.0, images).astype(np.float32)  # (N, C, H, W)
         rngs = sampling.rngs_for(seeds)
-        refine = sampling.langevin_steps(
-            engine.backend, bi_fill, masks, rngs, base.refine_steps, base.refine_step_size, base.noise
-        )
-        cells += [bi_fill, sampling.run(refine)]  # (N, C, H, W)
+        g = sampling.run(sampling.latent_fill(backend, observed, masks, rngs, base))  # (N, C, H, W) G
+        cells = []
+        for interpolant in (None, "harmonic", "biharmonic", "auto"):
+            fill = (
+                g
+                if interpolant is None
+                else g + sampling.interpolate_residual(observed - g, masks, interpolant)
+            )
+            y = np.where(masks > 0.5, fill, observed).astype(np.float32)
+            refine = sampling.langevin_steps(
+                backend, y, masks, copy.deepcopy(rngs), base.refine_steps, base.refine_step_size, base.noise
+            )
+            cells.append(sampling.run(refine))  # (N, C, H, W)
         cells.append(biharmonic(observed, masks))
         psnr = [float(np.mean(metrics.psnr(np.clip(x, -1, 1), images, masks))) for x in cells]
-        print(f"| {occlusion} | " + " | ".join(f"{v:.2f}" for v in psnr) + " |", flush=True)
+        touching = float(np.mean(sampling.scattered_fraction(masks)))
+        print(
+            f"| {occlusion} | {touching:.2f} | "
+            + " | ".join(f"{v:.2f}" for v in psnr)
+            + f" | {psnr[3] - psnr[4]:+.2f} |",
+            flush=True,
+        )
     return 0
 
 

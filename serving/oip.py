@@ -14,7 +14,8 @@ guards it like every RPC. Models (version "1"; [N] = one value per image, [1] = 
     coopnets-complete    in:  images FP32 [N, C, H, W], masks FP32 [N, C, H, W] (1 = missing), optional
                               seed INT64 [1] (image i uses seed + i), latent_steps, refine_steps, restarts
                               INT32|INT64 [1], latent_step_size, refine_step_size FP32 [1], noise,
-                              residual_fill, average_restarts BOOL [1]
+                              residual_fill, average_restarts BOOL [1], residual_interpolant BYTES [1]
+                              ("harmonic", "biharmonic" or "auto", UTF-8)
                          out: images FP32 [N, C, H, W] (observed pixels as given), energy FP32 [N]
     coopnets-energy      in:  images FP32 [N, C, H, W]
                          out: energy FP32 [N] (E(Y), lower = more typical), score FP32 [N] (f(Y)),
@@ -58,6 +59,7 @@ DTYPES = {
     "UINT32": ("<u4", mc.TYPE_UINT32, "uint_contents"),
     "UINT64": ("<u8", mc.TYPE_UINT64, "uint64_contents"),
     "BOOL": ("|b1", mc.TYPE_BOOL, "bool_contents"),
+    "BYTES": ("O", mc.TYPE_STRING, "bytes_contents"),  # raw: each element a uint32 LE length, then its bytes
 }
 INTS, FLOATS = ("INT64", "INT32", "UINT32", "UINT64"), ("FP32", "FP64")
 
@@ -101,6 +103,7 @@ MODELS: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = {
             Tensor("noise", ("BOOL",)),
             Tensor("residual_fill", ("BOOL",)),
             Tensor("average_restarts", ("BOOL",)),
+            Tensor("residual_interpolant", ("BYTES",)),
         ),
         (Tensor("images", ("FP32",), (-1, "image")), Tensor("energy", ("FP32",), (-1,))),
     ),
@@ -159,7 +162,11 @@ def read_inputs(request, model: str) -> dict[str, np.ndarray]:
         if any(d < 0 for d in shape):
             raise FieldError(t.name, f"shape {list(shape)} has a negative size")
         dtype, _, contents = DTYPES[t.datatype]
-        if raw:
+        if t.datatype == "BYTES":
+            array = _strings(raw[i], t.name) if raw else np.array(list(t.contents.bytes_contents), object)
+            if array.size != int(np.prod(shape, dtype=object)):
+                raise FieldError(t.name, f"{array.size} elements do not fill shape {list(shape)}")
+        elif raw:
             buffer = raw[i]
             if len(buffer) != np.dtype(dtype).itemsize * int(np.prod(shape, dtype=object)):
                 raise FieldError(t.name, f"{len(buffer)} bytes do not hold {t.datatype} shape {list(shape)}")
@@ -184,9 +191,28 @@ def _scalar(inputs: dict, name: str, default, kind: type):
     if a.size != 1:
         raise FieldError(name, f"one value expected, got shape {list(a.shape)}")
     value = a.reshape(-1)[0]
+    if kind is str:
+        try:
+            return bytes(value).decode("utf-8")
+        except (TypeError, UnicodeDecodeError):
+            raise FieldError(name, "is not UTF-8 text") from None
     if kind is float and not np.isfinite(value):
         raise FieldError(name, f"{value} is not a finite number")
     return kind(value)
+
+
+def _strings(buffer: bytes, name: str) -> np.ndarray:
+    """A raw BYTES tensor (each element: a uint32 little-endian length, then its bytes) as an object array."""
+    out, at = [], 0
+    while at < len(buffer):
+        if at + 4 > len(buffer):
+            raise FieldError(name, "raw BYTES end inside an element's 4-byte length")
+        n = int.from_bytes(buffer[at : at + 4], "little")
+        if at + 4 + n > len(buffer):
+            raise FieldError(name, f"raw BYTES element of {n} bytes runs past the buffer's end")
+        out.append(bytes(buffer[at + 4 : at + 4 + n]))
+        at += 4 + n
+    return np.array(out, dtype=object)
 
 
 def _images(inputs: dict, name: str, image_shape, limits: requests.Limits, masks: bool = False) -> np.ndarray:
@@ -332,6 +358,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
             restarts=_scalar(inputs, "restarts", d.restarts, int),
             residual_fill=_scalar(inputs, "residual_fill", d.residual_fill, bool),
             average_restarts=_scalar(inputs, "average_restarts", d.average_restarts, bool),
+            residual_interpolant=_scalar(inputs, "residual_interpolant", d.residual_interpolant, str),
         ).checked(limits.max_steps)
         seeds = np.arange(seed, seed + len(images), dtype=np.int64)
         arrays = {"images": images, "masks": masks, "seeds": seeds}

@@ -120,6 +120,7 @@ def completion(req: pb.CompleteRequest, model: Model, limits: Limits) -> Complet
         restarts=int(req.restarts) or d.restarts,  # 0 (unset) = the bundle's default
         residual_fill=given("residual_fill", d.residual_fill),
         average_restarts=given("average_restarts", d.average_restarts),
+        residual_interpolant=given("residual_interpolant", d.residual_interpolant),
     ).checked(limits.max_steps)
     return Completion(image, mask, seed, params, _png(req.format, "format"))
 

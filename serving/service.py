@@ -270,6 +270,7 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
                     restarts=cp.restarts,
                     residual_fill=cp.residual_fill,
                     average_restarts=cp.average_restarts,
+                    residual_interpolant=cp.residual_interpolant,
                 ),
                 format_version=int(b.manifest["format_version"]),
                 bundle_sha256=b.digest,

@@ -110,6 +110,26 @@ def test_complete_through_the_server_and_locally_agree(
         assert (hole == 0).all()  # the hole, shown black
 
 
+def test_complete_residual_interpolant_travels_to_the_server_and_the_local_engine(
+    coop_server, serving_bundle, token_file, inputs, tmp_path
+):
+    """--residual-interpolant reaches both paths alike, and on a random-pixel mask the choice shows."""
+    rec = {}
+    for interpolant in ("harmonic", "biharmonic"):
+        for where in ("server", "bundle"):
+            out = tmp_path / f"{interpolant}-{where}"
+            target = (
+                ["--server", coop_server.address, "--token-file", token_file]
+                if where == "server"
+                else ["--bundle", str(serving_bundle), "--device", "cpu"]
+            )
+            argv = [inputs[0], "--occlude", "random:0.5", "--residual-interpolant", interpolant, "--out"]
+            assert complete_main([*argv, str(out), *target]) == 0
+            rec[interpolant, where] = _pixels(out / "item0_recovered.png")
+        assert np.array_equal(rec[interpolant, "server"], rec[interpolant, "bundle"])
+    assert not np.array_equal(rec["harmonic", "server"], rec["biharmonic", "server"])
+
+
 def test_complete_with_a_mask_png(coop_server, token_file, inputs, tmp_path):
     mask = np.zeros((28, 28), np.uint8)
     mask[:, 14:] = 255  # white = missing
@@ -176,6 +196,10 @@ def test_complete_errors_are_one_line(
         (["IN", "--occlude", "center:14", "--bundle", "B", "--out", "O", "--restarts", "0"], "--restarts"),
         (["IN", "--occlude", "center:14", "--server", "S", "--out", "O", "--timeout", "0"], "--timeout"),
         (["IN", "--occlude", "center:14", "--bundle", "B", "--out", "O", "--device", "tpu"], "--device"),
+        (
+            ["IN", "--occlude", "center:14", "--bundle", "B", "--out", "O", "--residual-interpolant", "x"],
+            "--residual-interpolant",
+        ),
     ],
 )
 def test_complete_bad_flags_exit_2_with_one_line(capsys, argv, message):

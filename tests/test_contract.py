@@ -253,6 +253,63 @@ def test_residual_fill_is_the_harmonic_interpolation_of_the_observed_residual():
     )
 
 
+def test_biharmonic_fill_continues_curved_residuals_that_the_harmonic_one_flattens():
+    """A quadratic has a constant Laplacian, so it is biharmonic (Δ² = 0): observed on all but an interior
+    hole, biharmonic_fill continues it into the hole exactly, where the harmonic fill (Δ = 0) sags.
+    Observed pixels keep their values; a constant stays constant."""
+    h = w = 28
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    bowl = 0.002 * (xx - 13) ** 2 + 0.001 * (yy - 9) ** 2 - 0.3  # (H, W)
+    bowl = bowl[None, None].astype(np.float32)  # (1, 1, H, W)
+    mask = np.zeros((1, 1, h, w), np.float32)
+    mask[..., 8:20, 6:22] = 1  # an interior hole, 3+ px from the edges
+    garbage = np.where(mask > 0.5, 7.0, bowl).astype(np.float32)  # values under the hole must not matter
+    r = sampling.biharmonic_fill(garbage, mask)
+    np.testing.assert_array_equal(r[mask < 0.5], bowl[mask < 0.5])
+    assert np.abs(r - bowl).max() < 1e-4
+    assert np.abs(sampling.residual_fill(garbage, mask) - bowl).max() > 0.05
+    np.testing.assert_allclose(
+        sampling.biharmonic_fill(np.full((2, 3, h, w), 0.25, np.float32), mask), 0.25, atol=1e-5
+    )
+
+
+def test_biharmonic_fill_solves_scikit_images_equation_away_from_the_edges():
+    """Inside the image both solve Δ²r = 0 on the hole with the same 13-point stencil; only the edge
+    treatment differs (replicated here), so holes 2+ px from the edges agree."""
+    from skimage.restoration import inpaint_biharmonic
+
+    rng = np.random.default_rng(0)
+    residual = rng.normal(0, 0.3, (2, 1, 28, 28)).astype(np.float32)  # (N, C, H, W)
+    mask = np.zeros_like(residual)
+    mask[0, :, 8:20, 8:20] = 1  # a block
+    mask[1, :, 3:25, 3:25] = rng.random((22, 22)) < 0.5  # scattered pixels
+    got = sampling.biharmonic_fill(residual, mask)
+    for i in range(2):
+        want = inpaint_biharmonic(residual[i, 0].astype(np.float64), mask[i, 0] > 0.5)
+        np.testing.assert_allclose(got[i, 0], want, atol=1e-4)
+
+
+def test_scattered_fraction_and_auto_pick_the_interpolant_per_image():
+    """scattered_fraction: the share of missing pixels with an observed 4-neighbour (44 of a 12×12 square's
+    144; 28 of a half image's 392; every pixel of a random mask at 30%, nearly). "auto" takes the biharmonic
+    fill for the scattered image and the harmonic one for the block, in one batch."""
+    shape, seeds = (1, 28, 28), [0, 1, 2]
+    masks = np.concatenate(
+        [occlusions.occlusion_masks(o, shape, seeds[:1]) for o in ("center:12", "left-half", "random:0.3")]
+    )  # (3, 1, H, W)
+    fraction = sampling.scattered_fraction(masks)
+    np.testing.assert_allclose(fraction[:2], [44 / 144, 28 / 392])
+    assert fraction[2] > 0.95 and sampling.scattered_fraction(np.zeros_like(masks[:1]))[0] == 0
+    residual = np.random.default_rng(1).normal(0, 0.3, (3, *shape)).astype(np.float32)
+    auto = sampling.interpolate_residual(residual, masks, "auto")
+    np.testing.assert_allclose(auto[2], sampling.biharmonic_fill(residual, masks)[2], atol=1e-5)
+    np.testing.assert_array_equal(auto[:2], sampling.residual_fill(residual[:2], masks[:2]))
+    assert np.abs(auto[2] - sampling.residual_fill(residual, masks)[2]).max() > 1e-2  # they do differ
+    with pytest.raises(sampling.ParamError) as e:
+        CompletionParams(1, 0.05, False, 1, 0.002, True, 1, residual_interpolant="cubic").checked()
+    assert e.value.field == "residual_interpolant"
+
+
 def test_completion_with_residual_fill_differs_only_in_the_hole_and_starts_closer(engine):
     """On the legacy bundle's graphs: the fill before refinement is g(X) plus the interpolated residual, so
     it differs from the plain fill only on missing pixels, and (g fitting the visible pixels imperfectly)

@@ -290,6 +290,7 @@ LIES = {  # a manifest that disagrees with its graphs or leaves a default's rang
     "noise 'yes'": ([(("langevin", "noise"), "yes")], "langevin.noise"),
     "restarts 0": ([(("completion", "restarts"), 0)], "completion.restarts"),
     "latent step 5": ([(("completion", "latent_step_size"), 5.0)], "completion.latent_step_size"),
+    "interpolant x": ([(("completion", "residual_interpolant"), "x")], "completion.residual_interpolant"),
     "graph inputs": ([(("graphs", "generator", "inputs"), [{"name": "x", "shape": ["N", 8]}])], "inputs"),
     "file outside": ([(("graphs", "generator", "file"), "../generator.onnx")], "generator"),
 }

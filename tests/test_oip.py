@@ -117,6 +117,16 @@ def test_completion_and_energy_are_the_coopnets_v1_answers(tc, client, serving_e
     expected = client.complete(images[0], mask=masks[0], seed=5, average_restarts=False)
     np.testing.assert_array_equal(lowest_u.as_numpy("images")[0], expected.recovered)
     assert not np.array_equal(lowest_u.as_numpy("images")[0], got.as_numpy("images")[0])
+    harmonic = infer(
+        tc,
+        "coopnets-complete",
+        tensor("images", images[:1], "FP32"),
+        tensor("masks", masks[:1], "FP32"),
+        tensor("seed", [5], "INT64"),
+        tensor("residual_interpolant", np.array([b"harmonic"], dtype=object), "BYTES"),
+    )
+    expected = client.complete(images[0], mask=masks[0], seed=5, residual_interpolant="harmonic")
+    np.testing.assert_array_equal(harmonic.as_numpy("images")[0], expected.recovered)
     energy = infer(tc, "coopnets-energy", tensor("images", images, "FP32"))
     np.testing.assert_array_equal(energy.as_numpy("energy"), client.energy(images))
 
@@ -144,6 +154,15 @@ def test_the_token_guards_it(tc):
             "coopnets-complete",
             [("images", np.zeros((1, 1, 28, 28)), "FP32"), ("masks", np.full((1, 1, 28, 28), 0.5), "FP32")],
             "masks[0].tensor.data",
+        ),
+        (
+            "coopnets-complete",
+            [
+                ("images", np.zeros((1, 1, 28, 28)), "FP32"),
+                ("masks", np.ones((1, 1, 28, 28)), "FP32"),
+                ("residual_interpolant", np.array([b"cubic"], dtype=object), "BYTES"),
+            ],
+            "residual_interpolant",
         ),
         ("coopnets-nothing", [("seed", [1], "INT64")], "model_name"),
     ],

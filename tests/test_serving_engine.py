@@ -157,9 +157,11 @@ def test_defaults_come_from_the_manifest(engine, serving_bundle):
         restarts=manifest["completion"]["restarts"],
         residual_fill=manifest["completion"]["residual_fill"],
         average_restarts=manifest["completion"]["average_restarts"],
+        residual_interpolant=manifest["completion"]["residual_interpolant"],
     )
     assert manifest["completion"]["residual_fill"] is True  # written by this version: on
     assert manifest["completion"]["average_restarts"] is True
+    assert manifest["completion"]["residual_interpolant"] == "auto"
     assert np.array_equal(
         engine.synthesize([1]).images, engine.synthesize([1], engine.synthesis_defaults).images
     )

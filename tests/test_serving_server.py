@@ -24,6 +24,7 @@ from support import COMPLETION, LANGEVIN, TOKEN, local_server, start_server, wai
 
 from clients.client import CoopNetsClient, bad_request_fields
 from contract.codec import encode_png, set_tensor
+from contract.occlusions import occlusion_mask
 from contract.sampling import SynthesisParams
 
 
@@ -262,6 +263,26 @@ def test_complete_keeps_observed_pixels_and_equals_the_engine(client, engine):
         other.recovered, engine.complete(image[None], mask[None], [9], averaged).images[0], rtol=0, atol=1e-6
     )
     assert not np.array_equal(other.recovered, rec.recovered)
+    # and residual_interpolant ("auto" for bundles from coopnets 0.5); a random mask is where it matters
+    assert client.info().completion.residual_interpolant == engine.completion_defaults.residual_interpolant
+    random_mask = occlusion_mask("random:0.5", engine.image_shape, 9)  # (C, H, W)
+    answers = {}
+    for interpolant in ("harmonic", "biharmonic"):
+        answers[interpolant] = client.complete(
+            image, occlusion="random:0.5", seed=9, residual_interpolant=interpolant
+        ).recovered
+        chosen = dataclasses.replace(engine.completion_defaults, residual_interpolant=interpolant)
+        np.testing.assert_allclose(
+            answers[interpolant],
+            engine.complete(image[None], random_mask[None], [9], chosen).images[0],
+            rtol=0,
+            atol=1e-6,
+        )
+    assert not np.array_equal(answers["harmonic"], answers["biharmonic"])
+    with pytest.raises(grpc.RpcError) as err:
+        client.complete(image, occlusion="center:14", seed=9, residual_interpolant="cubic")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "residual_interpolant" in err.value.details()
 
 
 def test_energy_is_f_of_the_descriptor_graph_and_the_formula(stub, client, engine):

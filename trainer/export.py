@@ -165,7 +165,7 @@ def export_bundle(
 
     langevin:   {"s", "delta", "steps", "sigma", "noise"}, the sampling defaults written to the manifest
     completion: {"latent_steps", "latent_step_size", "latent_noise", "refine_steps", "restarts",
-                "residual_fill", "average_restarts"}; missing keys (or None) take
+                "residual_fill", "average_restarts", "residual_interpolant"}; missing keys (or None) take
                 contract.bundle.DEFAULT_COMPLETION
     training:   the resolved training config (JSON-serialisable), stored as the manifest's "training"
     calibration: training images (N, C, H, W) in [-1, 1] for the out-of-distribution score

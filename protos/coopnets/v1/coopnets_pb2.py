@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63oopnets/v1/coopnets.proto\x12\x0b\x63oopnets.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"E\n\x05Image\x12\r\n\x03png\x18\x01 \x01(\x0cH\x00\x12%\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.coopnets.v1.TensorH\x00\x42\x06\n\x04kind\"r\n\x0eLangevinParams\x12\x12\n\x05steps\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x16\n\tstep_size\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05noise\x18\x03 \x01(\x08H\x02\x88\x01\x01\x42\x08\n\x06_stepsB\x0c\n\n_step_sizeB\x08\n\x06_noise\"\x89\x01\n\x11SynthesizeRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12-\n\x08langevin\x18\x03 \x01(\x0b\x32\x1b.coopnets.v1.LangevinParams\x12(\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x18.coopnets.v1.ImageFormat\"`\n\x0eGeneratedImage\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12!\n\x05image\x18\x03 \x01(\x0b\x32\x12.coopnets.v1.Image\x12\x0e\n\x06\x65nergy\x18\x04 \x01(\x02\"A\n\x12SynthesizeResponse\x12+\n\x06images\x18\x01 \x03(\x0b\x32\x1b.coopnets.v1.GeneratedImage\"b\n\x17SynthesizeStreamRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.coopnets.v1.SynthesizeRequest\x12\x16\n\x0esnapshot_every\x18\x02 \x01(\r\"Z\n\x0fSynthesizeEvent\x12*\n\x05image\x18\x01 \x01(\x0b\x32\x1b.coopnets.v1.GeneratedImage\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\"\x86\x04\n\x0f\x43ompleteRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.coopnets.v1.Image\x12\"\n\x04mask\x18\x02 \x01(\x0b\x32\x12.coopnets.v1.ImageH\x00\x12\x13\n\tocclusion\x18\x03 \x01(\tH\x00\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x19\n\x0clatent_steps\x18\x05 \x01(\rH\x01\x88\x01\x01\x12\x1d\n\x10latent_step_size\x18\x06 \x01(\x02H\x02\x88\x01\x01\x12\x19\n\x0crefine_steps\x18\x07 \x01(\rH\x03\x88\x01\x01\x12\x1d\n\x10refine_step_size\x18\x08 \x01(\x02H\x04\x88\x01\x01\x12\x12\n\x05noise\x18\t \x01(\x08H\x05\x88\x01\x01\x12(\n\x06\x66ormat\x18\n \x01(\x0e\x32\x18.coopnets.v1.ImageFormat\x12\x10\n\x08restarts\x18\x0b \x01(\r\x12\x1a\n\rresidual_fill\x18\x0c \x01(\x08H\x06\x88\x01\x01\x12\x1d\n\x10\x61verage_restarts\x18\r \x01(\x08H\x07\x88\x01\x01\x42\r\n\x0bmask_sourceB\x0f\n\r_latent_stepsB\x13\n\x11_latent_step_sizeB\x0f\n\r_refine_stepsB\x13\n\x11_refine_step_sizeB\x08\n\x06_noiseB\x10\n\x0e_residual_fillB\x13\n\x11_average_restarts\"\x91\x01\n\x10\x43ompleteResponse\x12%\n\trecovered\x18\x01 \x01(\x0b\x32\x12.coopnets.v1.Image\x12$\n\x08occluded\x18\x02 \x01(\x0b\x32\x12.coopnets.v1.Image\x12 \n\x04mask\x18\x03 \x01(\x0b\x32\x12.coopnets.v1.Image\x12\x0e\n\x06\x65nergy\x18\x04 \x01(\x02\"3\n\rEnergyRequest\x12\"\n\x06images\x18\x01 \x03(\x0b\x32\x12.coopnets.v1.Image\"<\n\x0e\x45nergyResponse\x12\x0e\n\x06\x65nergy\x18\x01 \x03(\x02\x12\r\n\x05score\x18\x02 \x03(\x02\x12\x0b\n\x03ood\x18\x03 \x03(\x02\"\x12\n\x10ModelInfoRequest\"]\n\x10LangevinDefaults\x12\t\n\x01s\x18\x01 \x01(\x02\x12\x11\n\tstep_size\x18\x02 \x01(\x02\x12\r\n\x05steps\x18\x03 \x01(\r\x12\r\n\x05sigma\x18\x04 \x01(\x02\x12\r\n\x05noise\x18\x05 \x01(\x08\"\xb3\x01\n\x12\x43ompletionDefaults\x12\x14\n\x0clatent_steps\x18\x01 \x01(\r\x12\x18\n\x10latent_step_size\x18\x02 \x01(\x02\x12\x14\n\x0clatent_noise\x18\x03 \x01(\x08\x12\x14\n\x0crefine_steps\x18\x04 \x01(\r\x12\x10\n\x08restarts\x18\x05 \x01(\r\x12\x15\n\rresidual_fill\x18\x06 \x01(\x08\x12\x18\n\x10\x61verage_restarts\x18\x07 \x01(\x08\"/\n\x0bSessionInfo\x12\r\n\x05graph\x18\x01 \x01(\t\x12\x11\n\tproviders\x18\x02 \x03(\t\"\xad\x01\n\x06Limits\x12\x11\n\tmax_count\x18\x01 \x01(\r\x12\x11\n\tmax_steps\x18\x02 \x01(\r\x12\x11\n\tmax_batch\x18\x03 \x01(\r\x12\x14\n\x0cmax_delay_ms\x18\x04 \x01(\r\x12\x11\n\tmax_queue\x18\x05 \x01(\r\x12!\n\x19max_receive_message_bytes\x18\x06 \x01(\x04\x12\x1e\n\x16max_send_message_bytes\x18\x07 \x01(\x04\"\xec\x03\n\x11ModelInfoResponse\x12\x13\n\x0bimage_shape\x18\x01 \x03(\r\x12\x12\n\nlatent_dim\x18\x02 \x01(\r\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12/\n\x08langevin\x18\x04 \x01(\x0b\x32\x1d.coopnets.v1.LangevinDefaults\x12\x33\n\ncompletion\x18\x05 \x01(\x0b\x32\x1f.coopnets.v1.CompletionDefaults\x12\x16\n\x0e\x66ormat_version\x18\x06 \x01(\r\x12\x15\n\rbundle_sha256\x18\x07 \x01(\t\x12\x43\n\x0b\x66ile_sha256\x18\x08 \x03(\x0b\x32..coopnets.v1.ModelInfoResponse.FileSha256Entry\x12\x0f\n\x07\x63reated\x18\t \x01(\t\x12*\n\x08sessions\x18\n \x03(\x0b\x32\x18.coopnets.v1.SessionInfo\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12#\n\x06limits\x18\x0c \x01(\x0b\x32\x13.coopnets.v1.Limits\x12!\n\x03ood\x18\r \x01(\x0b\x32\x14.coopnets.v1.OodInfo\x1a\x31\n\x0f\x46ileSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x07OodInfo\x12\r\n\x05score\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x02\x12\x18\n\x10\x66\x61lse_alarm_rate\x18\x03 \x01(\x02\x12\x1a\n\x12\x63\x61libration_images\x18\x04 \x01(\r*Z\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x17\n\x13IMAGE_FORMAT_TENSOR\x10\x02\x32\x8b\x03\n\x08\x43oopNets\x12M\n\nSynthesize\x12\x1e.coopnets.v1.SynthesizeRequest\x1a\x1f.coopnets.v1.SynthesizeResponse\x12X\n\x10SynthesizeStream\x12$.coopnets.v1.SynthesizeStreamRequest\x1a\x1c.coopnets.v1.SynthesizeEvent0\x01\x12G\n\x08\x43omplete\x12\x1c.coopnets.v1.CompleteRequest\x1a\x1d.coopnets.v1.CompleteResponse\x12\x41\n\x06\x45nergy\x12\x1a.coopnets.v1.EnergyRequest\x1a\x1b.coopnets.v1.EnergyResponse\x12J\n\tModelInfo\x12\x1d.coopnets.v1.ModelInfoRequest\x1a\x1e.coopnets.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63oopnets/v1/coopnets.proto\x12\x0b\x63oopnets.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"E\n\x05Image\x12\r\n\x03png\x18\x01 \x01(\x0cH\x00\x12%\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.coopnets.v1.TensorH\x00\x42\x06\n\x04kind\"r\n\x0eLangevinParams\x12\x12\n\x05steps\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x16\n\tstep_size\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05noise\x18\x03 \x01(\x08H\x02\x88\x01\x01\x42\x08\n\x06_stepsB\x0c\n\n_step_sizeB\x08\n\x06_noise\"\x89\x01\n\x11SynthesizeRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12-\n\x08langevin\x18\x03 \x01(\x0b\x32\x1b.coopnets.v1.LangevinParams\x12(\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x18.coopnets.v1.ImageFormat\"`\n\x0eGeneratedImage\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12!\n\x05image\x18\x03 \x01(\x0b\x32\x12.coopnets.v1.Image\x12\x0e\n\x06\x65nergy\x18\x04 \x01(\x02\"A\n\x12SynthesizeResponse\x12+\n\x06images\x18\x01 \x03(\x0b\x32\x1b.coopnets.v1.GeneratedImage\"b\n\x17SynthesizeStreamRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.coopnets.v1.SynthesizeRequest\x12\x16\n\x0esnapshot_every\x18\x02 \x01(\r\"Z\n\x0fSynthesizeEvent\x12*\n\x05image\x18\x01 \x01(\x0b\x32\x1b.coopnets.v1.GeneratedImage\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\"\xc2\x04\n\x0f\x43ompleteRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.coopnets.v1.Image\x12\"\n\x04mask\x18\x02 \x01(\x0b\x32\x12.coopnets.v1.ImageH\x00\x12\x13\n\tocclusion\x18\x03 \x01(\tH\x00\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x19\n\x0clatent_steps\x18\x05 \x01(\rH\x01\x88\x01\x01\x12\x1d\n\x10latent_step_size\x18\x06 \x01(\x02H\x02\x88\x01\x01\x12\x19\n\x0crefine_steps\x18\x07 \x01(\rH\x03\x88\x01\x01\x12\x1d\n\x10refine_step_size\x18\x08 \x01(\x02H\x04\x88\x01\x01\x12\x12\n\x05noise\x18\t \x01(\x08H\x05\x88\x01\x01\x12(\n\x06\x66ormat\x18\n \x01(\x0e\x32\x18.coopnets.v1.ImageFormat\x12\x10\n\x08restarts\x18\x0b \x01(\r\x12\x1a\n\rresidual_fill\x18\x0c \x01(\x08H\x06\x88\x01\x01\x12\x1d\n\x10\x61verage_restarts\x18\r \x01(\x08H\x07\x88\x01\x01\x12!\n\x14residual_interpolant\x18\x0e \x01(\tH\x08\x88\x01\x01\x42\r\n\x0bmask_sourceB\x0f\n\r_latent_stepsB\x13\n\x11_latent_step_sizeB\x0f\n\r_refine_stepsB\x13\n\x11_refine_step_sizeB\x08\n\x06_noiseB\x10\n\x0e_residual_fillB\x13\n\x11_average_restartsB\x17\n\x15_residual_interpolant\"\x91\x01\n\x10\x43ompleteResponse\x12%\n\trecovered\x18\x01 \x01(\x0b\x32\x12.coopnets.v1.Image\x12$\n\x08occluded\x18\x02 \x01(\x0b\x32\x12.coopnets.v1.Image\x12 \n\x04mask\x18\x03 \x01(\x0b\x32\x12.coopnets.v1.Image\x12\x0e\n\x06\x65nergy\x18\x04 \x01(\x02\"3\n\rEnergyRequest\x12\"\n\x06images\x18\x01 \x03(\x0b\x32\x12.coopnets.v1.Image\"<\n\x0e\x45nergyResponse\x12\x0e\n\x06\x65nergy\x18\x01 \x03(\x02\x12\r\n\x05score\x18\x02 \x03(\x02\x12\x0b\n\x03ood\x18\x03 \x03(\x02\"\x12\n\x10ModelInfoRequest\"]\n\x10LangevinDefaults\x12\t\n\x01s\x18\x01 \x01(\x02\x12\x11\n\tstep_size\x18\x02 \x01(\x02\x12\r\n\x05steps\x18\x03 \x01(\r\x12\r\n\x05sigma\x18\x04 \x01(\x02\x12\r\n\x05noise\x18\x05 \x01(\x08\"\xd1\x01\n\x12\x43ompletionDefaults\x12\x14\n\x0clatent_steps\x18\x01 \x01(\r\x12\x18\n\x10latent_step_size\x18\x02 \x01(\x02\x12\x14\n\x0clatent_noise\x18\x03 \x01(\x08\x12\x14\n\x0crefine_steps\x18\x04 \x01(\r\x12\x10\n\x08restarts\x18\x05 \x01(\r\x12\x15\n\rresidual_fill\x18\x06 \x01(\x08\x12\x18\n\x10\x61verage_restarts\x18\x07 \x01(\x08\x12\x1c\n\x14residual_interpolant\x18\x08 \x01(\t\"/\n\x0bSessionInfo\x12\r\n\x05graph\x18\x01 \x01(\t\x12\x11\n\tproviders\x18\x02 \x03(\t\"\xad\x01\n\x06Limits\x12\x11\n\tmax_count\x18\x01 \x01(\r\x12\x11\n\tmax_steps\x18\x02 \x01(\r\x12\x11\n\tmax_batch\x18\x03 \x01(\r\x12\x14\n\x0cmax_delay_ms\x18\x04 \x01(\r\x12\x11\n\tmax_queue\x18\x05 \x01(\r\x12!\n\x19max_receive_message_bytes\x18\x06 \x01(\x04\x12\x1e\n\x16max_send_message_bytes\x18\x07 \x01(\x04\"\xec\x03\n\x11ModelInfoResponse\x12\x13\n\x0bimage_shape\x18\x01 \x03(\r\x12\x12\n\nlatent_dim\x18\x02 \x01(\r\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12/\n\x08langevin\x18\x04 \x01(\x0b\x32\x1d.coopnets.v1.LangevinDefaults\x12\x33\n\ncompletion\x18\x05 \x01(\x0b\x32\x1f.coopnets.v1.CompletionDefaults\x12\x16\n\x0e\x66ormat_version\x18\x06 \x01(\r\x12\x15\n\rbundle_sha256\x18\x07 \x01(\t\x12\x43\n\x0b\x66ile_sha256\x18\x08 \x03(\x0b\x32..coopnets.v1.ModelInfoResponse.FileSha256Entry\x12\x0f\n\x07\x63reated\x18\t \x01(\t\x12*\n\x08sessions\x18\n \x03(\x0b\x32\x18.coopnets.v1.SessionInfo\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12#\n\x06limits\x18\x0c \x01(\x0b\x32\x13.coopnets.v1.Limits\x12!\n\x03ood\x18\r \x01(\x0b\x32\x14.coopnets.v1.OodInfo\x1a\x31\n\x0f\x46ileSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x07OodInfo\x12\r\n\x05score\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x02\x12\x18\n\x10\x66\x61lse_alarm_rate\x18\x03 \x01(\x02\x12\x1a\n\x12\x63\x61libration_images\x18\x04 \x01(\r*Z\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x17\n\x13IMAGE_FORMAT_TENSOR\x10\x02\x32\x8b\x03\n\x08\x43oopNets\x12M\n\nSynthesize\x12\x1e.coopnets.v1.SynthesizeRequest\x1a\x1f.coopnets.v1.SynthesizeResponse\x12X\n\x10SynthesizeStream\x12$.coopnets.v1.SynthesizeStreamRequest\x1a\x1c.coopnets.v1.SynthesizeEvent0\x01\x12G\n\x08\x43omplete\x12\x1c.coopnets.v1.CompleteRequest\x1a\x1d.coopnets.v1.CompleteResponse\x12\x41\n\x06\x45nergy\x12\x1a.coopnets.v1.EnergyRequest\x1a\x1b.coopnets.v1.EnergyResponse\x12J\n\tModelInfo\x12\x1d.coopnets.v1.ModelInfoRequest\x1a\x1e.coopnets.v1.ModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -23,8 +23,8 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
   _globals['_MODELINFORESPONSE_FILESHA256ENTRY']._options = None
   _globals['_MODELINFORESPONSE_FILESHA256ENTRY']._serialized_options = b'8\001'
-  _globals['_IMAGEFORMAT']._serialized_start=2666
-  _globals['_IMAGEFORMAT']._serialized_end=2756
+  _globals['_IMAGEFORMAT']._serialized_start=2756
+  _globals['_IMAGEFORMAT']._serialized_end=2846
   _globals['_TENSOR']._serialized_start=43
   _globals['_TENSOR']._serialized_end=80
   _globals['_IMAGE']._serialized_start=82
@@ -42,29 +42,29 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_SYNTHESIZEEVENT']._serialized_start=674
   _globals['_SYNTHESIZEEVENT']._serialized_end=764
   _globals['_COMPLETEREQUEST']._serialized_start=767
-  _globals['_COMPLETEREQUEST']._serialized_end=1285
-  _globals['_COMPLETERESPONSE']._serialized_start=1288
-  _globals['_COMPLETERESPONSE']._serialized_end=1433
-  _globals['_ENERGYREQUEST']._serialized_start=1435
-  _globals['_ENERGYREQUEST']._serialized_end=1486
-  _globals['_ENERGYRESPONSE']._serialized_start=1488
-  _globals['_ENERGYRESPONSE']._serialized_end=1548
-  _globals['_MODELINFOREQUEST']._serialized_start=1550
-  _globals['_MODELINFOREQUEST']._serialized_end=1568
-  _globals['_LANGEVINDEFAULTS']._serialized_start=1570
-  _globals['_LANGEVINDEFAULTS']._serialized_end=1663
-  _globals['_COMPLETIONDEFAULTS']._serialized_start=1666
-  _globals['_COMPLETIONDEFAULTS']._serialized_end=1845
-  _globals['_SESSIONINFO']._serialized_start=1847
-  _globals['_SESSIONINFO']._serialized_end=1894
-  _globals['_LIMITS']._serialized_start=1897
-  _globals['_LIMITS']._serialized_end=2070
-  _globals['_MODELINFORESPONSE']._serialized_start=2073
-  _globals['_MODELINFORESPONSE']._serialized_end=2565
-  _globals['_MODELINFORESPONSE_FILESHA256ENTRY']._serialized_start=2516
-  _globals['_MODELINFORESPONSE_FILESHA256ENTRY']._serialized_end=2565
-  _globals['_OODINFO']._serialized_start=2567
-  _globals['_OODINFO']._serialized_end=2664
-  _globals['_COOPNETS']._serialized_start=2759
-  _globals['_COOPNETS']._serialized_end=3154
+  _globals['_COMPLETEREQUEST']._serialized_end=1345
+  _globals['_COMPLETERESPONSE']._serialized_start=1348
+  _globals['_COMPLETERESPONSE']._serialized_end=1493
+  _globals['_ENERGYREQUEST']._serialized_start=1495
+  _globals['_ENERGYREQUEST']._serialized_end=1546
+  _globals['_ENERGYRESPONSE']._serialized_start=1548
+  _globals['_ENERGYRESPONSE']._serialized_end=1608
+  _globals['_MODELINFOREQUEST']._serialized_start=1610
+  _globals['_MODELINFOREQUEST']._serialized_end=1628
+  _globals['_LANGEVINDEFAULTS']._serialized_start=1630
+  _globals['_LANGEVINDEFAULTS']._serialized_end=1723
+  _globals['_COMPLETIONDEFAULTS']._serialized_start=1726
+  _globals['_COMPLETIONDEFAULTS']._serialized_end=1935
+  _globals['_SESSIONINFO']._serialized_start=1937
+  _globals['_SESSIONINFO']._serialized_end=1984
+  _globals['_LIMITS']._serialized_start=1987
+  _globals['_LIMITS']._serialized_end=2160
+  _globals['_MODELINFORESPONSE']._serialized_start=2163
+  _globals['_MODELINFORESPONSE']._serialized_end=2655
+  _globals['_MODELINFORESPONSE_FILESHA256ENTRY']._serialized_start=2606
+  _globals['_MODELINFORESPONSE_FILESHA256ENTRY']._serialized_end=2655
+  _globals['_OODINFO']._serialized_start=2657
+  _globals['_OODINFO']._serialized_end=2754
+  _globals['_COOPNETS']._serialized_start=2849
+  _globals['_COOPNETS']._serialized_end=3244
 # @@protoc_insertion_point(module_scope)

@@ -90,7 +90,7 @@ class SynthesizeEvent(_message.Message):
     def __init__(self, image: _Optional[_Union[GeneratedImage, _Mapping]] = ..., step: _Optional[int] = ..., final: bool = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("image", "mask", "occlusion", "seed", "latent_steps", "latent_step_size", "refine_steps", "refine_step_size", "noise", "format", "restarts", "residual_fill", "average_restarts")
+    __slots__ = ("image", "mask", "occlusion", "seed", "latent_steps", "latent_step_size", "refine_steps", "refine_step_size", "noise", "format", "restarts", "residual_fill", "average_restarts", "residual_interpolant")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     OCCLUSION_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class CompleteRequest(_message.Message):
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     RESIDUAL_FILL_FIELD_NUMBER: _ClassVar[int]
     AVERAGE_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_INTERPOLANT_FIELD_NUMBER: _ClassVar[int]
     image: Image
     mask: Image
     occlusion: str
@@ -117,7 +118,8 @@ class CompleteRequest(_message.Message):
     restarts: int
     residual_fill: bool
     average_restarts: bool
-    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., mask: _Optional[_Union[Image, _Mapping]] = ..., occlusion: _Optional[str] = ..., seed: _Optional[int] = ..., latent_steps: _Optional[int] = ..., latent_step_size: _Optional[float] = ..., refine_steps: _Optional[int] = ..., refine_step_size: _Optional[float] = ..., noise: bool = ..., format: _Optional[_Union[ImageFormat, str]] = ..., restarts: _Optional[int] = ..., residual_fill: bool = ..., average_restarts: bool = ...) -> None: ...
+    residual_interpolant: str
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., mask: _Optional[_Union[Image, _Mapping]] = ..., occlusion: _Optional[str] = ..., seed: _Optional[int] = ..., latent_steps: _Optional[int] = ..., latent_step_size: _Optional[float] = ..., refine_steps: _Optional[int] = ..., refine_step_size: _Optional[float] = ..., noise: bool = ..., format: _Optional[_Union[ImageFormat, str]] = ..., restarts: _Optional[int] = ..., residual_fill: bool = ..., average_restarts: bool = ..., residual_interpolant: _Optional[str] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
     __slots__ = ("recovered", "occluded", "mask", "energy")
@@ -166,7 +168,7 @@ class LangevinDefaults(_message.Message):
     def __init__(self, s: _Optional[float] = ..., step_size: _Optional[float] = ..., steps: _Optional[int] = ..., sigma: _Optional[float] = ..., noise: bool = ...) -> None: ...
 
 class CompletionDefaults(_message.Message):
-    __slots__ = ("latent_steps", "latent_step_size", "latent_noise", "refine_steps", "restarts", "residual_fill", "average_restarts")
+    __slots__ = ("latent_steps", "latent_step_size", "latent_noise", "refine_steps", "restarts", "residual_fill", "average_restarts", "residual_interpolant")
     LATENT_STEPS_FIELD_NUMBER: _ClassVar[int]
     LATENT_STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
     LATENT_NOISE_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +176,7 @@ class CompletionDefaults(_message.Message):
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     RESIDUAL_FILL_FIELD_NUMBER: _ClassVar[int]
     AVERAGE_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_INTERPOLANT_FIELD_NUMBER: _ClassVar[int]
     latent_steps: int
     latent_step_size: float
     latent_noise: bool
@@ -181,7 +184,8 @@ class CompletionDefaults(_message.Message):
     restarts: int
     residual_fill: bool
     average_restarts: bool
-    def __init__(self, latent_steps: _Optional[int] = ..., latent_step_size: _Optional[float] = ..., latent_noise: bool = ..., refine_steps: _Optional[int] = ..., restarts: _Optional[int] = ..., residual_fill: bool = ..., average_restarts: bool = ...) -> None: ...
+    residual_interpolant: str
+    def __init__(self, latent_steps: _Optional[int] = ..., latent_step_size: _Optional[float] = ..., latent_noise: bool = ..., refine_steps: _Optional[int] = ..., restarts: _Optional[int] = ..., residual_fill: bool = ..., average_restarts: bool = ..., residual_interpolant: _Optional[str] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
     __slots__ = ("graph", "providers")
