@@ -95,38 +95,25 @@ def test_completion_and_energy_are_the_coopnets_v1_answers(tc, client, serving_e
         expected = client.complete(images[i], mask=masks[i], seed=5 + i)
         np.testing.assert_array_equal(got.as_numpy("images")[i], expected.recovered)
         assert got.as_numpy("energy")[i] == np.float32(expected.energy)
-    plain = infer(
-        tc,
-        "coopnets-complete",
-        tensor("images", images[:1], "FP32"),
-        tensor("masks", masks[:1], "FP32"),
-        tensor("seed", [5], "INT64"),
-        tensor("residual_fill", [False], "BOOL"),
-    )
-    expected = client.complete(images[0], mask=masks[0], seed=5, residual_fill=False)
-    np.testing.assert_array_equal(plain.as_numpy("images")[0], expected.recovered)
-    assert not np.array_equal(plain.as_numpy("images")[0], got.as_numpy("images")[0])
-    lowest_u = infer(
-        tc,
-        "coopnets-complete",
-        tensor("images", images[:1], "FP32"),
-        tensor("masks", masks[:1], "FP32"),
-        tensor("seed", [5], "INT64"),
-        tensor("average_restarts", [False], "BOOL"),  # the bundle's default is on (0.4): ask for the other
-    )
-    expected = client.complete(images[0], mask=masks[0], seed=5, average_restarts=False)
-    np.testing.assert_array_equal(lowest_u.as_numpy("images")[0], expected.recovered)
-    assert not np.array_equal(lowest_u.as_numpy("images")[0], got.as_numpy("images")[0])
-    harmonic = infer(
-        tc,
-        "coopnets-complete",
-        tensor("images", images[:1], "FP32"),
-        tensor("masks", masks[:1], "FP32"),
-        tensor("seed", [5], "INT64"),
-        tensor("residual_interpolant", np.array([b"harmonic"], dtype=object), "BYTES"),
-    )
-    expected = client.complete(images[0], mask=masks[0], seed=5, residual_interpolant="harmonic")
-    np.testing.assert_array_equal(harmonic.as_numpy("images")[0], expected.recovered)
+    # each choice travels: the bundle's defaults (residual on, chains averaged, auto = harmonic on this
+    # block) asked for otherwise give coopnets.v1's answer to the same override, and a different image
+    for name, value, datatype in (
+        ("residual_fill", False, "BOOL"),
+        ("average_restarts", False, "BOOL"),
+        ("residual_interpolant", b"biharmonic", "BYTES"),
+    ):
+        one = infer(
+            tc,
+            "coopnets-complete",
+            tensor("images", images[:1], "FP32"),
+            tensor("masks", masks[:1], "FP32"),
+            tensor("seed", [5], "INT64"),
+            tensor(name, np.array([value], dtype=object if datatype == "BYTES" else None), datatype),
+        )
+        asked = value.decode() if isinstance(value, bytes) else value
+        expected = client.complete(images[0], mask=masks[0], seed=5, **{name: asked})
+        np.testing.assert_array_equal(one.as_numpy("images")[0], expected.recovered)
+        assert not np.array_equal(one.as_numpy("images")[0], got.as_numpy("images")[0]), name
     energy = infer(tc, "coopnets-energy", tensor("images", images, "FP32"))
     np.testing.assert_array_equal(energy.as_numpy("energy"), client.energy(images))
 
@@ -197,6 +184,26 @@ def test_typed_contents_work_as_well_as_raw_bytes(coop_server, client):
     (images,) = [i for i, o in enumerate(response.outputs) if o.name == "images"]
     got = np.frombuffer(response.raw_output_contents[images], "<f4").reshape(response.outputs[images].shape)
     np.testing.assert_array_equal(got, client.synthesize(count=2, seed=11).images)
+    # a string input as typed bytes_contents: the harmonic residual asked for where auto would take the
+    # biharmonic one (a scattered hole)
+    image = got[0]  # (C, H, W)
+    mask = np.zeros_like(image)
+    mask[:, ::2] = 1  # every other column: a scattered hole
+    request = oip.ModelInferRequest(model_name="coopnets-complete")
+    for name, a in (("images", image[None]), ("masks", mask[None])):
+        request.inputs.add(name=name, datatype="FP32", shape=list(a.shape)).contents.fp32_contents.extend(
+            a.reshape(-1).tolist()
+        )
+    text = request.inputs.add(name="residual_interpolant", datatype="BYTES", shape=[1])
+    text.contents.bytes_contents.append(b"harmonic")
+    with grpc.insecure_channel(coop_server.address) as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        response = stub.ModelInfer(request, timeout=60, metadata=list(AUTH.items()))
+    (out,) = [i for i, o in enumerate(response.outputs) if o.name == "images"]
+    recovered = np.frombuffer(response.raw_output_contents[out], "<f4").reshape(image.shape)
+    expected = client.complete(image, mask=mask, seed=0, residual_interpolant="harmonic").recovered
+    np.testing.assert_array_equal(recovered, expected)
+    assert not np.array_equal(recovered, client.complete(image, mask=mask, seed=0).recovered)
 
 
 def test_model_infer_is_counted_like_every_rpc(coop_server, tc):
