@@ -105,11 +105,12 @@ ALL_GRAPHS = {**GRAPHS, **OPTIONAL_GRAPHS}
 # --factors 1` (PSNR of the missing region, N = 100, 2026-12-05): lowest U of 4 -> mean of 4 on the shipped
 # reference centre 12×12 16.74 -> 17.15 dB, random 50% 20.55 -> 20.98; on MNIST-5k (docs/results.md) 8.19 ->
 # 9.00 and 18.97 -> 19.48: a gain on both datasets and both occlusions, so new exports average.
-# residual_interpolant (contract.sampling.interpolate_residual), measured with `python scripts/residual_fill.py
-# BUNDLE --n 100` (PSNR of the missing region after refinement, 2026-12-05): on MNIST-5k the biharmonic residual
-# beats the harmonic one on random masks (50%: 19.48 -> 20.20 dB; 75%: 16.77 -> 17.32) and is level on centre
-# holes (9.00 / 9.04); on the Fashion-MNIST reference it is level on random masks and loses 1.19 dB on centre
-# holes (N = 50). "auto" takes the biharmonic fill only where the hole is scattered: docs/results.md.
+# residual_interpolant (contract.sampling.interpolate_residual), measured with
+# `python scripts/residual_fill.py BUNDLE --n 100` (PSNR of the missing region after refinement, 2026-12-05):
+# on MNIST-5k the biharmonic residual beats the harmonic one on random masks (50%: 19.48 -> 20.20 dB; 75%:
+# 16.77 -> 17.32) and is level on centre holes (9.00 / 9.04); on the Fashion-MNIST reference it is level on
+# random masks and loses 1.19 dB on centre holes (N = 50). "auto" takes the biharmonic fill only where the
+# hole is scattered: docs/results.md.
 DEFAULT_COMPLETION = {
     "latent_steps": 100,
     "latent_step_size": 0.05,

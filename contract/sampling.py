@@ -54,6 +54,12 @@ class ParamError(ValueError):
         self.description = message
 
 
+def _check_interpolant(value: str) -> None:
+    if value not in RESIDUAL_INTERPOLANTS:
+        forms = ", ".join(RESIDUAL_INTERPOLANTS)
+        raise ParamError("residual_interpolant", f"{value!r} is not one of {forms}")
+
+
 def _check_size(field: str, value: float) -> None:
     if not (math.isfinite(value) and 0 < value <= MAX_STEP_SIZE):
         raise ParamError(field, f"{value} must be a finite number in (0, {MAX_STEP_SIZE}]")
@@ -98,9 +104,7 @@ class CompletionParams:
                 raise ParamError(name, f"{v} is not between 0 and max_steps = {max_steps}")
         _check_size("latent_step_size", self.latent_step_size)
         _check_size("refine_step_size", self.refine_step_size)
-        if self.residual_interpolant not in RESIDUAL_INTERPOLANTS:
-            forms = ", ".join(RESIDUAL_INTERPOLANTS)
-            raise ParamError("residual_interpolant", f"{self.residual_interpolant!r} is not one of {forms}")
+        _check_interpolant(self.residual_interpolant)
         if not 1 <= self.restarts <= MAX_RESTARTS:
             raise ParamError(
                 "restarts", f"{self.restarts} is not between 1 and {MAX_RESTARTS} chains per image"
@@ -428,9 +432,7 @@ def interpolate_residual(residual: np.ndarray, mask: np.ndarray, interpolant: st
         return residual_fill(residual, mask)
     if interpolant == "biharmonic":
         return biharmonic_fill(residual, mask)
-    if interpolant != "auto":
-        forms = ", ".join(RESIDUAL_INTERPOLANTS)
-        raise ParamError("residual_interpolant", f"{interpolant!r} is not one of {forms}")
+    _check_interpolant(interpolant)
     mask = np.ascontiguousarray(np.broadcast_to(mask, residual.shape))
     out = np.empty_like(residual, dtype=np.float32)
     scattered = scattered_fraction(mask) >= SCATTERED  # (N,)
