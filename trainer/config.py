@@ -71,16 +71,16 @@ class TrainConfig:
     image_size: int = 28
     latent_dim: int = 100
     # cooperative learning
-    iterations: int = 2500
+    iterations: int = 2800
     batch_size: int = 32
     chains: int = 0
-    langevin_steps: int = 15
+    langevin_steps: int = 10
     delta: float = 0.002
     s: float = 0.016
     sigma: float = 0.3
     langevin_noise: bool = True
     lr_descriptor: float = 0.007
-    lr_generator: float = 1e-4
+    lr_generator: float = 2e-4
     lr_schedule: str = "cosine"
     lr_floor: float = 0.1
     lr_decay_iters: int = 0
