@@ -12,6 +12,9 @@ Cases, interleaved iteration by iteration on separate runs built from the same s
     naive     the same iteration with every Langevin step doing a full backward() (weight gradients too, then
               zeroed), as FANG-Xiaolin/pytorch-CoopNets does: same math, same samples
     + each of --variants (trainer with channels-last tensors; trainer with --amp bf16)
+    before    what coop-train runs here (bf16 where the CPU has it), as the trainer ran it before the
+              2026-12-06 speed-up: the full-size layers (trainer.nets.WholeConv2d/WholeConvTranspose2d) as
+              plain convolutions, the descriptor update as two passes, Langevin casting the weights every step
 trainer and naive run in float32 (--amp none); bf16 is the trainer as `--amp bf16` runs it (the nets under
 autocast, the sum of the descriptor's outputs and the Langevin arithmetic in float32), what `--amp auto` (the
 default) picks on a CPU with native bfloat16; that case is always measured, so the last line is what
@@ -46,6 +49,7 @@ from timing import bf16_peak, fp32_peak, interleave, machine, table  # noqa: E40
 from trainer import coop, langevin  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.grads import frozen_copy  # noqa: E402
+from trainer.nets import WholeConv2d, WholeConvTranspose2d  # noqa: E402
 
 SETTINGS = {
     "tpami": TrainConfig(arch="cifar32", channels=3, image_size=32, batch_size=100, chains=144,
@@ -90,9 +94,26 @@ class LangevinClock:
             self.seconds += time.perf_counter() - t0
 
 
-def make_case(config: TrainConfig, variant: str):
+def two_passes(f, y_data, y_rev):
+    return f(y_data), f(y_rev)
+
+
+def as_before(run) -> None:
+    """The full-size layers back to the plain convolutions they subclass (same parameters, same function)."""
+    for net in (run.descriptor, run.generator):
+        for m in net.body:
+            if isinstance(m, WholeConv2d):
+                m.__class__ = torch.nn.Conv2d
+            elif isinstance(m, WholeConvTranspose2d):
+                m.__class__ = torch.nn.ConvTranspose2d
+
+
+def make_case(config: TrainConfig, variant: str, default: str = "trainer"):
     """(run, one-iteration function) for a case; every case draws the same data batch."""
-    run = coop.build_run(dataclasses.replace(config, amp="bf16") if variant == "bf16" else config)
+    bf16 = variant == "bf16" or (variant == "before" and default == "bf16")
+    run = coop.build_run(dataclasses.replace(config, amp="bf16") if bf16 else config)
+    if variant == "before":
+        as_before(run)
     g = torch.Generator().manual_seed(1)
     y = torch.rand(config.batch_size, *config.net_spec.image_shape, generator=g) * 2 - 1  # (N, C, H, W)
     y = y.to(run.device)
@@ -105,6 +126,9 @@ def make_case(config: TrainConfig, variant: str):
         with contextlib.ExitStack() as stack:
             if variant == "naive":
                 stack.enter_context(patched(langevin, "descriptor_score_and_grad", naive_score_and_grad))
+            if variant == "before":
+                stack.enter_context(patched(coop, "descriptor_scores", two_passes))
+                stack.enter_context(patched(coop, "_cast_once", lambda run: contextlib.nullcontext()))
             return coop.cooperative_iteration(run, y)
 
     return run, step
@@ -134,7 +158,7 @@ def flops(config: TrainConfig) -> dict[str, float]:
             "step_naive": step_naive}  # fmt: skip
 
 
-def measure(name: str, config: TrainConfig, variants: list[str], repeats: int, warmup: int):
+def measure(name: str, config: TrainConfig, variants: list[str], repeats: int, warmup: int, default: str):
     """timing.interleave over the cases; each iteration also records its seconds in trainer.coop.revise."""
     langevin_s: dict[str, list[float]] = {}
 
@@ -150,7 +174,7 @@ def measure(name: str, config: TrainConfig, variants: list[str], repeats: int, w
 
         return run
 
-    cases = {v: timed(v, make_case(config, v)[1]) for v in ["trainer", "naive", *variants]}
+    cases = {v: timed(v, make_case(config, v, default)[1]) for v in ["trainer", "naive", *variants]}
     stats = interleave(cases, repeats, warmup)
     share = {v: statistics.median(langevin_s[v][warmup:]) / st.median for v, st in stats.items()}
     return stats, share
@@ -161,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--settings", default="tpami,default")
-    p.add_argument("--variants", default="channels-last,bf16", help="extra trainer variants ('' = none)")
+    p.add_argument("--variants", default="channels-last,before,bf16", help="extra variants ('' = none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = p.parse_args(argv)
@@ -185,13 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.settings.split(","):
         config = dataclasses.replace(SETTINGS[name], device=args.device)
         fl = flops(config)
-        stats, share = measure(name, config, variants, args.repeats, args.warmup)
+        stats, share = measure(name, config, variants, args.repeats, args.warmup, default)
         base = stats["naive"].median
         for v, st in stats.items():
             f = fl["naive" if v == "naive" else "trainer"]
             step_ms = share[v] * st.median / config.langevin_steps * 1e3
             step_f = fl["step_naive" if v == "naive" else "step"] / step_ms * 1e3
-            of = peak16 if v == "bf16" else peak
+            of = peak16 if v == "bf16" or (v == "before" and default == "bf16") else peak
             rows.append([
                 name, v, f"{st.median:.3f} ({st.p10:.3f}–{st.p90:.3f})", f"{1 / st.median:.2f}",
                 f"{base / st.median:.2f}", f"{share[v]:.0%}",

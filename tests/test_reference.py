@@ -27,8 +27,9 @@ SPEC = NetSpec("mnist28", 1, 100)
 S, DELTA, SIGMA = 0.016, 0.002, 0.3
 LANGEVIN = {"s": S, "delta": DELTA, "steps": 3, "sigma": SIGMA, "noise": True}
 # Batched torch convolutions are not bit-stable across batch sizes on CPU (measured: up to 9.3e-10 at batch 3
-# vs batch 1 after 5 steps); a wrong draw order or a shared rng would differ by O(1).
-BATCH_ATOL = 1e-6
+# vs batch 1 after 5 steps), nor is the matmul of the descriptor's last layer (scores of ~0.9 differed by
+# 2e-6, a few float32 ulps); a wrong draw order or a shared rng would differ by O(1).
+BATCH_ATOL, BATCH_RTOL = 1e-6, 1e-5
 # ORT against autograd after a few steps (measured: images 1.3e-6, f 3.3e-6 at |f| ≈ 0.8).
 IMAGE_ATOL, SCORE_ATOL = 1e-5, 2e-5
 
@@ -111,7 +112,7 @@ def test_synthesis_is_batch_independent(torch_backend):
     for i in (0, 3, 6):
         alone = sampling.synthesize(torch_backend, [seeds[i]], params)
         np.testing.assert_allclose(batch.images[i], alone.images[0], rtol=0, atol=BATCH_ATOL)
-        np.testing.assert_allclose(batch.score[i], alone.score[0], rtol=0, atol=BATCH_ATOL)
+        np.testing.assert_allclose(batch.score[i], alone.score[0], rtol=BATCH_RTOL, atol=BATCH_ATOL)
     again = sampling.synthesize(torch_backend, seeds, params)
     assert np.array_equal(batch.images, again.images)
     assert not np.allclose(batch.images[0], batch.images[1])  # different seeds, different images

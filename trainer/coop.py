@@ -21,6 +21,7 @@ gradients. Rank 0 alone writes the run directory. One process is the world-size-
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -205,9 +206,27 @@ class _Autocast(nn.Module):
 def _nets(run: Run) -> tuple[nn.Module, nn.Module]:
     if run.config.amp == "none":
         return run.descriptor, run.generator
-    dtype = torch.bfloat16 if run.config.amp == "bf16" else torch.float16
-    kind = run.device.type
+    dtype, kind = _amp_dtype(run), run.device.type
     return _Autocast(run.descriptor, dtype, kind), _Autocast(run.generator, dtype, kind)
+
+
+def _amp_dtype(run: Run) -> torch.dtype:
+    return torch.bfloat16 if run.config.amp == "bf16" else torch.float16
+
+
+def _cast_once(run: Run):
+    """An autocast region around work that does not change the weights (the Langevin chain): autocast keeps
+    its low-precision copies of the weights until the outermost region exits, so the l steps cast them once,
+    not l times (same numbers; `bench/training.py`'s iteration ~1-2% faster). A no-op without --amp."""
+    if run.config.amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(run.device.type, dtype=_amp_dtype(run))
+
+
+def descriptor_scores(f: nn.Module, y_data: torch.Tensor, y_rev: torch.Tensor):
+    """f(Y_data) (N,) and f(Ỹ) (M̃,) from one pass over both: the descriptor has no batch statistics, so each
+    image's score is the same, and one batch of N + M̃ runs faster than two."""
+    return f(torch.cat([y_data, y_rev])).split([len(y_data), len(y_rev)])
 
 
 # ---- the algorithm -------------------------------------------------------------------------------
@@ -243,7 +262,8 @@ def cooperative_iteration(run: Run, y_data: torch.Tensor) -> tuple[IterStats, to
     y_draft = g(x)  # (M̃, C, H, W)
 
     # 2. Revise: l steps of descriptor Langevin from the drafts, Ỹ
-    y_rev = revise(f, y_draft.detach(), cfg.langevin_steps, cfg.delta, cfg.s, noise)  # (M̃, C, H, W)
+    with _cast_once(run):
+        y_rev = revise(f, y_draft.detach(), cfg.langevin_steps, cfg.delta, cfg.s, noise)  # (M̃, C, H, W)
 
     # 3. Infer (optional): move X̂ so that g(X̂) explains Ỹ, then re-draw g(X̂) with the new latents
     if cfg.infer_latent:
@@ -252,7 +272,7 @@ def cooperative_iteration(run: Run, y_data: torch.Tensor) -> tuple[IterStats, to
         y_draft = g(x)  # (M̃, C, H, W)
 
     # 4. Descriptor: raise f on data relative to revised samples, minimise mean f(Ỹ) − mean f(Y)
-    f_data, f_rev = f(y_data), f(y_rev)  # (N,), (M̃,)
+    f_data, f_rev = descriptor_scores(f, y_data, y_rev)  # (N,), (M̃,)
     loss_d = f_rev.mean() - f_data.mean()
     run.opt_d.zero_grad(set_to_none=True)
     run.scaler.scale(loss_d).backward()

@@ -44,10 +44,16 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def _backward_of(kind: type) -> Callable | None:
+    """The backward of layer class `kind`, or of the nearest base class that has one: a subclass that only
+    computes its parent's function another way (trainer.nets.WholeConv2d) shares its backward."""
+    return next((_BACKWARD[k] for k in kind.__mro__ if k in _BACKWARD), None)
+
+
 def _check_layer(layer: nn.Module) -> None:
     """Raise if `layer` has no exact backward below (checked once, when a gradient module is built)."""
     kind = type(layer)
-    if kind not in _BACKWARD:
+    if _backward_of(kind) is None:
         supported = ", ".join(sorted(k.__name__ for k in _BACKWARD))
         raise UnsupportedLayerError(
             f"layer {kind.__name__} has no explicit backward in trainer/grads.py (supported: {supported}); "
@@ -193,7 +199,7 @@ def input_vjp(body: nn.Sequential, acts: list[torch.Tensor], g: torch.Tensor) ->
     have passed `_check_layer`."""
     for i in range(len(body) - 1, -1, -1):
         layer = body[i]
-        g = _BACKWARD[type(layer)](layer, acts[i], acts[i + 1], g)
+        g = _backward_of(type(layer))(layer, acts[i], acts[i + 1], g)
     return g
 
 
