@@ -16,6 +16,15 @@ import pytest
 from support import COMPLETION, LANGEVIN, TOKEN, local_server, make_pki
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _coopnets_cache(tmp_path_factory):
+    """Folder datasets cache their decoded arrays in $COOPNETS_CACHE: the tests' (and their subprocesses')
+    go to a temporary folder, never into the user's ~/.cache/coopnets."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COOPNETS_CACHE", str(tmp_path_factory.mktemp("coopnets-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_nets():
     import torch

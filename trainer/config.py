@@ -19,12 +19,13 @@ from contract.bundle import STORAGE
 from trainer.nets import ARCH_FOR_SIZE, ARCHS, NetSpec, arch_for_size, image_size
 
 LR_SCHEDULES = ("constant", "cosine")
-DATASET_KINDS = ("fashion-mnist", "digits", "folder:PATH", "npz:PATH")
+DATASET_KINDS = ("fashion-mnist", "digits", "cifar10:PATH", "folder:PATH", "npz:PATH")
 
 HELP = {
     "preset": "named hyperparameters (trainer/presets.py: paper-mnist, paper-scene, port-cifar, cpu; "
     "'list' prints them); --config and flags override it",
-    "dataset": "fashion-mnist | digits | folder:PATH | npz:PATH",
+    "dataset": "fashion-mnist | digits | cifar10:PATH (cifar-10-python.tar.gz or its extracted folder) | "
+    "folder:PATH (decoded once, cached in $COOPNETS_CACHE/folders, default ~/.cache/coopnets) | npz:PATH",
     "data_dir": "folder with the Fashion-MNIST idx(.gz) files (default: Debian's, then ~/.cache/coopnets)",
     "max_images": "use only the first N training images (0 = all)",
     "arch": "auto (from --image-size) | mnist28 | cifar32 | scene64",
