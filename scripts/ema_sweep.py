@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         build_run,
         check_divergence,
         cooperative_iteration,
+        reference_energy,
         set_learning_rates,
     )
     from trainer.data import load_images, to_tensor
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         max_images=config.max_images,
     )
     y_all = to_tensor(data)  # (N, C, H, W)
+    scale = reference_energy(y_all, config.s)  # the divergence guard's unit
     run = build_run(config)
     config = run.config
     emas = {
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         idx = batch_indices(run.iteration, len(y_all), config.batch_size, config.seed)
         set_learning_rates(run)
         stats, _, _ = cooperative_iteration(run, y_all[idx].to(run.device))
-        check_divergence(stats, config, run.iteration)
+        check_divergence(stats, config, run.iteration, scale)
         for (net, _), avg in emas.items():
             avg.update_parameters(getattr(run, net))
         if run.iteration % 100 == 0 or run.iteration == config.iterations:

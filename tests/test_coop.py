@@ -21,6 +21,7 @@ from trainer.coop import (
     check_divergence,
     cooperative_iteration,
     lr_factor,
+    reference_energy,
     train,
 )
 
@@ -201,6 +202,10 @@ def _stats(**kw) -> IterStats:
     return IterStats(**{**base, **kw})
 
 
+FASHION_SCALE = 1.05e6  # reference_energy of Fashion-MNIST's train split at s = 0.016
+CIFAR_SCALE = 1.54e6  # of CIFAR-10's
+
+
 @pytest.mark.parametrize(
     ("field", "value", "words"),
     [
@@ -212,9 +217,60 @@ def _stats(**kw) -> IterStats:
 )
 def test_divergence_guard_watches_magnitudes(field, value, words):
     cfg = TrainConfig()
-    check_divergence(_stats(), cfg, 7)  # a healthy iteration passes
+    check_divergence(_stats(), cfg, 7, FASHION_SCALE)  # a healthy iteration passes
     with pytest.raises(DivergenceError, match=words):
-        check_divergence(_stats(**{field: value}), cfg, 7)
+        check_divergence(_stats(**{field: value}), cfg, 7, FASHION_SCALE)
+
+
+def test_reference_energy_is_the_mean_of_the_reference_term():
+    y = torch.full((2, 3, 4, 4), 0.5)  # ‖Y‖² = 48 · 0.25 = 12 per image
+    y[1] = -1.0  # ‖Y‖² = 48
+    assert reference_energy(y, s=0.5) == pytest.approx((12 + 48) / 2 / (2 * 0.25))
+
+
+@pytest.mark.parametrize(
+    ("gap", "scale", "stops"),
+    [
+        # gaps at which the absolute guard (1e8) stopped diverging Fashion-MNIST runs still stop them
+        (1.2e8, FASHION_SCALE, True),
+        (-2e9, FASHION_SCALE, True),
+        (
+            1.51e9,
+            CIFAR_SCALE,
+            True,
+        ),  # the color defaults before --lr-warmup: iteration 11, Langevin overshooting
+        # a healthy color run: f ≈ 1e7 with gaps of a few 1e7 (coop-train --preset cifar10, metrics.jsonl)
+        (4e7, CIFAR_SCALE, False),
+        (9.9e7, FASHION_SCALE, False),
+    ],
+)
+def test_energy_gap_guard_is_relative_to_the_datas_reference_energy(gap, scale, stops):
+    cfg = TrainConfig()
+    if stops:
+        with pytest.raises(DivergenceError, match="reference energy"):
+            check_divergence(_stats(loss_d=gap), cfg, 11, scale)
+    else:
+        check_divergence(_stats(loss_d=gap), cfg, 11, scale)
+    # the same gap is judged by its ratio to the scale: ten times the scale passes what one time stops
+    if stops:
+        check_divergence(_stats(loss_d=gap), cfg, 11, abs(gap) / cfg.guard_gap_ratio * 1.01)
+
+
+def test_warmup_rises_linearly_then_follows_the_schedule():
+    constant = TrainConfig(iterations=100, lr_schedule="constant", lr_warmup=4)
+    assert [lr_factor(constant, i) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cosine = TrainConfig(iterations=11, lr_schedule="cosine", lr_floor=0.1, lr_warmup=2)
+    plain = TrainConfig(iterations=11, lr_schedule="cosine", lr_floor=0.1)
+    assert lr_factor(cosine, 0) == pytest.approx(0.5 * lr_factor(plain, 0))
+    assert [lr_factor(cosine, i) for i in range(1, 11)] == [lr_factor(plain, i) for i in range(1, 11)]
+
+
+def test_the_absolute_gap_guard_still_applies_where_a_config_sets_it():
+    """Runs saved with the absolute guard (guard_energy_gap 1e8) resume with it."""
+    cfg = TrainConfig(guard_energy_gap=1e8, guard_gap_ratio=1e6)
+    check_divergence(_stats(loss_d=9e7), cfg, 3, FASHION_SCALE)
+    with pytest.raises(DivergenceError, match="--guard-energy-gap"):
+        check_divergence(_stats(loss_d=1.1e8), cfg, 3, FASHION_SCALE)
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -226,7 +282,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(DivergenceError, match="iteration 3"):
         train(
             TrainConfig(
-                **{**TINY, "iterations": 4, "guard_energy_gap": 1e-9, "ckpt_every": 1}, out=str(tmp_path)
+                **{**TINY, "iterations": 4, "guard_gap_ratio": 1e-12, "ckpt_every": 1}, out=str(tmp_path)
             ),
             data,
             resume=True,

@@ -41,6 +41,9 @@ HELP = {
     "lr_floor": "with --lr-schedule cosine: the final learning rates as a fraction of the initial ones",
     "lr_decay_iters": "with --lr-schedule cosine: the iteration the curve reaches --lr-floor at (nanoGPT's "
     "lr_decay_iters); 0 = --iterations",
+    "lr_warmup": "iterations over which both learning rates rise linearly from 0 (nanoGPT's warmup_iters); "
+    "0 = none. Color data needs it: without it the descriptor's first Adam steps grow f a hundredfold per "
+    "iteration and Langevin overshoots (docs/training.md, 'Color')",
     "infer_latent": "latent Langevin inference of X̂ on the revised images (off in the paper)",
     "latent_step_size": "η of --infer-latent's steps on the per-image U(X) (docs/training.md: measured)",
     "latent_noise": "the η·N(0, I) term of --infer-latent's steps (the official code always adds it)",
@@ -48,7 +51,11 @@ HELP = {
     "amp": "auto (bf16 on a CPU with native bfloat16, else none) | none | bf16 | fp16 autocast "
     "(fp16 CUDA only; Langevin and the sum of f stay float32, under fp16 the last descriptor layer too)",
     "guard_max_abs": "divergence guard: stop if a revised pixel leaves [-x, x]",
-    "guard_energy_gap": "divergence guard: stop if |mean f(revised) - mean f(data)| exceeds this",
+    "guard_energy_gap": "divergence guard, absolute: stop if |mean f(revised) - mean f(data)| exceeds this "
+    "(0 = off; --guard-gap-ratio is the default guard)",
+    "guard_gap_ratio": "divergence guard: stop if |mean f(revised) - mean f(data)| exceeds this many times "
+    "the data's reference energy, mean ||Y||^2/(2 s^2), the scale f must reach to balance N(0, s^2 I) "
+    "(about 1e6 on Fashion-MNIST, 1.5e6 on CIFAR-10)",
     "export": "export RUN_DIR/bundle at the end",
     "bn_recalibrate": "at export, recompute the generator's BatchNorm statistics over this many batches of "
     "fresh latents (0 = training's running averages)",
@@ -85,6 +92,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     lr_floor: float = 0.1
     lr_decay_iters: int = 0
+    lr_warmup: int = 0
     beta1: float = 0.5
     infer_latent: bool = False
     latent_steps: int = 10
@@ -98,7 +106,8 @@ class TrainConfig:
     sample_every: int = 250
     ckpt_every: int = 250
     guard_max_abs: float = 10.0
-    guard_energy_gap: float = 1e8
+    guard_energy_gap: float = 0.0
+    guard_gap_ratio: float = 100.0
     dist_timeout: float = 300.0
     export: bool = True
     bn_recalibrate: int = 0
@@ -149,6 +158,7 @@ class TrainConfig:
             "max_images",
             "bn_recalibrate",
             "lr_decay_iters",
+            "lr_warmup",
         ):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
@@ -167,10 +177,10 @@ class TrainConfig:
                     f"{self.arch} makes {image_size(self.arch)}px images but --image-size is "
                     f"{self.image_size}: use --arch auto",
                 )
-        kind = self.dataset.split(":", 1)[0]
-        if self.dataset not in ("fashion-mnist", "digits") and kind not in ("folder", "npz"):
+        kind, _, path = self.dataset.partition(":")
+        if self.dataset not in ("fashion-mnist", "digits") and kind not in ("folder", "npz", "cifar10"):
             bad("dataset", f"unknown dataset {self.dataset!r}: use one of {', '.join(DATASET_KINDS)}")
-        if kind in ("folder", "npz") and not self.dataset.split(":", 1)[1]:
+        if kind in ("folder", "npz", "cifar10") and not path:
             bad("dataset", f"{kind}: needs a path, e.g. {kind}:/data/images")
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", f"unknown device {self.device!r}: use auto, cpu or cuda")
@@ -186,8 +196,12 @@ class TrainConfig:
             from trainer.presets import preset_values
 
             preset_values(self.preset)  # ValueError naming --preset for an unknown name
-        if self.guard_max_abs <= 1 or self.guard_energy_gap <= 0:
-            bad("guard_max_abs", "divergence guard limits must be > 1 (pixels) and > 0 (energy gap)")
+        if self.guard_max_abs <= 1:
+            bad("guard_max_abs", f"must be > 1 (the data's pixels are in [-1, 1]), got {self.guard_max_abs}")
+        if self.guard_energy_gap < 0:
+            bad("guard_energy_gap", f"must be >= 0 (0 = off), got {self.guard_energy_gap}")
+        if not self.guard_gap_ratio > 0:
+            bad("guard_gap_ratio", f"must be > 0, got {self.guard_gap_ratio}")
         return self
 
 
