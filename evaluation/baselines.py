@@ -1,8 +1,8 @@
 """Inpainting baselines a user could pick instead of the model: each fills the missing pixels (mask = 1) of
 images (N, C, H, W) in [-1, 1] and leaves the observed ones (mask = 0) exactly as they were. Every channel
 is filled on its own (color images included). The hole's pixels are set to 0 before a baseline sees them:
-OpenCV's inpainting reads a little of what lies under its mask (a few hundredths of a dB on 2-px holes of Fashion-MNIST),
-and a baseline must not be scored on pixels it was not given.
+OpenCV's inpainting reads a little of what lies under its mask (a few hundredths of a dB on 2-px holes of
+Fashion-MNIST), and a baseline must not be scored on pixels it was not given.
 
 - mean:       the training set's mean image
 - biharmonic: scikit-image `restoration.inpaint_biharmonic` (smooth interpolation, strong on scattered pixels)

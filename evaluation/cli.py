@@ -28,7 +28,13 @@ import numpy as np
 
 from contract.bundle import REFERENCE
 from contract.flags import Parser, add_flags, cli_main, resolve
-from contract.occlusions import DEFAULT_OCCLUSIONS, parse_occlusion
+from contract.occlusions import (
+    COLOR_OCCLUSIONS,
+    DEFAULT_OCCLUSIONS,
+    FORMS,
+    default_occlusions,
+    parse_occlusion,
+)
 from evaluation.completion import METHODS
 
 log = logging.getLogger("evaluation")
@@ -43,7 +49,9 @@ HELP = {
     "completion_n": "held-out images per occlusion for the completion metrics",
     "seed": "base seed: image i uses seed + i (its latent, noise and random mask)",
     "steps": "descriptor Langevin steps of the revised samples",
-    "occlusions": "comma-separated: center:N, random:P, left-half, rects",
+    "occlusions": f"comma-separated, out of {FORMS} (contract/occlusions.py defines each; m30/m40/m50 "
+                  "are the paper's squares scaled to the image, blocks its block salt-and-pepper); '' = "
+                  f"{','.join(DEFAULT_OCCLUSIONS)} for grey models, {','.join(COLOR_OCCLUSIONS)} for color",
     "methods": f"comma-separated completion methods out of {','.join(METHODS)}",
     "langevin_only_steps": "descriptor Langevin steps of the langevin-only ablation (from a noise fill)",
     "synthesis": "measure synthesis quality",
@@ -77,7 +85,7 @@ class EvalConfig:
     completion_n: int = 200
     seed: int = 0
     steps: int | None = None
-    occlusions: str = ",".join(DEFAULT_OCCLUSIONS)
+    occlusions: str = ""
     methods: str = ",".join(METHODS)
     langevin_only_steps: int = 100
     synthesis: bool = True
@@ -136,10 +144,9 @@ class EvalConfig:
             raise ValueError(
                 f"--methods: unknown {', '.join(unknown) or '(none given)'}; use {','.join(METHODS)}"
             )
-        if not self.occlusion_list:
-            raise ValueError("--occlusions: give at least one, e.g. center:12")
         for o in self.occlusion_list:
-            parse_occlusion(o, 28, 28)  # names only; sizes are checked against the model's image below
+            # names only, on an image large enough for any size; sizes are checked against the model's below
+            parse_occlusion(o, 1 << 16, 1 << 16)
         if self.heldout and self.synthesis:
             raise ValueError(
                 "--heldout: the synthesis metrics need Fashion-MNIST's classifier; add --no-synthesis"
@@ -193,6 +200,8 @@ def run(config: EvalConfig) -> str:
     with tempfile.TemporaryDirectory(prefix="coop-eval-") as tmp:
         engine = open_engine(Path(config.model), config.device, config.threads, Path(tmp))
         shape = engine.image_shape  # (C, H, W)
+        if not config.occlusion_list:
+            config = dataclasses.replace(config, occlusions=",".join(default_occlusions(shape)))
         for o in config.occlusion_list:
             parse_occlusion(o, shape[1], shape[2])
         if config.heldout:

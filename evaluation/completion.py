@@ -1,6 +1,7 @@
 """Completion quality: recover the missing pixels (mask = 1) of held-out images, for each named occlusion,
 with this project's completion, its two ablations and the baselines; PSNR and SSIM on the missing region
-and on the whole image, per image, summarised as mean and 95% interval.
+and on the whole image, and the paper's per-pixel mean absolute error on the missing region (on the [0, 1]
+intensity scale, evaluation.metrics.mae), per image, summarised as mean and 95% interval.
 
 Methods (the model ones run the one sampler, contract.sampling, through the served engine, exactly as a
 client gets them):

@@ -3,9 +3,10 @@
 `tiny_nets` are the real mnist28 nets from trainer.nets with seeded weights (scaled up from the official init
 so that f(Y) and its gradient are far from zero and the equality tests mean something); `serving_bundle` is
 them exported by trainer.export.export_bundle with small default step counts, and `serving_engine` that bundle
-opened on one CPU thread. `coop_server` is ONE in-process coop-serve for the whole session
-(support.local_server), with a bearer token; tests that use it compare counters before and after, never
-absolute counts. `pki` is a throw-away certificate authority (support.make_pki).
+opened on one CPU thread; `rgb_bundle` is the same for color (cifar32 nets, 3×32×32). `coop_server` is ONE
+in-process coop-serve for the whole session (support.local_server), with a bearer token; tests that use it
+compare counters before and after, never absolute counts. `pki` is a throw-away certificate authority
+(support.make_pki).
 """
 
 from __future__ import annotations
@@ -48,6 +49,26 @@ def serving_bundle(tiny_nets, tmp_path_factory) -> Path:
     descriptor, generator = tiny_nets
     out = tmp_path_factory.mktemp("serving") / "bundle"
     return export_bundle(descriptor, generator, out, langevin=LANGEVIN, completion=COMPLETION)
+
+
+@pytest.fixture(scope="session")
+def rgb_bundle(tmp_path_factory) -> Path:
+    """A tiny color bundle: trainer.nets' cifar32 nets (3×32×32, latent 16) with seeded weights scaled up as
+    tiny_nets' are, so that the descriptor moves a hole visibly; exported as serving_bundle is."""
+    import torch
+
+    from trainer.export import export_bundle
+    from trainer.nets import NetSpec, build_nets
+
+    torch.manual_seed(1)
+    descriptor, generator = build_nets(NetSpec("cifar32", 3, 16))
+    with torch.no_grad():
+        for net, scale in ((descriptor, 4.0), (generator, 8.0)):
+            for p in net.parameters():
+                if p.dim() > 1:
+                    p.mul_(scale)
+    out = tmp_path_factory.mktemp("rgb") / "bundle"
+    return export_bundle(descriptor.eval(), generator.eval(), out, langevin=LANGEVIN, completion=COMPLETION)
 
 
 @pytest.fixture(scope="session")

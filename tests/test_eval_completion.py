@@ -1,15 +1,24 @@
 """The completion benchmark's model methods are the served ones: `coop` equals Engine.complete and
 `latent-only` equals Engine.complete with refine_steps = 0, bit for bit, on the tiny bundle of conftest.py;
-`langevin-only` starts from each image's own uniform-noise fill."""
+`langevin-only` starts from each image's own uniform-noise fill. On a tiny color bundle: observed pixels come
+back bit-identical through the engine, and every method gets PSNR and MAE on the paper's occlusions."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
+import pytest
 
 from contract.occlusions import occlusion_masks
-from evaluation.completion import baseline_runners, evaluate_completion, model_runners
+from evaluation.completion import (
+    BASELINE_METHODS,
+    METHODS,
+    baseline_runners,
+    evaluate_completion,
+    model_runners,
+)
+from evaluation.report import completion_margins, completion_tables
 from serving.engine import Engine
 
 
@@ -48,3 +57,51 @@ def test_evaluate_completion_rows_and_examples(serving_bundle):
     assert result.examples["left-half"]["coop"].shape == (2, 1, 28, 28)
     shown = result.examples["left-half"]["occluded"]  # the holes black (-1), as the service shows them
     assert (shown[..., :14] == -1).all() and np.array_equal(shown[..., 14:], images[:2, ..., 14:])
+
+
+@pytest.fixture(scope="module")
+def rgb_engine(rgb_bundle):
+    return Engine.open(rgb_bundle, device="cpu", threads=1)
+
+
+@pytest.mark.parametrize("occlusion", ["m30", "m50", "blocks"])
+def test_rgb_completion_keeps_observed_pixels_bit_identical(rgb_engine, occlusion):
+    assert rgb_engine.image_shape == (3, 32, 32)
+    images = np.random.default_rng(2).uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)
+    seeds = [0, 1, 2]
+    masks = occlusion_masks(occlusion, (3, 32, 32), seeds)
+    hole = masks > 0.5
+    out = rgb_engine.complete(images, masks, seeds).images
+    assert out.shape == images.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out[~hole], images[~hole])  # bit-identical, every channel
+    assert not np.allclose(out[hole], images[hole], atol=0.05)  # the hole was filled, not handed back
+    assert np.isfinite(out).all()
+    for names, runner in model_runners(rgb_engine, langevin_only_steps=2).items():
+        for name, completed in runner(images, masks, seeds).items():
+            np.testing.assert_array_equal(completed[~hole], images[~hole], err_msg=f"{names} {name}")
+
+
+def test_rgb_evaluation_reports_mae_and_psnr_for_every_method(rgb_engine):
+    images = np.random.default_rng(3).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
+    runners = {**model_runners(rgb_engine, 2), **baseline_runners(images.mean(0))}
+    occlusions = ["m30", "blocks"]
+    result = evaluate_completion(images, occlusions, runners, list(METHODS), seed=0, batch=3, examples=2,
+                                 progress=False)  # fmt: skip
+    assert [(s.occlusion, s.method) for s in result.scores] == [(o, m) for o in occlusions for m in METHODS]
+    for s in result.scores:
+        assert s.psnr_missing.n == s.mae_missing.n == 4
+        # images uniform in [-1, 1]: no fill is exact, and no error exceeds the whole range (1 on [0, 1])
+        assert 0 < s.mae_missing.mean < 1 and np.isfinite(s.psnr_missing.mean), (s.occlusion, s.method)
+    assert result.scores[0].missing_fraction == pytest.approx(15 * 15 / 32**2)  # m30 at 32 px
+    assert result.scores[len(METHODS)].missing_fraction == 0.5  # blocks: half of the 2×2 blocks
+    assert result.examples["m30"]["coop"].shape == (2, 3, 32, 32)
+
+    margins = completion_margins(result.scores)
+    assert [m["occlusion"] for m in margins] == occlusions
+    for m in margins:
+        by = {s.method: s for s in result.scores if s.occlusion == m["occlusion"]}
+        lowest = min(BASELINE_METHODS, key=lambda k: by[k].mae_missing.mean)
+        assert m["baseline_by_mae"] == lowest
+        assert m["mae_margin"] == by[lowest].mae_missing.mean - by["coop"].mae_missing.mean
+    text = completion_tables(result.scores)
+    assert "MAE missing" in text and "MAE margin" in text and "| telea |" in text
