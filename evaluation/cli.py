@@ -340,8 +340,9 @@ def _without_synthesis(engine, train, test, config: EvalConfig, out: Path, start
 
 
 def _ood_table(engine, heldout: np.ndarray, config: EvalConfig):
-    """The out-of-distribution rows: in = ood_n held-out images, the inverted and blurred sets made from
-    ood_n others, plus the user's --ood sets (each fitted to the model as coop-train fits a dataset)."""
+    """The out-of-distribution rows: in = ood_n held-out images, the sets made from held-out images
+    (inverted, blurred, blends) from ood_n others, the built-in sets of evaluation.ood for the model's
+    channels, plus the user's --ood sets (each fitted to the model as coop-train fits a dataset)."""
     from contract.codec import from_uint8
     from evaluation.ood import evaluate_ood
     from trainer.data import load_images
@@ -353,7 +354,14 @@ def _ood_table(engine, heldout: np.ndarray, config: EvalConfig):
         spec: from_uint8(load_images(spec, size=h, channels=c, max_images=n)) for spec in config.ood_specs
     }
     return evaluate_ood(
-        engine, heldout[perm[:n]], heldout[perm[n : 2 * n]], config.seed, extra, config.batch, config.progress
+        engine,
+        heldout[perm[:n]],
+        heldout[perm[n : 2 * n]],
+        config.seed,
+        extra,
+        config.batch,
+        config.progress,
+        config.data_dir,
     )
 
 

@@ -110,6 +110,33 @@ def test_coop_eval_on_another_datasets_held_out_images(serving_bundle, tmp_path,
     assert "--heldout-skip" in _one_line_error(capsys)
 
 
+def test_coop_eval_on_a_color_bundle_defaults_to_the_papers_protocol(rgb_bundle, tiny_fashion, tmp_path):
+    """No --occlusions on a color model: the paper's squares (scaled to 32 px) and block salt-and-pepper,
+    every method with PSNR and MAE; the OOD table has the color out sets, Fashion-MNIST's from --data-dir."""
+    from contract.occlusions import COLOR_OCCLUSIONS
+
+    out = tmp_path / "color"
+    argv = [str(rgb_bundle), "--out", str(out), "--heldout", "digits", "--heldout-skip", "1700",
+            "--data-dir", str(tiny_fashion), "--no-synthesis", "--completion-n", "3",
+            "--langevin-only-steps", "2", "--ood-n", "6", "--examples", "2", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    cells = report["completion"]
+    expected = [(o, m) for o in COLOR_OCCLUSIONS for m in METHODS]
+    assert [(c["occlusion"], c["method"]) for c in cells] == expected
+    fractions = {c["occlusion"]: c["missing_fraction"] for c in cells}
+    assert fractions["m30"] == pytest.approx(15**2 / 32**2)  # m30 at 32 px: a 15-px square
+    assert fractions["m50"] == pytest.approx(25**2 / 32**2)
+    assert fractions["blocks"] == 0.5
+    assert all(0 < c["mae_missing"]["mean"] < 1 and c["psnr_missing"]["n"] == 3 for c in cells)
+    assert {"model_mae", "baseline_mae", "mae_margin"} <= set(report["completion_margins"][0])
+    assert [r["out_set"] for r in report["ood"] if r["score"] == "E(Y)"] == [
+        "uniform", "gaussian", "constant", "inverted", "blends", "fashion-mnist", "textures"
+    ]  # fmt: skip
+    for name in ("m30", "m40", "m50", "blocks", "left-half"):
+        assert (out / f"completion-{name}.png").stat().st_size > 0
+
+
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("coop-eval: error: ") and "Traceback" not in err

@@ -1,6 +1,9 @@
 """The out-of-distribution score: trainer/ood.py's calibration, its graph in the bundle (typicality.onnx),
 the Energy RPC's `ood` field and ModelInfo.ood on a real server, bundles without it, and evaluation/ood.py's
-separation metrics. Calibration images are scikit-learn's digits (built in), the nets the tests' tiny ones."""
+separation metrics. Calibration images are scikit-learn's digits (built in), the nets the tests' tiny ones.
+For color models: the out sets (noise, constant colors, inverted, blends, Fashion-MNIST in RGB or a logged
+reason for its absence, scikit-image's textures, none from the network) and the table on a tiny color
+bundle."""
 
 from __future__ import annotations
 
@@ -113,3 +116,84 @@ def test_out_sets_shapes_and_ranges(digits):
     np.testing.assert_array_equal(sets["inverted"], -spare)
     c = sets["constant"].reshape(50, -1)
     assert np.all(c == c[:, :1])  # one grey level per image
+
+
+# ---- color models ------------------------------------------------------------------------------------------
+
+COLOR_SETS = ["uniform", "gaussian", "constant", "inverted", "blends", "fashion-mnist", "textures"]
+
+
+def smooth_rgb(n: int, seed: int) -> np.ndarray:
+    """n smooth color images (n, 3, 32, 32) with |Y| <= 0.25: 4×4 blocks of random colors, bilinearly
+    upsampled."""
+    from scipy.ndimage import zoom
+
+    coarse = np.random.default_rng(seed).uniform(-0.25, 0.25, (n, 3, 4, 4))
+    return np.clip(zoom(coarse, (1, 1, 8, 8), order=1), -0.25, 0.25).astype(np.float32)
+
+
+@pytest.fixture()
+def tiny_fashion_dir(tmp_path):
+    """Fashion-MNIST-format idx files (train and t10k, 20 images each) of known pixels."""
+    from support import write_idx
+
+    pixels = np.random.default_rng(4).integers(0, 256, (20, 28, 28)).astype(np.uint8)
+    for split in ("train", "t10k"):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", pixels)
+    return tmp_path, pixels
+
+
+def test_color_out_sets(tiny_fashion_dir, monkeypatch):
+    import socket
+
+    from trainer.data import fit_pixels
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("an out set tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    folder, pixels = tiny_fashion_dir
+    held, spare = smooth_rgb(12, 0), smooth_rgb(12, 1)
+    sets = out_sets(held, spare, seed=0, extra={"mine": smooth_rgb(5, 2)}, data_dir=str(folder))
+    assert list(sets) == [*COLOR_SETS, "mine"]
+    for name, x in sets.items():
+        assert x.dtype == np.float32 and x.shape[1:] == (3, 32, 32), name
+        assert x.min() >= -1 and x.max() <= 1, name
+        assert len(x) == (5 if name == "mine" else 12), name
+    np.testing.assert_array_equal(sets["inverted"], -spare)
+    np.testing.assert_allclose(sets["blends"], (spare + spare[[11, *range(11)]]) / 2, atol=1e-7)
+    c = sets["constant"].reshape(12, 3, -1)
+    assert np.all(c == c[..., :1])  # one color per image ...
+    assert np.abs(c[:, 0, 0] - c[:, 1, 0]).max() > 0.1  # ... not a grey level
+    # Fashion-MNIST's first t10k images, grey repeated to RGB and resized as coop-train fits a dataset
+    np.testing.assert_array_equal(sets["fashion-mnist"], from_uint8(fit_pixels(pixels[:12, None], 32, 3)))
+    tex = sets["textures"]
+    assert (tex == tex[:, :1]).all()  # grey textures, the same on every channel
+    assert tex.reshape(12, -1).std(1).min() > 0.02  # a texture patch, not a flat one
+    assert len({t.tobytes() for t in tex}) == 12  # every patch its own
+    np.testing.assert_array_equal(tex, out_sets(held, spare, 0, data_dir=str(folder))["textures"])  # seeded
+    assert not np.array_equal(tex, out_sets(held, spare, 1, data_dir=str(folder))["textures"])
+
+
+def test_color_fashion_set_is_left_out_with_a_reason_when_absent(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="evaluation.ood"):
+        sets = out_sets(smooth_rgb(4, 0), smooth_rgb(4, 1), seed=0, data_dir=str(tmp_path))
+    assert list(sets) == [s for s in COLOR_SETS if s != "fashion-mnist"]
+    assert "fashion-mnist left out" in caplog.text and str(tmp_path) in caplog.text
+
+
+def test_evaluate_ood_on_a_color_bundle(rgb_bundle, tiny_fashion_dir):
+    from evaluation.ood import evaluate_ood
+
+    engine = Engine.open(rgb_bundle, device="cpu", threads=1)
+    rows = evaluate_ood(engine, smooth_rgb(6, 0), smooth_rgb(6, 1), seed=0, batch=4, progress=False,
+                        data_dir=str(tiny_fashion_dir[0]))  # fmt: skip
+    assert [(r.score, r.out_set) for r in rows] == [
+        (s, o) for o in COLOR_SETS for s in ("E(Y)", "-f(Y)", "latent U", "displacement")
+    ]
+    for r in rows:
+        assert r.n_in == r.n_out == 6 and 0 <= r.auroc <= 1 and 0 <= r.aupr <= 1 and 0 <= r.fpr95 <= 1
+    by = {(r.score, r.out_set): r for r in rows}
+    # E(Y) = ‖Y‖²/(2s²) − f(Y) with s = 0.016 weighs ‖Y‖² by ~2000: uniform noise (mean Y² = 1/3 over 3072
+    # values) against images with |Y| <= 0.25 differs by ~1e6, far beyond these nets' f
+    assert by["E(Y)", "uniform"].auroc == 1.0 and by["E(Y)", "uniform"].fpr95 == 0.0
