@@ -219,6 +219,19 @@ def test_a_deadline_stops_the_work_between_steps(coop_server, client):
     assert client.synthesize(count=1, seed=0, steps=1).images.shape == (1, 1, 28, 28)  # still serving
 
 
+@pytest.mark.parametrize("occlusion", ["m40", "blocks"])
+def test_complete_takes_the_papers_occlusions(client, occlusion):
+    """The service's named occlusions include the paper's protocol, drawn per seed as contract.occlusions
+    draws them (m40 at 28 px: one 18-px square; blocks: half of the 2×2 blocks)."""
+    from contract.occlusions import occlusion_mask
+
+    image = np.zeros((1, 28, 28), np.float32)
+    rec = client.complete(image, occlusion=occlusion, seed=4)
+    np.testing.assert_array_equal(rec.mask, occlusion_mask(occlusion, (1, 28, 28), 4))
+    assert rec.mask.sum() == (18 * 18 if occlusion == "m40" else 28 * 28 / 2)
+    assert np.array_equal(rec.recovered[rec.mask == 0], image[rec.mask == 0])
+
+
 def test_complete_keeps_observed_pixels_and_equals_the_engine(client, engine):
     image = engine.draft([5])[0]  # (C, H, W)
     rec = client.complete(image, occlusion="center:14", seed=9)
