@@ -22,8 +22,8 @@ LR_SCHEDULES = ("constant", "cosine")
 DATASET_KINDS = ("fashion-mnist", "digits", "cifar10:PATH", "folder:PATH", "npz:PATH")
 
 HELP = {
-    "preset": "named hyperparameters (trainer/presets.py: paper-mnist, paper-scene, port-cifar, cifar10, cpu; "
-    "'list' prints them); --config and flags override it",
+    "preset": "named hyperparameters (trainer/presets.py: paper-mnist, paper-scene, port-cifar, cifar10, "
+    "cpu; 'list' prints them); --config and flags override it",
     "dataset": "fashion-mnist | digits | cifar10:PATH (cifar-10-python.tar.gz or its extracted folder) | "
     "folder:PATH (decoded once, cached in $COOPNETS_CACHE/folders, default ~/.cache/coopnets) | npz:PATH",
     "data_dir": "folder with the Fashion-MNIST idx(.gz) files (default: Debian's, then ~/.cache/coopnets)",
