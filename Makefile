@@ -32,11 +32,11 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# The committed stubs come from one pinned generator (serving/protogen.py says why), in a venv of its own.
+# The committed stubs come from one pinned generator (protos/protogen.py says why), in a venv of its own.
 protogen:
 	test -x $(VENV)-protogen/bin/python || python3 -m venv $(VENV)-protogen
-	$(VENV)-protogen/bin/pip install -q grpcio-tools==$$($(PY) -c 'from serving.protogen import GENERATOR; print(GENERATOR)')
-	$(VENV)-protogen/bin/python -m serving.protogen
+	$(VENV)-protogen/bin/pip install -q grpcio-tools==$$($(PY) protos/protogen.py --print-generator)
+	$(VENV)-protogen/bin/python protos/protogen.py
 
 clean:
 	rm -rf runs

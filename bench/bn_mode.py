@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from contract.flags import Parser, add_flags, cli_main, resolve
-from evaluation.classifier import ClassifierConfig, load_or_train
-from evaluation.data import load_split
-from evaluation.metrics import frechet_distance, precision_recall
-from trainer.checkpoint import load_models
-from trainer.langevin import revise, torch_noise
+from coopnets.contract.flags import Parser, add_flags, cli_main, resolve
+from coopnets.evaluation.classifier import ClassifierConfig, load_or_train
+from coopnets.evaluation.data import load_split
+from coopnets.evaluation.metrics import frechet_distance, precision_recall
+from coopnets.trainer.checkpoint import load_models
+from coopnets.trainer.langevin import revise, torch_noise
 
 HELP = {
     "checkpoint": "a coop-train checkpoint.pt",

@@ -17,13 +17,12 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
+from coopnets.contract import sampling
+from coopnets.contract.flags import Parser, add_flags, cli_main, resolve
+from coopnets.contract.occlusions import occlusion_masks
+from coopnets.evaluation.data import load_split
+from coopnets.serving.engine import Engine
 from timing import interleave, machine, table  # bench/timing.py: python puts the script's folder on sys.path
-
-from contract import sampling
-from contract.flags import Parser, add_flags, cli_main, resolve
-from contract.occlusions import occlusion_masks
-from evaluation.data import load_split
-from serving.engine import Engine
 
 CASES = {"no residual": None, **{name: name for name in ("harmonic", "biharmonic", "auto")}}
 

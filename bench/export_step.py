@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-
-from contract.codec import from_uint8
-from contract.flags import Parser, add_flags, cli_main, resolve
-from contract.sampling import latent_step
-from trainer.data import DEBIAN_DIR
-from trainer.export import EXPORTERS, export_bundle
-from trainer.langevin import latent_energy_grad
-from trainer.nets import NetSpec, build_nets
+from coopnets.contract.codec import from_uint8
+from coopnets.contract.flags import Parser, add_flags, cli_main, resolve
+from coopnets.contract.sampling import latent_step
+from coopnets.trainer.data import DEBIAN_DIR
+from coopnets.trainer.export import EXPORTERS, export_bundle
+from coopnets.trainer.langevin import latent_energy_grad
+from coopnets.trainer.nets import NetSpec, build_nets
 
 LANGEVIN = {"s": 0.016, "delta": 0.002, "steps": 15, "sigma": 0.3, "noise": True}
 CHANNELS = {"mnist28": 1, "cifar32": 3, "scene64": 3}
@@ -116,8 +115,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> float:
 
 
 def completion_table(checkpoint: str, n_images: int, sigma: float, data_dir: str) -> None:
-    from trainer.checkpoint import load_models
-    from trainer.data import read_idx_images
+    from coopnets.trainer.checkpoint import load_models
+    from coopnets.trainer.data import read_idx_images
 
     _, generator, _ = load_models(checkpoint)
     generator.requires_grad_(False)

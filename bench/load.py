@@ -27,15 +27,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-
-from clients.client import CoopNetsClient  # noqa: E402
-from contract.files import atomic_write_json  # noqa: E402
-from contract.flags import Parser, add_flags, cli_main, resolve  # noqa: E402
-from serving.spawn import Spawned, spawn, wait_serving  # noqa: E402
+from coopnets.clients.client import CoopNetsClient  # noqa: E402
+from coopnets.contract.files import atomic_write_json  # noqa: E402
+from coopnets.contract.flags import Parser, add_flags, cli_main, resolve  # noqa: E402
+from spawn import Spawned, spawn, wait_serving  # noqa: E402
 
 MIX = {"Synthesize": 4, "SynthesizeStream": 2, "Complete": 2, "Energy": 3, "ModelInfo": 1}  # weights
 EXPECTED = {"OK", "RESOURCE_EXHAUSTED"}  # the only codes a correct server gives this traffic

@@ -27,13 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
+from coopnets.clients.client import CoopNetsClient  # noqa: E402
+from coopnets.contract.flags import Parser, add_flags, cli_main, resolve  # noqa: E402
+from spawn import Spawned, spawn, wait_serving  # noqa: E402
 from timing import machine, table  # noqa: E402
-
-from clients.client import CoopNetsClient  # noqa: E402
-from contract.flags import Parser, add_flags, cli_main, resolve  # noqa: E402
-from serving.spawn import Spawned, spawn, wait_serving  # noqa: E402
 
 HELP = {
     "bundle": "the model bundle to serve (default: tests/data/legacy/bundle)",

@@ -4,7 +4,7 @@ dynamic batching on and off.
     .venv/bin/python bench/service.py [--bundle DIR] [--repeats 9] [--clients 32] [--seconds 20]
 
 Without --bundle, a bundle of the 28 px net (seeded weights, as bench/synthesis.py) is exported to a
-temporary directory. coop-serve runs in a child process (serving.spawn: its own GIL, as in production) with
+temporary directory. coop-serve runs in a child process (bench/spawn.py: its own GIL, as in production) with
 the engine's device and threads. Part 1, latency at counts 1, 16, 64 and the bundle's default steps: the
 engine in this process and the same request through gRPC on loopback, interleaved, medians and p10/p90;
 overhead = gRPC / engine − 1. Part 2: `--clients` threads each sending count-1 Synthesize requests (distinct
@@ -23,20 +23,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from coopnets.clients.client import CoopNetsClient  # noqa: E402
+from coopnets.serving.engine import Engine  # noqa: E402
+from spawn import spawn, wait_serving  # noqa: E402
 from timing import interleave, machine, quantile, table  # noqa: E402
-
-from clients.client import CoopNetsClient  # noqa: E402
-from serving.engine import Engine  # noqa: E402
-from serving.spawn import spawn, wait_serving  # noqa: E402
 
 
 def default_bundle(tmp: Path) -> Path:
+    from coopnets.trainer.export import export_bundle
     from synthesis import NETS, SIGMA, S, seeded_nets
-
-    from trainer.export import export_bundle
 
     descriptor, generator = seeded_nets(NETS["mnist28"])
     langevin = {"s": S, "delta": 0.002, "steps": 15, "sigma": SIGMA, "noise": True}

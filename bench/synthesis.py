@@ -28,19 +28,16 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from coopnets.contract import sampling  # noqa: E402
+from coopnets.contract.sampling import SynthesisParams  # noqa: E402
+from coopnets.serving.engine import Engine  # noqa: E402
+from coopnets.serving.sessions import MIN_PER_SHARD, usable_cores  # noqa: E402
+from coopnets.trainer.export import export_bundle  # noqa: E402
+from coopnets.trainer.grads import LangevinStep  # noqa: E402
+from coopnets.trainer.nets import NetSpec, build_nets  # noqa: E402
+from coopnets.trainer.reference import TorchBackend  # noqa: E402
 from timing import fp32_peak, interleave, machine, table  # noqa: E402
-
-from contract import sampling  # noqa: E402
-from contract.sampling import SynthesisParams  # noqa: E402
-from serving.engine import Engine  # noqa: E402
-from serving.sessions import MIN_PER_SHARD, usable_cores  # noqa: E402
-from trainer.export import export_bundle  # noqa: E402
-from trainer.grads import LangevinStep  # noqa: E402
-from trainer.nets import NetSpec, build_nets  # noqa: E402
-from trainer.reference import TorchBackend  # noqa: E402
 
 NETS = {"mnist28": NetSpec("mnist28", 1, 100), "cifar32": NetSpec("cifar32", 3, 100)}
 S, SIGMA, DELTA = 0.016, 0.3, 0.002
@@ -88,10 +85,9 @@ class ChainPath:
 
     def __init__(self, bundle: Path, out: Path, threads: int, device: str = "cpu"):
         import onnxruntime as ort
-
-        from contract.bundle import read_bundle
-        from serving.sessions import session_options
-        from trainer.triton import CHAIN, export_triton
+        from coopnets.contract.bundle import read_bundle
+        from coopnets.serving.sessions import session_options
+        from coopnets.trainer.triton import CHAIN, export_triton
 
         self.bundle = read_bundle(bundle)
         path = export_triton(bundle, out) / CHAIN / "1" / "model.onnx"
@@ -144,8 +140,7 @@ def part_scaling(bundle: Path, n_part: int, parts: int, repeats: int = 10) -> tu
     from concurrent.futures import ThreadPoolExecutor
 
     import onnxruntime as ort
-
-    from serving.sessions import scalar, session_options
+    from coopnets.serving.sessions import scalar, session_options
 
     sessions = [
         ort.InferenceSession(
@@ -191,8 +186,7 @@ def ort_profile(bundle: Path, n: int, threads: int, steps: int = 10) -> tuple[li
     import json
 
     import onnxruntime as ort
-
-    from serving.sessions import scalar, session_options
+    from coopnets.serving.sessions import scalar, session_options
 
     opts = session_options(threads)
     opts.enable_profiling = True

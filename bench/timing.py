@@ -1,4 +1,4 @@
-"""Side-by-side timing for the bench/ scripts (../shared/docs/measuring.md): interleaved repeats, warm-up
+"""Side-by-side timing for the bench/ scripts: interleaved repeats, warm-up
 dropped, medians with p10/p90, cpu/wall per case, and the machine's fp32 peak with how it was computed.
 
 A ratio is only meaningful when both sides ran in the same window: `interleave` runs case A, B, C, A, B, C, …

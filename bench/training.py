@@ -41,15 +41,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from coopnets.trainer import coop, langevin  # noqa: E402
+from coopnets.trainer.config import TrainConfig  # noqa: E402
+from coopnets.trainer.grads import frozen_copy  # noqa: E402
+from coopnets.trainer.nets import WholeConv2d, WholeConvTranspose2d  # noqa: E402
 from timing import bf16_peak, fp32_peak, interleave, machine, table  # noqa: E402
-
-from trainer import coop, langevin  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.grads import frozen_copy  # noqa: E402
-from trainer.nets import WholeConv2d, WholeConvTranspose2d  # noqa: E402
 
 SETTINGS = {
     "tpami": TrainConfig(arch="cifar32", channels=3, image_size=32, batch_size=100, chains=144,

@@ -29,12 +29,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from coopnets.clients.client import CoopNetsClient, channel_target
+from coopnets.contract.codec import decode_png, save_grid, save_image, save_strip
+from coopnets.contract.flags import Parser, add_flags, resolve
+from coopnets.contract.sampling import RESIDUAL_INTERPOLANTS
 from google.protobuf.json_format import MessageToDict
-
-from clients.client import CoopNetsClient, channel_target
-from contract.codec import decode_png, save_grid, save_image, save_strip
-from contract.flags import Parser, add_flags, resolve
-from contract.sampling import RESIDUAL_INTERPOLANTS
 
 
 class CliError(Exception):
@@ -154,9 +153,10 @@ SYNTH_HELP = {
 HEALTH_HELP = {"wait": "poll up to this many seconds for SERVING"}
 COMPLETE_HELP = {
     "mask": "PNG mask, white = missing (applied to every input)",
-    "occlude": "named occlusion: center:N | random:P | left-half | rects",
-    "bundle": "complete locally with ONNX Runtime on this bundle directory, or reference (the one shipped "
-    "in models/), instead of --server",
+    "occlude": "named occlusion: center:N | random:P | left-half | rects | square:K | m30 | m40 | m50 | "
+    "blocks[:B[:P]]",
+    "bundle": "complete locally with ONNX Runtime on this bundle directory, or a shipped model (reference, "
+    "cifar10), instead of --server",
     "out": "output directory (required)",
     "seed": "input i uses seed S + i",
     "latent_steps": "latent inference steps",
@@ -346,11 +346,10 @@ def _complete_remote(config: CompleteConfig, inputs: list[Path]) -> list[Recover
 
 def _complete_local(config: CompleteConfig, inputs: list[Path]) -> list[Recovered]:
     """The service's completion without a server: the same engine, masks and defaults, in this process."""
+    from coopnets.contract.codec import mask_from_message
+    from coopnets.contract.occlusions import occluded, occlusion_mask
+    from coopnets.serving.engine import Engine
     from coopnets.v1 import coopnets_pb2 as pb
-
-    from contract.codec import mask_from_message
-    from contract.occlusions import occluded, occlusion_mask
-    from serving.engine import Engine
 
     engine = Engine.open(config.bundle, device=config.device)  # BundleError is a ValueError: one line
     shape = engine.image_shape

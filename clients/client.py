@@ -26,14 +26,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from coopnets.contract.codec import decode_png, set_image, tensor_from_message
 from coopnets.v1 import coopnets_pb2 as pb
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from PIL import Image as PILImage
-
-from contract.codec import decode_png, set_image, tensor_from_message
 
 ImageLike = np.ndarray | PILImage.Image | str | os.PathLike | bytes  # array (C, H, W) in [-1, 1], or a PNG
 

@@ -33,10 +33,11 @@ Bundles written before a key existed still load: a missing `completion` key take
 `residual_fill`, `average_restarts` (off) and `residual_interpolant` ("harmonic"), which such bundles did not
 have and keep as they were (LEGACY_COMPLETION), so they answer as before.
 
-The repository ships one bundle, the reference model (models/reference, made as models/README.md says): the
-name `reference` in place of a directory means it (`coop-serve --bundle reference`), and reading it, by name
-or by path, also checks its manifest's sha256 against the pin in models/reference.sha256, so a partial copy,
-a Git LFS pointer or a re-export that was not re-pinned is refused with one line.
+The package ships trained bundles (models/, installed as coopnets.models; models/README.md says how each was
+made): `reference` (Fashion-MNIST) and `cifar10` (CIFAR-10, color). Such a name in place of a directory means
+the shipped bundle (`coop-serve --bundle cifar10`), and reading one, by name or by path, also checks its
+manifest's sha256 against the pin in models/NAME.sha256, so a partial copy, a Git LFS pointer or a re-export
+that was not re-pinned is refused with one line.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from contract.files import atomic_write_json, sha256_file
-from contract.sampling import (
+from coopnets.contract.files import atomic_write_json, sha256_file
+from coopnets.contract.sampling import (
     MAX_RESTARTS,
     MAX_STEP_SIZE,
     RESIDUAL_INTERPOLANTS,
@@ -126,8 +127,23 @@ LEGACY_COMPLETION = {"residual_fill": False, "average_restarts": False, "residua
 LANGEVIN_KEYS = ("s", "delta", "steps", "sigma", "noise")
 
 
-SHIPPED = Path(__file__).resolve().parent.parent / "models"  # in a clone (and an editable install)
-REFERENCE = "reference"
+def _shipped_dir() -> Path:
+    """Where the shipped bundles are: the installed package `coopnets.models` (models/ of a clone or an
+    editable install, or the wheel's copy), found by import name, not by a path relative to this file."""
+    from importlib.resources import files
+
+    return Path(str(files("coopnets.models")))
+
+
+SHIPPED = _shipped_dir()
+REFERENCE = "reference"  # the Fashion-MNIST model, the default of examples and tests
+SHIPPED_NAMES = (REFERENCE, "cifar10")
+
+
+def shipped_name(path: str | os.PathLike) -> str | None:
+    """The shipped bundle `path` names by name (not a directory here), or None."""
+    name = str(path)
+    return name if name in SHIPPED_NAMES and not Path(path).is_dir() else None
 
 
 class BundleError(ValueError):
@@ -334,27 +350,29 @@ def is_bundle(path: str | os.PathLike) -> bool:
 
 
 def resolve_bundle(path: str | os.PathLike) -> Path:
-    """The directory `path` names: itself, or for REFERENCE (when no such directory exists here) the shipped
-    reference bundle."""
-    if str(path) == REFERENCE and not Path(path).is_dir():
-        if not (SHIPPED / REFERENCE / MANIFEST).is_file():
-            raise BundleError(
-                f"--bundle {REFERENCE}: the reference bundle ships with the git repository "
-                f"({SHIPPED / REFERENCE} is missing here): run from a clone, or pass a bundle directory"
-            )
-        return SHIPPED / REFERENCE
-    return Path(path)
+    """The directory `path` names: itself, or for a shipped name (when no such directory exists here) the
+    shipped bundle."""
+    name = shipped_name(path)
+    if name is None:
+        return Path(path)
+    if not (SHIPPED / name / MANIFEST).is_file():
+        raise BundleError(
+            f"--bundle {name}: the shipped bundle is not installed ({SHIPPED / name} is missing): reinstall "
+            "it (pip install --force-reinstall coopnets) or pass a bundle directory"
+        )
+    return SHIPPED / name
 
 
 def pinned_digest(root: Path) -> str | None:
     """The sha256 the repository pins for the manifest of the shipped bundle at `root`; None for any other
     directory."""
     try:
-        if root.resolve() != (SHIPPED / REFERENCE).resolve():
-            return None
+        names = [n for n in SHIPPED_NAMES if root.resolve() == (SHIPPED / n).resolve()]
     except OSError:
         return None
-    pin = SHIPPED / f"{REFERENCE}.sha256"
+    if not names:
+        return None
+    pin = SHIPPED / f"{names[0]}.sha256"
     try:
         return pin.read_text().split()[0]  # sha256sum's format: "<hex>  reference/manifest.json"
     except (OSError, IndexError):
@@ -380,7 +398,7 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     if pin is not None and digest != pin:
         raise BundleError(
             f"{mpath}: sha256 {digest[:16]}… is not the {pin[:16]}… pinned in "
-            f"{SHIPPED / (REFERENCE + '.sha256')}: restore the shipped bundle (git checkout models/), or "
+            f"{SHIPPED / (root.name + '.sha256')}: restore the shipped bundle (git checkout models/), or "
             "re-pin it as models/README.md says"
         )
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:

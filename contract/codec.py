@@ -19,9 +19,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+from coopnets.contract.files import atomic_write
 from PIL import Image as PILImage
-
-from contract.files import atomic_write
 
 GRID_PAD = 2  # white pixels between and around grid tiles
 STRIP_GAP = 8  # white pixels between the panels of a strip

@@ -197,6 +197,20 @@ def extra_main(prog: str, target: str, needs: Iterable[str], extra: str) -> Call
             )
             return 2
         module, function = target.split(":")
-        return getattr(importlib.import_module(module), function)(argv)
+        try:
+            entry = getattr(importlib.import_module(module), function)
+        except Exception as e:
+            if type(e).__name__ != "VersionError":  # google.protobuf.runtime_version.VersionError
+                raise
+            print(f"{prog}: error: {PROTOBUF_MISMATCH} ({str(e).splitlines()[0][:160]})", file=sys.stderr)
+            return 2
+        return entry(argv)
 
     return main
+
+
+# What an environment broken by another package's protobuf pin needs (pyproject.toml says why).
+PROTOBUF_MISMATCH = (
+    "a gRPC package's generated code demands a newer protobuf than the one installed (another package pinned "
+    "it lower): pip install 'grpcio-health-checking>=1.62,<1.63' 'grpcio-reflection>=1.62,<1.63'"
+)

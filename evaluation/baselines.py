@@ -16,9 +16,8 @@ from collections.abc import Callable
 
 import cv2
 import numpy as np
+from coopnets.contract.codec import from_uint8, to_uint8
 from skimage.restoration import inpaint_biharmonic
-
-from contract.codec import from_uint8, to_uint8
 
 CV_RADIUS = 3  # OpenCV inpainting neighbourhood in pixels (its documentation's example value)
 

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from coopnets.contract.files import atomic_write, atomic_write_json, sha256_file
 from torch import nn
 from tqdm import tqdm
-
-from contract.files import atomic_write, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -25,19 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from contract.bundle import REFERENCE
-from contract.flags import Parser, add_flags, cli_main, resolve
-from contract.occlusions import (
+from coopnets.contract.bundle import SHIPPED_NAMES
+from coopnets.contract.flags import Parser, add_flags, cli_main, resolve
+from coopnets.contract.occlusions import (
     COLOR_OCCLUSIONS,
     DEFAULT_OCCLUSIONS,
     FORMS,
     default_occlusions,
     parse_occlusion,
 )
-from evaluation.completion import METHODS
+from coopnets.evaluation.completion import METHODS
 
-log = logging.getLogger("evaluation")
+log = logging.getLogger("coopnets.evaluation")
 
 HELP = {
     "model": "model bundle directory, a coop-train checkpoint .pt (exported to a temporary bundle), or "
@@ -120,10 +119,10 @@ class EvalConfig:
         """ValueError with one line naming the flag."""
         if not self.model:
             raise ValueError("give the model: a bundle directory or a checkpoint .pt")
-        if not Path(self.model).exists() and self.model != REFERENCE:
+        if not Path(self.model).exists() and self.model not in SHIPPED_NAMES:
             raise ValueError(
-                f"model {self.model} does not exist: give a bundle directory, a checkpoint .pt or "
-                f"{REFERENCE} (the shipped model)"
+                f"model {self.model} does not exist: give a bundle directory, a checkpoint .pt or a shipped "
+                f"model ({', '.join(SHIPPED_NAMES)})"
             )
         for name in ("n", "completion_n", "batch", "examples", "classifier_epochs", "inception_n"):
             if getattr(self, name) < 1:
@@ -174,12 +173,12 @@ def _parser() -> Parser:
 
 def open_engine(model: Path, device: str, threads: int, tmp: Path):
     """serving.engine.Engine for a bundle directory, or for a checkpoint exported into `tmp` first."""
-    from serving.engine import Engine
+    from coopnets.serving.engine import Engine
 
-    if model.is_dir() or str(model) == REFERENCE:
+    if model.is_dir() or str(model) in SHIPPED_NAMES:
         return Engine.open(model, device=device, threads=threads)
-    from trainer.checkpoint import load_models
-    from trainer.export import export_run
+    from coopnets.trainer.checkpoint import load_models
+    from coopnets.trainer.export import export_run
 
     descriptor, generator, train_config = load_models(model)
     log.info("exporting checkpoint %s to a temporary bundle", model)
@@ -190,10 +189,10 @@ def open_engine(model: Path, device: str, threads: int, tmp: Path):
 
 def run(config: EvalConfig) -> str:
     """The whole evaluation; returns the Markdown report (also written to config.out)."""
-    from evaluation import report
-    from evaluation.classifier import ClassifierConfig, load_or_train
-    from evaluation.data import load_split
-    from evaluation.synthesis import draw, evaluate_synthesis
+    from coopnets.evaluation import report
+    from coopnets.evaluation.classifier import ClassifierConfig, load_or_train
+    from coopnets.evaluation.data import load_split
+    from coopnets.evaluation.synthesis import draw, evaluate_synthesis
 
     started = time.perf_counter()
     out = Path(config.out)
@@ -279,9 +278,9 @@ def run(config: EvalConfig) -> str:
 
 def _other_split(config: EvalConfig, shape):
     """(train, held-out) Splits of --heldout: the images after --heldout-skip are held out."""
-    from contract.codec import from_uint8
-    from evaluation.data import Split
-    from trainer.data import load_images
+    from coopnets.contract.codec import from_uint8
+    from coopnets.evaluation.data import Split
+    from coopnets.trainer.data import load_images
 
     c, h, _ = shape
     images = from_uint8(load_images(config.heldout, size=h, channels=c, data_dir=config.data_dir))
@@ -308,8 +307,8 @@ def _completion_summary(comp) -> str:
 
 def _completion(engine, train_images: np.ndarray, heldout: np.ndarray, config: EvalConfig, out: Path):
     """The completion scores on completion_n of the held-out images (their PNG strips written to `out`)."""
-    from evaluation import report
-    from evaluation.completion import baseline_runners, evaluate_completion, model_runners
+    from coopnets.evaluation import report
+    from coopnets.evaluation.completion import baseline_runners, evaluate_completion, model_runners
 
     m = min(config.completion_n, len(heldout))
     images = heldout[np.random.default_rng(config.seed + 1).permutation(len(heldout))[:m]]
@@ -324,7 +323,7 @@ def _completion(engine, train_images: np.ndarray, heldout: np.ndarray, config: E
 
 def _without_synthesis(engine, train, test, config: EvalConfig, out: Path, started: float, data: str) -> str:
     """Completion and the OOD table on another dataset's held-out images (no classifier for it)."""
-    from evaluation import report
+    from coopnets.evaluation import report
 
     comp = engine.completion_defaults
     header = {
@@ -343,9 +342,9 @@ def _ood_table(engine, heldout: np.ndarray, config: EvalConfig):
     """The out-of-distribution rows: in = ood_n held-out images, the sets made from held-out images
     (inverted, blurred, blends) from ood_n others, the built-in sets of evaluation.ood for the model's
     channels, plus the user's --ood sets (each fitted to the model as coop-train fits a dataset)."""
-    from contract.codec import from_uint8
-    from evaluation.ood import evaluate_ood
-    from trainer.data import load_images
+    from coopnets.contract.codec import from_uint8
+    from coopnets.evaluation.ood import evaluate_ood
+    from coopnets.trainer.data import load_images
 
     c, h, _ = engine.image_shape
     n = min(config.ood_n, len(heldout) // 2)
@@ -368,7 +367,7 @@ def _ood_table(engine, heldout: np.ndarray, config: EvalConfig):
 def _with_inception(rows, sets, train_images, heldout, config: EvalConfig):
     """Adds Inception FD to the rows (the floor too), at its own N; skipped with one log line when
     unavailable. Returns (rows, a line for the report header)."""
-    from evaluation.inception import inception_device, inception_frechet, unavailable_reason
+    from coopnets.evaluation.inception import inception_device, inception_frechet, unavailable_reason
 
     reason = unavailable_reason()
     if reason:

@@ -26,14 +26,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from coopnets.contract import sampling
+from coopnets.contract.occlusions import occluded, occlusion_masks
+from coopnets.contract.sampling import Progress
+from coopnets.evaluation import metrics
+from coopnets.evaluation.baselines import all_baselines
+from coopnets.serving.engine import Engine
 from tqdm import tqdm
-
-from contract import sampling
-from contract.occlusions import occluded, occlusion_masks
-from contract.sampling import Progress
-from evaluation import metrics
-from evaluation.baselines import all_baselines
-from serving.engine import Engine
 
 log = logging.getLogger(__name__)
 

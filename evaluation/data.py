@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from contract.codec import from_uint8
-from trainer.data import DataError, find_fashion_mnist, fit_pixels, read_idx_images
+from coopnets.contract.codec import from_uint8
+from coopnets.trainer.data import DataError, find_fashion_mnist, fit_pixels, read_idx_images
 
 IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 SPLIT_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

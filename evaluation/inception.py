@@ -20,9 +20,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from coopnets.evaluation.metrics import frechet_distance
 from tqdm import tqdm
-
-from evaluation.metrics import frechet_distance
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ def chunked_cached(
 ) -> np.ndarray:
     """np.concatenate of extract(b) over batches b of `images`, CHUNK images per file in `folder`: a chunk
     whose file exists is read back instead of computed."""
-    from contract.files import atomic_write
+    from coopnets.contract.files import atomic_write
 
     parts, reused = [], 0
     starts = range(0, len(images), CHUNK)

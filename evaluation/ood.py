@@ -96,8 +96,8 @@ def out_sets(
 
 def digits_like(n: int, shape: tuple[int, int, int]) -> np.ndarray:
     """The first n of scikit-learn's 8x8 digits, fitted to (C, H, W) as coop-train fits --dataset digits."""
-    from contract.codec import from_uint8
-    from trainer.data import load_images
+    from coopnets.contract.codec import from_uint8
+    from coopnets.trainer.data import load_images
 
     c, h, _ = shape
     return from_uint8(load_images("digits", size=h, channels=c, max_images=n))
@@ -106,9 +106,9 @@ def digits_like(n: int, shape: tuple[int, int, int]) -> np.ndarray:
 def fashion_like(n: int, shape: tuple[int, int, int], data_dir: str = "") -> np.ndarray | None:
     """The first n of Fashion-MNIST's t10k fitted to (C, H, W) as coop-train fits a dataset, or None (with a
     logged warning saying why) when the files are not there; never downloaded."""
-    from contract.codec import from_uint8
-    from evaluation.data import SPLIT_FILES
-    from trainer.data import DataError, find_fashion_mnist, fit_pixels, read_idx_images
+    from coopnets.contract.codec import from_uint8
+    from coopnets.evaluation.data import SPLIT_FILES
+    from coopnets.trainer.data import DataError, find_fashion_mnist, fit_pixels, read_idx_images
 
     c, h, _ = shape
     try:
@@ -129,9 +129,8 @@ def texture_patches(n: int, shape: tuple[int, int, int], seed: int) -> np.ndarra
     random side in [H, 4H] (at most the texture's size) at a random place, resized to H×W (area averaging)."""
     import cv2
     import skimage.data
+    from coopnets.contract.codec import from_uint8
     from PIL import Image
-
-    from contract.codec import from_uint8
 
     c, h, w = shape
     folder = Path(skimage.data.__file__).parent
@@ -189,8 +188,8 @@ def candidate_scores(engine, images: np.ndarray, seed: int) -> dict[str, np.ndar
     latent U      min over X of U(X) after latent inference on all pixels (the generator's opinion)
     displacement  ‖Y_K − Y‖ after K noise-free descriptor Langevin steps (how hard the descriptor pulls)
     """
-    from contract import sampling
-    from contract.sampling import CompletionParams
+    from coopnets.contract import sampling
+    from coopnets.contract.sampling import CompletionParams
 
     energy, f = engine.energy(images)
     out = {}

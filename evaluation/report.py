@@ -12,14 +12,13 @@ import math
 from pathlib import Path
 
 import numpy as np
-
-from contract.codec import save_grid, save_side_by_side
-from contract.files import atomic_write_json, atomic_write_text
-from evaluation.completion import MethodScores
-from evaluation.metrics import Summary
-from evaluation.ood import Separation
-from evaluation.ood import table as ood_table
-from evaluation.synthesis import SetScores
+from coopnets.contract.codec import save_grid, save_side_by_side
+from coopnets.contract.files import atomic_write_json, atomic_write_text
+from coopnets.evaluation.completion import MethodScores
+from coopnets.evaluation.metrics import Summary
+from coopnets.evaluation.ood import Separation
+from coopnets.evaluation.ood import table as ood_table
+from coopnets.evaluation.synthesis import SetScores
 
 PSNR_GAP_MODEL, PSNR_GAP_BASELINE = ("coop",), ("mean", "biharmonic", "telea", "ns")
 

@@ -17,10 +17,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from coopnets.evaluation import metrics
+from coopnets.evaluation.classifier import Classifier
 from tqdm import tqdm
-
-from evaluation import metrics
-from evaluation.classifier import Classifier
 
 log = logging.getLogger(__name__)
 

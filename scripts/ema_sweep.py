@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from contract.flags import Parser, add_flags
-    from trainer.checkpoint import save_checkpoint
-    from trainer.config import HELP, TrainConfig, resolve_train_config
-    from trainer.coop import (
+    from coopnets.contract.flags import Parser, add_flags
+    from coopnets.trainer.checkpoint import save_checkpoint
+    from coopnets.trainer.config import HELP, TrainConfig, resolve_train_config
+    from coopnets.trainer.coop import (
         batch_indices,
         build_run,
         check_divergence,
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         reference_energy,
         set_learning_rates,
     )
-    from trainer.data import load_images, to_tensor
+    from coopnets.trainer.data import load_images, to_tensor
 
     tp = Parser(prog="ema_sweep.py")
     add_flags(tp, TrainConfig, HELP)

@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH="$PWD:$PWD/protos${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-code() { echo "import sys; from trainer.entry import $1; sys.exit($1())"; }  # an entry point, as -c code
+code() { echo "import sys; from coopnets.trainer.entry import $1; sys.exit($1())"; }  # an entry point, as -c code
 entry() { local fn=$1; shift; "$py" -c "$(code "$fn")" "$@"; }
 usage="usage: scripts/gpu_reference.sh train RUN_DIR SECONDS [flags] | export RUN_DIR BUNDLE_DIR | eval MODEL OUT_DIR [flags]"
 case ${1:-} in

@@ -16,11 +16,10 @@ import argparse
 import sys
 
 import torch
-
-from trainer import coop
-from trainer.checkpoint import load_checkpoint
-from trainer.config import TrainConfig
-from trainer.langevin import infer_latent_chain, latent_energy, revise, torch_noise
+from coopnets.trainer import coop
+from coopnets.trainer.checkpoint import load_checkpoint
+from coopnets.trainer.config import TrainConfig
+from coopnets.trainer.langevin import infer_latent_chain, latent_energy, revise, torch_noise
 
 
 def main(argv: list[str] | None = None) -> int:

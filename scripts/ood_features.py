@@ -14,11 +14,10 @@ import argparse
 
 import numpy as np
 import torch
+from coopnets.evaluation.data import load_split
+from coopnets.evaluation.ood import out_sets, separation
+from coopnets.trainer.checkpoint import load_models
 from torch import nn
-
-from evaluation.data import load_split
-from evaluation.ood import out_sets, separation
-from trainer.checkpoint import load_models
 
 
 def block_features(descriptor: nn.Module, x: np.ndarray, with_std: bool) -> dict[int, np.ndarray]:

@@ -15,7 +15,7 @@ run=runs/reference
 mkdir -p runs
 at() {  # the iteration of the run's checkpoint, 0 without one
   [[ -f $run/checkpoint.pt ]] || { echo 0; return; }
-  .venv/bin/python -c "import sys; from trainer.checkpoint import load_checkpoint; print(load_checkpoint(sys.argv[1])['iteration'])" \
+  .venv/bin/python -c "import sys; from coopnets.trainer.checkpoint import load_checkpoint; print(load_checkpoint(sys.argv[1])['iteration'])" \
     "$run/checkpoint.pt"
 }
 stage() {  # stage ITERATIONS HORIZON

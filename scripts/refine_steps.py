@@ -16,12 +16,9 @@ import dataclasses
 import sys
 
 import numpy as np
-
-from contract import sampling
-from contract.occlusions import occlusion_masks
-from evaluation import metrics
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from coopnets.contract import sampling
+from coopnets.contract.occlusions import occlusion_masks
+from coopnets.evaluation import metrics
 from residual_fill import setup  # noqa: E402  (the scripts folder is not a package)
 
 CHECKPOINTS = (0, 5, 10, 20, 40, 80)

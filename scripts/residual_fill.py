@@ -20,21 +20,20 @@ import copy
 import sys
 
 import numpy as np
-
-from contract import sampling
-from contract.occlusions import occlusion_masks
-from evaluation import metrics
-from evaluation.baselines import biharmonic
-from serving.engine import Engine
+from coopnets.contract import sampling
+from coopnets.contract.occlusions import occlusion_masks
+from coopnets.evaluation import metrics
+from coopnets.evaluation.baselines import biharmonic
+from coopnets.serving.engine import Engine
 
 
 def heldout_images(args, shape) -> np.ndarray:
     if not args.heldout:
-        from evaluation.data import load_split
+        from coopnets.evaluation.data import load_split
 
         return load_split("t10k", shape).images[: args.n]
-    from contract.codec import from_uint8
-    from trainer.data import load_images
+    from coopnets.contract.codec import from_uint8
+    from coopnets.trainer.data import load_images
 
     images = from_uint8(load_images(args.heldout, size=shape[1], channels=shape[0]))
     return images[args.heldout_skip : args.heldout_skip + args.n]

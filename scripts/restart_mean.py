@@ -17,13 +17,10 @@ import dataclasses
 import sys
 
 import numpy as np
-
-from contract import sampling
-from contract.occlusions import occlusion_masks
-from evaluation import metrics
-from evaluation.baselines import biharmonic
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from coopnets.contract import sampling
+from coopnets.contract.occlusions import occlusion_masks
+from coopnets.evaluation import metrics
+from coopnets.evaluation.baselines import biharmonic
 from residual_fill import setup  # noqa: E402  (the scripts folder is not a package)
 
 

@@ -28,10 +28,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from contract.sampling import Cancelled
-from serving.engine import StopFn
-from serving.metrics import Metrics
+from coopnets.contract.sampling import Cancelled
+from coopnets.serving.engine import StopFn
+from coopnets.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -19,17 +19,16 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
-
-from contract import sampling
-from contract.bundle import Bundle, read_bundle
-from contract.sampling import CompletionParams, Samples, Steps, SynthesisParams
-from serving.sessions import Sessions, open_sessions, scalar
+from coopnets.contract import sampling
+from coopnets.contract.bundle import Bundle, read_bundle
+from coopnets.contract.sampling import CompletionParams, Samples, Steps, SynthesisParams
+from coopnets.serving.sessions import Sessions, open_sessions, scalar
 
 StopFn = Callable[[], bool]
 
 
 class OrtBackend:
-    """contract.sampling.Backend on ONNX Runtime sessions: numpy in, numpy out."""
+    """coopnets.contract.sampling.Backend on ONNX Runtime sessions: numpy in, numpy out."""
 
     def __init__(self, bundle: Bundle, sessions: Sessions):
         self.sessions = sessions

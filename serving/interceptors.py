@@ -9,9 +9,8 @@ from __future__ import annotations
 import hmac
 
 import grpc
-
-from serving.lifecycle import SERVICE_NAME
-from serving.metrics import Metrics
+from coopnets.serving.lifecycle import SERVICE_NAME
+from coopnets.serving.metrics import Metrics
 
 _MAKERS = {
     "unary_unary": grpc.unary_unary_rpc_method_handler,

@@ -26,13 +26,12 @@ import threading
 import time
 
 import numpy as np
+from coopnets.contract.bundle import Bundle, BundleError, read_bundle
+from coopnets.contract.sampling import ParamError
+from coopnets.serving.engine import Engine
+from coopnets.serving.sessions import open_sessions
 from coopnets.v1 import coopnets_pb2 as pb
 from grpc_health.v1 import health, health_pb2
-
-from contract.bundle import Bundle, BundleError, read_bundle
-from contract.sampling import ParamError
-from serving.engine import Engine
-from serving.sessions import open_sessions
 
 log = logging.getLogger(__name__)
 

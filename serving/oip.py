@@ -37,14 +37,13 @@ from types import SimpleNamespace
 
 import grpc
 import numpy as np
+from coopnets.contract.codec import FieldError, image_from_message, mask_from_message
+from coopnets.contract.sampling import CompletionParams, SynthesisParams
 from coopnets.oip import grpc_service_pb2 as oip
 from coopnets.oip import grpc_service_pb2_grpc as oip_grpc
 from coopnets.oip import model_config_pb2 as mc
-
-from contract.codec import FieldError, image_from_message, mask_from_message
-from contract.sampling import CompletionParams, SynthesisParams
-from serving import requests
-from serving.service import CoopNetsService
+from coopnets.serving import requests
+from coopnets.serving.service import CoopNetsService
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 VERSION = "1"

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from coopnets.contract.codec import FieldError, image_from_message, mask_from_message
+from coopnets.contract.occlusions import occlusion_mask
+from coopnets.contract.sampling import CompletionParams, SynthesisParams
 from coopnets.v1 import coopnets_pb2 as pb
-
-from contract.codec import FieldError, image_from_message, mask_from_message
-from contract.occlusions import occlusion_mask
-from contract.sampling import CompletionParams, SynthesisParams
 
 MAX_SEED = 2**63 - 1  # seeds are int64 in the contract; image i of a request uses seed + i
 

@@ -35,30 +35,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from coopnets.contract.bundle import read_bundle
+from coopnets.contract.files import atomic_write_json
+from coopnets.contract.flags import Parser, add_flags, cli_main, resolve
 from coopnets.oip import grpc_service_pb2_grpc as oip_grpc
+from coopnets.serving.engine import Engine
+from coopnets.serving.interceptors import DecodeErrorInterceptor, TokenInterceptor
+from coopnets.serving.lifecycle import SERVICE_NAME, HealthServicer, Lifecycle, check_defaults
+from coopnets.serving.metrics import Metrics
+from coopnets.serving.oip import SERVICE_NAME as OIP_SERVICE_NAME
+from coopnets.serving.oip import InferenceService
+from coopnets.serving.requests import Limits
+from coopnets.serving.service import CoopNetsService
+from coopnets.serving.sessions import DEVICES, MIN_PER_SHARD, open_sessions
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
-from contract.bundle import read_bundle
-from contract.files import atomic_write_json
-from contract.flags import Parser, add_flags, cli_main, resolve
-from serving.engine import Engine
-from serving.interceptors import DecodeErrorInterceptor, TokenInterceptor
-from serving.lifecycle import SERVICE_NAME, HealthServicer, Lifecycle, check_defaults
-from serving.metrics import Metrics
-from serving.oip import SERVICE_NAME as OIP_SERVICE_NAME
-from serving.oip import InferenceService
-from serving.requests import Limits
-from serving.service import CoopNetsService
-from serving.sessions import DEVICES, MIN_PER_SHARD, open_sessions
 
 log = logging.getLogger("coop-serve")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 HELP = {
-    "bundle": "model bundle directory written by coop-export, or reference (the one shipped in models/) "
-    "(required)",
+    "bundle": "model bundle directory written by coop-export, or a shipped model: reference (Fashion-MNIST) "
+    "or cifar10 (color) (required)",
     "host": "address to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it (then use TLS and a token)",
     "port": "gRPC port; 0 = any free port (see --port-file)",
     "reuse_port": "SO_REUSEPORT: several coop-serve processes (replicas) may bind the same --port and the "

@@ -28,21 +28,20 @@ from collections.abc import Hashable, Iterator
 
 import grpc
 import numpy as np
+from coopnets.contract.codec import FieldError, set_image
+from coopnets.contract.occlusions import occluded
+from coopnets.contract.sampling import Cancelled, ParamError
+from coopnets.serving import requests
+from coopnets.serving.batcher import Arrays, Batcher, Job, QueueFull
+from coopnets.serving.engine import Engine, StopFn
+from coopnets.serving.lifecycle import Lifecycle, Unavailable
+from coopnets.serving.metrics import Metrics
+from coopnets.serving.requests import Limits
 from coopnets.v1 import coopnets_pb2 as pb
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-
-from contract.codec import FieldError, set_image
-from contract.occlusions import occluded
-from contract.sampling import Cancelled, ParamError
-from serving import requests
-from serving.batcher import Arrays, Batcher, Job, QueueFull
-from serving.engine import Engine, StopFn
-from serving.lifecycle import Lifecycle, Unavailable
-from serving.metrics import Metrics
-from serving.requests import Limits
 
 log = logging.getLogger(__name__)
 

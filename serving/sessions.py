@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
-from contract.bundle import Bundle, BundleError, check_graph_io
+from coopnets.contract.bundle import Bundle, BundleError, check_graph_io
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,7 @@ def _coopnets_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_nets():
     import torch
-
-    from trainer.nets import NetSpec, build_nets
+    from coopnets.trainer.nets import NetSpec, build_nets
 
     torch.manual_seed(0)
     descriptor, generator = build_nets(NetSpec("mnist28", 1, 100))
@@ -44,7 +43,7 @@ def tiny_nets():
 
 @pytest.fixture(scope="session")
 def serving_bundle(tiny_nets, tmp_path_factory) -> Path:
-    from trainer.export import export_bundle
+    from coopnets.trainer.export import export_bundle
 
     descriptor, generator = tiny_nets
     out = tmp_path_factory.mktemp("serving") / "bundle"
@@ -56,9 +55,8 @@ def rgb_bundle(tmp_path_factory) -> Path:
     """A tiny color bundle: trainer.nets' cifar32 nets (3×32×32, latent 16) with seeded weights scaled up as
     tiny_nets' are, so that the descriptor moves a hole visibly; exported as serving_bundle is."""
     import torch
-
-    from trainer.export import export_bundle
-    from trainer.nets import NetSpec, build_nets
+    from coopnets.trainer.export import export_bundle
+    from coopnets.trainer.nets import NetSpec, build_nets
 
     torch.manual_seed(1)
     descriptor, generator = build_nets(NetSpec("cifar32", 3, 16))
@@ -73,7 +71,7 @@ def rgb_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def serving_engine(serving_bundle):
-    from serving.engine import Engine
+    from coopnets.serving.engine import Engine
 
     return Engine.open(serving_bundle, device="cpu", threads=1)
 

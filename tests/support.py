@@ -25,9 +25,27 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from serving.spawn import Spawned, spawn, wait_serving
-
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(rel: str):
+    """A development script of the repository (not part of the installed package) as a module, loaded from
+    its file: the tests reach the tools in protos/ and bench/ without editing sys.path."""
+    import importlib.util
+    import sys
+
+    path = ROOT / rel
+    name = path.stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+_spawn = load_script("bench/spawn.py")  # coop-serve in a child process, shared with the benchmarks
+Spawned, spawn, wait_serving = _spawn.Spawned, _spawn.spawn, _spawn.wait_serving
 TOKEN = "test-token-0123456789"
 LANGEVIN = {"s": 0.016, "delta": 0.002, "steps": 4, "sigma": 0.3, "noise": True}
 COMPLETION = {"latent_steps": 6, "latent_step_size": 0.05, "latent_noise": False, "refine_steps": 3}
@@ -38,7 +56,7 @@ NO_TORCH = """
 import sys
 class _Blocker:
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'trainer'):
+        if name.split('.')[0] == 'torch' or (name + '.').startswith('coopnets.trainer.'):
             raise ImportError(f'{name} is blocked: serving must not import torch or the trainer')
         return None
 sys.meta_path.insert(0, _Blocker())
@@ -54,7 +72,7 @@ class ServerProc(Spawned):
     health_history: list[str] = field(default_factory=list)
 
     def client(self, **kw):
-        from clients.client import CoopNetsClient
+        from coopnets.clients.client import CoopNetsClient
 
         return CoopNetsClient(self.address, token=self.token, **kw)
 
@@ -109,11 +127,11 @@ def _sum_samples(families, name: str, labels: dict) -> float:
 
 
 class LogRecorder(logging.Handler):
-    """Keeps the records of the server's loggers (serving.*, coop-serve) at INFO and above, formatted as the
-    coop-serve process writes them, tracebacks included. Those loggers are set to INFO for good: several
-    recorders may be open at once, so none may restore a level another one needs."""
+    """Keeps the records of the server's loggers (coopnets.serving.*, coop-serve) at INFO and above,
+    formatted as the coop-serve process writes them, tracebacks included. Those loggers are set to INFO for
+    good: several recorders may be open at once, so none may restore a level another one needs."""
 
-    LOGGERS = ("serving", "coop-serve")
+    LOGGERS = ("coopnets.serving", "coop-serve")
 
     def __init__(self):
         super().__init__(logging.INFO)
@@ -157,7 +175,7 @@ class LocalServer:
         return self.server.lifecycle
 
     def client(self, **kw):
-        from clients.client import CoopNetsClient
+        from coopnets.clients.client import CoopNetsClient
 
         return CoopNetsClient(self.address, token=self.token, **kw)
 
@@ -190,8 +208,8 @@ def local_server(
     on one CPU thread), or with ready=False nothing yet: health NOT_SERVING and RPCs UNAVAILABLE until
     `.lifecycle.start(engine)`. `config`: ServeConfig fields, over port 0, cpu, one thread, no warm-up and no
     /metrics port. A `token` is written to a file in `workdir`."""
-    from serving.engine import Engine
-    from serving.server import ServeConfig, create_server
+    from coopnets.serving.engine import Engine
+    from coopnets.serving.server import ServeConfig, create_server
 
     if token:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -293,9 +311,8 @@ def perturbed_nets(spec, seed: int = 0):
     are O(1), not the near-zero of the official initialisation, so a wrong backward or a wrong BatchNorm
     mode cannot hide in a comparison."""
     import torch
+    from coopnets.trainer.nets import build_nets
     from torch import nn
-
-    from trainer.nets import build_nets
 
     torch.manual_seed(seed)
     descriptor, generator = build_nets(spec)

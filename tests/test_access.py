@@ -12,13 +12,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from coopnets.clients.client import CoopNetsClient
+from coopnets.serving.server import ServeConfig
 from coopnets.v1 import coopnets_pb2 as pb
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import local_server
-
-from clients.client import CoopNetsClient
-from serving.server import ServeConfig
 
 TOKEN = "access-test-token-42"
 EVERY_RPC = {

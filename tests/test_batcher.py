@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-
-from serving.batcher import Batcher, Job
+from coopnets.serving.batcher import Batcher, Job
 
 WINDOW_S = 30.0  # far longer than any test may take: a job that waited it would time out below
 

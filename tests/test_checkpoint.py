@@ -9,10 +9,9 @@ import random
 import numpy as np
 import pytest
 import torch
-
-from trainer import checkpoint as ckpt
-from trainer.config import TrainConfig
-from trainer.coop import build_run
+from coopnets.trainer import checkpoint as ckpt
+from coopnets.trainer.config import TrainConfig
+from coopnets.trainer.coop import build_run
 
 
 def _save(run, path, iteration=5):
@@ -102,7 +101,7 @@ def test_run_dir_lock_is_exclusive_and_released_on_close(tmp_path):
 
 
 def test_checkpoint_holds_every_ranks_rng_and_old_ones_still_resume(tmp_path):
-    from trainer.coop import restore_run
+    from coopnets.trainer.coop import restore_run
 
     run = build_run(TrainConfig(seed=3))
     other = ckpt.rng_states(torch.Generator().manual_seed(11))
@@ -129,7 +128,7 @@ def test_checkpoint_holds_every_ranks_rng_and_old_ones_still_resume(tmp_path):
 
 def test_a_checkpoint_from_before_the_schedule_resumes_and_exports_at_constant_rates(tmp_path):
     """Runs saved before --lr-schedule existed trained at constant rates; today's default is cosine."""
-    from trainer.config import resolve_train_config
+    from coopnets.trainer.config import resolve_train_config
 
     run = build_run(TrainConfig(batch_size=4, lr_schedule="constant"))
     path = _save(run, tmp_path / "checkpoint.pt")

@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from coopnets.clients.cli import client_main, complete_main
+from coopnets.contract.codec import encode_png
 from PIL import Image as PILImage
 from support import TOKEN
-
-from clients.cli import client_main, complete_main
-from contract.codec import encode_png
 
 
 @pytest.fixture()

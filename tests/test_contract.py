@@ -9,12 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from coopnets.contract import codec, files, flags, occlusions, sampling
+from coopnets.contract.sampling import Cancelled, CompletionParams, SynthesisParams
+from coopnets.serving.engine import Engine
 from coopnets.v1 import coopnets_pb2 as pb
 from support import ROOT
-
-from contract import codec, files, flags, occlusions, sampling
-from contract.sampling import Cancelled, CompletionParams, SynthesisParams
-from serving.engine import Engine
 
 LEGACY = ROOT / "tests" / "data" / "legacy" / "bundle"
 
@@ -345,3 +344,22 @@ def test_average_restarts_fills_the_hole_with_the_mean_of_the_chains(engine):
         engine.complete(images, masks, [0, 1], dataclasses.replace(one, average_restarts=True)).images,
         engine.complete(images, masks, [0, 1], one).images,
     )
+
+
+def test_an_entry_point_names_the_fix_for_a_protobuf_older_than_generated_code(monkeypatch, capsys):
+    """A gRPC package's stubs that refuse the installed protobuf
+    (google.protobuf.runtime_version.VersionError) give one line with the pip command that fixes the environment, not a traceback."""
+    import importlib
+
+    from coopnets.contract.flags import PROTOBUF_MISMATCH, extra_main
+
+    class VersionError(Exception):
+        pass
+
+    def refuse(name):
+        raise VersionError("Detected mismatched Protobuf Gencode/Runtime major versions when loading x.proto")
+
+    monkeypatch.setattr(importlib, "import_module", refuse)
+    assert extra_main("coop-serve", "coopnets.serving.server:main", (), "")([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and PROTOBUF_MISMATCH in err and "pip install" in err

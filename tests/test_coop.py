@@ -10,9 +10,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-
-from trainer.config import TrainConfig
-from trainer.coop import (
+from coopnets.trainer.config import TrainConfig
+from coopnets.trainer.coop import (
     CHECKPOINT,
     DivergenceError,
     IterStats,
@@ -274,7 +273,7 @@ def test_the_absolute_gap_guard_still_applies_where_a_config_sets_it():
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
-    from trainer.checkpoint import load_checkpoint
+    from coopnets.trainer.checkpoint import load_checkpoint
 
     data = tiny_data()
     train(TrainConfig(**{**TINY, "iterations": 2}, out=str(tmp_path)), data, progress=False)
@@ -296,8 +295,8 @@ def test_autocast_keeps_the_descriptors_large_outputs_finite():
     """f of a trained descriptor lives beyond float16's 65504 (1.25e7 measured at iteration 30): under fp16
     autocast the last layer and the sum stay float32, so f stays finite and close to the float32 value,
     where autocasting the whole net overflows."""
-    from trainer.coop import _Autocast
-    from trainer.nets import Descriptor, NetSpec
+    from coopnets.trainer.coop import _Autocast
+    from coopnets.trainer.nets import Descriptor, NetSpec
 
     desc = Descriptor(NetSpec())
     with torch.no_grad():
@@ -321,7 +320,7 @@ def test_autocast_keeps_the_descriptors_large_outputs_finite():
 def test_amp_auto_resolves_to_what_this_cpu_runs_natively_and_is_recorded(tmp_path):
     import json
 
-    from trainer.coop import cpu_has_bf16
+    from coopnets.trainer.coop import cpu_has_bf16
 
     ran = "bf16" if cpu_has_bf16() else "none"
     assert TrainConfig().amp == "auto"
@@ -333,7 +332,7 @@ def test_amp_auto_resolves_to_what_this_cpu_runs_natively_and_is_recorded(tmp_pa
 
 
 def test_amp_modes_this_cpu_cannot_run_fast_are_refused_with_one_line():
-    from trainer.coop import cpu_has_bf16
+    from coopnets.trainer.coop import cpu_has_bf16
 
     with pytest.raises(ValueError, match="--amp fp16: float16 autocast is for CUDA"):
         build_run(TrainConfig(**{**TINY, "amp": "fp16"}, device="cpu"))

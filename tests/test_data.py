@@ -11,14 +11,11 @@ import re
 import struct
 import tarfile
 
+import coopnets.trainer.data
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from support import write_idx
-
-import trainer.data
-from trainer.data import (
+from coopnets.trainer.data import (
     CIFAR10_CLASSES,
     DataError,
     download,
@@ -29,6 +26,8 @@ from trainer.data import (
     read_idx_images,
     to_tensor,
 )
+from PIL import Image
+from support import write_idx
 
 
 @pytest.fixture
@@ -416,13 +415,13 @@ def write_class_tree(root, rng):
 
 def counting_open(monkeypatch):
     calls = []
-    real = trainer.data.Image.open
+    real = coopnets.trainer.data.Image.open
 
     def spy(path, *a, **kw):
         calls.append(path)
         return real(path, *a, **kw)
 
-    monkeypatch.setattr(trainer.data.Image, "open", spy)
+    monkeypatch.setattr(coopnets.trainer.data.Image, "open", spy)
     return calls
 
 
@@ -449,7 +448,7 @@ def test_second_folder_load_reads_the_cache_and_a_changed_file_invalidates_it(tm
         raise AssertionError("decoded although the cache holds this folder")
 
     with monkeypatch.context() as m:
-        m.setattr(trainer.data.Image, "open", no_decoding)
+        m.setattr(coopnets.trainer.data.Image, "open", no_decoding)
         again = load_folder(root, size=8, channels=3, cache_dir=cache)
         moved = tmp_path / "elsewhere"  # keyed by contents, not by where the folder is
         root.rename(moved)
@@ -538,6 +537,8 @@ def test_folder_listing_matches_sorted_rglob(tmp_path):
     (tmp_path / "linked.png").symlink_to(tmp_path / "A.png")
     (tmp_path / "linked-dir").symlink_to(tmp_path / "a")
     old = sorted(
-        p for p in tmp_path.rglob("*") if p.is_file() and p.suffix.lower() in trainer.data.IMAGE_SUFFIXES
+        p
+        for p in tmp_path.rglob("*")
+        if p.is_file() and p.suffix.lower() in coopnets.trainer.data.IMAGE_SUFFIXES
     )
-    assert trainer.data._image_files(tmp_path) == [p.relative_to(tmp_path).as_posix() for p in old]
+    assert coopnets.trainer.data._image_files(tmp_path) == [p.relative_to(tmp_path).as_posix() for p in old]

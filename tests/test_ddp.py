@@ -24,15 +24,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from coopnets.trainer.checkpoint import load_checkpoint
+from coopnets.trainer.config import TrainConfig
+from coopnets.trainer.coop import batch_indices
+from coopnets.trainer.data import load_images, to_tensor
+from coopnets.trainer.distributed import rank_seed
+from coopnets.trainer.langevin import revise
+from coopnets.trainer.nets import build_nets
 from support import ROOT
-
-from trainer.checkpoint import load_checkpoint
-from trainer.config import TrainConfig
-from trainer.coop import batch_indices
-from trainer.data import load_images, to_tensor
-from trainer.distributed import rank_seed
-from trainer.langevin import revise
-from trainer.nets import build_nets
 
 WORLD = 2
 TINY = [
@@ -65,7 +64,7 @@ def npz(tmp_path_factory) -> Path:
 
 def torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-            "--monitor-interval", "0.1", "-m", "trainer.cli", *args]  # fmt: skip
+            "--monitor-interval", "0.1", "-m", "coopnets.trainer.cli", *args]  # fmt: skip
 
 
 def run_cmd(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
@@ -267,7 +266,7 @@ def test_without_the_agent_the_survivor_exits_with_one_line(npz, tmp_path):
         args = ["--dataset", f"npz:{npz}", "--out", str(run), "--iterations", "500", "--dist-timeout", "30"]
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "trainer.cli", *args, *TINY],
+                [sys.executable, "-m", "coopnets.trainer.cli", *args, *TINY],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,

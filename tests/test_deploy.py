@@ -17,11 +17,10 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
+from coopnets.serving.lifecycle import SERVICE_NAME
+from coopnets.serving.server import parse_args
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import ROOT, start_server
-
-from serving.lifecycle import SERVICE_NAME
-from serving.server import parse_args
 
 try:
     import tomllib

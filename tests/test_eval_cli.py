@@ -9,10 +9,9 @@ import math
 
 import numpy as np
 import pytest
+from coopnets.evaluation.cli import main
+from coopnets.evaluation.completion import METHODS
 from support import write_idx
-
-from evaluation.cli import main
-from evaluation.completion import METHODS
 
 OCCLUSIONS = "center:12,random:0.5,left-half,rects"
 
@@ -113,7 +112,7 @@ def test_coop_eval_on_another_datasets_held_out_images(serving_bundle, tmp_path,
 def test_coop_eval_on_a_color_bundle_defaults_to_the_papers_protocol(rgb_bundle, tiny_fashion, tmp_path):
     """No --occlusions on a color model: the paper's squares (scaled to 32 px) and block salt-and-pepper,
     every method with PSNR and MAE; the OOD table has the color out sets, Fashion-MNIST's from --data-dir."""
-    from contract.occlusions import COLOR_OCCLUSIONS
+    from coopnets.contract.occlusions import COLOR_OCCLUSIONS
 
     out = tmp_path / "color"
     argv = [str(rgb_bundle), "--out", str(out), "--heldout", "digits", "--heldout-skip", "1700",

@@ -9,17 +9,16 @@ import dataclasses
 
 import numpy as np
 import pytest
-
-from contract.occlusions import occlusion_masks
-from evaluation.completion import (
+from coopnets.contract.occlusions import occlusion_masks
+from coopnets.evaluation.completion import (
     BASELINE_METHODS,
     METHODS,
     baseline_runners,
     evaluate_completion,
     model_runners,
 )
-from evaluation.report import completion_margins, completion_tables
-from serving.engine import Engine
+from coopnets.evaluation.report import completion_margins, completion_tables
+from coopnets.serving.engine import Engine
 
 
 def test_model_methods_match_engine_complete(serving_bundle):

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from contract.occlusions import (
+from coopnets.contract.occlusions import (
     COLOR_OCCLUSIONS,
     DEFAULT_OCCLUSIONS,
     PAPER_OCCLUSIONS,
@@ -16,8 +15,8 @@ from contract.occlusions import (
     occlusion_masks,
     parse_occlusion,
 )
-from evaluation import metrics
-from evaluation.baselines import all_baselines
+from coopnets.evaluation import metrics
+from coopnets.evaluation.baselines import all_baselines
 
 SHAPE = (1, 28, 28)
 
@@ -229,9 +228,8 @@ def test_classifier_cache_is_reused_and_checked(tmp_path):
     import json
 
     import torch
-
-    from contract.files import sha256_file
-    from evaluation.classifier import ClassifierConfig, load_or_train
+    from coopnets.contract.files import sha256_file
+    from coopnets.evaluation.classifier import ClassifierConfig, load_or_train
 
     rng = np.random.default_rng(5)
     labels = np.arange(60) % 3
@@ -265,7 +263,7 @@ def test_classifier_cache_is_reused_and_checked(tmp_path):
 def test_inception_is_skipped_with_a_reason_when_missing(monkeypatch):
     import importlib.util
 
-    from evaluation import inception
+    from coopnets.evaluation import inception
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
@@ -281,7 +279,7 @@ def test_inception_features_are_cached_per_chunk_and_a_stopped_run_resumes(tmp_p
     """chunked_cached (what --inception runs with the cache dir) with a real, cheap extractor: the
     same features as one pass, one file per CHUNK images, and a rerun after a stop computes only
     what is missing."""
-    from evaluation import inception
+    from coopnets.evaluation import inception
 
     monkeypatch.setattr(inception, "CHUNK", 4)
     images = np.random.default_rng(0).uniform(-1, 1, (10, 1, 3, 3)).astype(np.float32)  # (N, C, H, W)

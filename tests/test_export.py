@@ -15,16 +15,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from coopnets.contract.bundle import DEFAULT_COMPLETION, BundleError, read_bundle
+from coopnets.trainer import grads
+from coopnets.trainer.config import TrainConfig
+from coopnets.trainer.export import PACK_RTOL, ExportError, export_bundle, export_run
+from coopnets.trainer.grads import DescriptorWithGrad, GeneratorGrad, UnsupportedLayerError, kink_margin
+from coopnets.trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy_grad
+from coopnets.trainer.nets import NetSpec
 from support import perturbed_nets
 from torch import nn
-
-from contract.bundle import DEFAULT_COMPLETION, BundleError, read_bundle
-from trainer import grads
-from trainer.config import TrainConfig
-from trainer.export import PACK_RTOL, ExportError, export_bundle, export_run
-from trainer.grads import DescriptorWithGrad, GeneratorGrad, UnsupportedLayerError, kink_margin
-from trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy_grad
-from trainer.nets import NetSpec
 
 LANGEVIN = {"s": 0.016, "delta": 0.002, "steps": 15, "sigma": 0.3, "noise": True}
 SPECS = [NetSpec("mnist28", 1, 100), NetSpec("cifar32", 3, 100), NetSpec("scene64", 3, 16)]
@@ -285,8 +284,8 @@ def test_export_run_writes_the_runs_settings_and_leaves_its_nets_alone(tmp_path)
 def test_batchnorm_recalibration_matches_batch_statistics_and_keeps_the_weights():
     """Running statistics that lag the weights (here: garbage) are recomputed at the final weights: the
     eval-mode drafts then match the batch-statistics drafts training saw, and no weight changes."""
-    from trainer.export import recalibrate_batchnorm
-    from trainer.nets import Generator, NetSpec
+    from coopnets.trainer.export import recalibrate_batchnorm
+    from coopnets.trainer.nets import Generator, NetSpec
 
     g = Generator(NetSpec())
     g.train()

@@ -20,11 +20,10 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from coopnets.contract.sampling import SynthesisParams
+from coopnets.serving.engine import Engine
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import COMPLETION, LANGEVIN, ROOT, local_server, start_server, wait_for
-
-from contract.sampling import SynthesisParams
-from serving.engine import Engine
 
 LEGACY_BUNDLE = ROOT / "tests" / "data" / "legacy" / "bundle"  # the same image shape, latent size 8
 
@@ -32,7 +31,7 @@ LEGACY_BUNDLE = ROOT / "tests" / "data" / "legacy" / "bundle"  # the same image 
 # its connection drops without a cancel from a live client.
 VANISHING_CLIENT = """
 import sys, time
-from clients.client import CoopNetsClient
+from coopnets.clients.client import CoopNetsClient
 c = CoopNetsClient(sys.argv[1], timeout=120)
 call = c.synthesize_stream_call(count=4, seed=3, steps=200, snapshot_every=1)
 next(call)
@@ -89,7 +88,7 @@ def test_an_expired_deadline_stops_only_its_own_work(server):
 @pytest.fixture(scope="module")
 def other_bundle(tiny_nets, tmp_path_factory):
     """The tiny nets with other weights (the generator's scaled by 1.1) and other Langevin defaults."""
-    from trainer.export import export_bundle
+    from coopnets.trainer.export import export_bundle
 
     descriptor, generator = tiny_nets
     generator = copy.deepcopy(generator)

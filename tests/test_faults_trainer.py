@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from coopnets.trainer.checkpoint import load_checkpoint
 from support import ROOT
-
-from trainer.checkpoint import load_checkpoint
 
 INTERVAL = 2  # --ckpt-every
 TINY = [
@@ -61,7 +60,7 @@ def save(obj, fh, *a, **kw):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_save(obj, fh, *a, **kw)
 torch.save = save
-from trainer.cli import train_main
+from coopnets.trainer.cli import train_main
 sys.exit(train_main(sys.argv[1:]))
 """
 
@@ -96,7 +95,7 @@ def resume_and_check(npz: Path, run: Path, killed_after: int) -> None:
     assert killed_after - INTERVAL <= saved <= killed_after, (saved, killed_after)
     target = killed_after + 1
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", *train_cmd(npz, run, target), "--resume"],
+        [sys.executable, "-m", "coopnets.trainer.cli", *train_cmd(npz, run, target), "--resume"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -137,7 +136,7 @@ def test_sigkill_at_random_points_then_resume(npz, tmp_path):
     for attempt in range(2):  # more attempts: more random points, ~20 s each
         run = tmp_path / f"run{attempt}"
         victim = subprocess.Popen(
-            [sys.executable, "-m", "trainer.cli", *train_cmd(npz, run, 100)],
+            [sys.executable, "-m", "coopnets.trainer.cli", *train_cmd(npz, run, 100)],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -156,7 +155,7 @@ def test_sigkill_at_random_points_then_resume(npz, tmp_path):
 def test_a_second_trainer_on_a_running_directory_refuses(npz, tmp_path):
     run = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", *train_cmd(npz, run, 100)],
+        [sys.executable, "-m", "coopnets.trainer.cli", *train_cmd(npz, run, 100)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -167,7 +166,7 @@ def test_a_second_trainer_on_a_running_directory_refuses(npz, tmp_path):
         time.sleep(0.02)
     for extra in ([], ["--resume"]):  # a fresh start and a resume are both refused while it trains
         second = subprocess.run(
-            [sys.executable, "-m", "trainer.cli", *train_cmd(npz, run, 200), *extra],
+            [sys.executable, "-m", "coopnets.trainer.cli", *train_cmd(npz, run, 200), *extra],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -21,18 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from coopnets.clients.cli import complete_main
+from coopnets.contract.bundle import BundleError, read_bundle
+from coopnets.contract.sampling import CompletionParams, SynthesisParams
+from coopnets.serving.engine import Engine
+from coopnets.serving.server import main as serve_main
+from coopnets.serving.sessions import open_sessions
+from coopnets.trainer.cli import export_main, train_main
+from coopnets.trainer.data import IDX_IMAGES_MAGIC, DataError, load_images, read_idx_images
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
-
-from clients.cli import complete_main
-from contract.bundle import BundleError, read_bundle
-from contract.sampling import CompletionParams, SynthesisParams
-from serving.engine import Engine
-from serving.server import main as serve_main
-from serving.sessions import open_sessions
-from trainer.cli import export_main, train_main
-from trainer.data import IDX_IMAGES_MAGIC, DataError, load_images, read_idx_images
 
 FUZZ = settings(
     max_examples=150,

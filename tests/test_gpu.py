@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from coopnets.contract.occlusions import occlusion_masks
+from coopnets.contract.sampling import SynthesisParams
 from support import ROOT
-
-from contract.occlusions import occlusion_masks
-from contract.sampling import SynthesisParams
 
 LEGACY = ROOT / "tests" / "data" / "legacy" / "bundle"
 
@@ -25,8 +24,8 @@ def _torch_cuda() -> bool:
 
 
 def _ort_cuda_engine():
-    from contract.bundle import BundleError
-    from serving.engine import Engine
+    from coopnets.contract.bundle import BundleError
+    from coopnets.serving.engine import Engine
 
     try:
         return Engine.open(LEGACY, device="cuda")
@@ -41,9 +40,8 @@ needs_torch_cuda = pytest.mark.skipif(not _torch_cuda(), reason="torch sees no C
 @pytest.mark.parametrize("amp", ["none", "bf16"])
 def test_the_trainer_runs_on_cuda(amp):
     import torch
-
-    from trainer.config import TrainConfig
-    from trainer.coop import build_run, cooperative_iteration
+    from coopnets.trainer.config import TrainConfig
+    from coopnets.trainer.coop import build_run, cooperative_iteration
 
     config = TrainConfig(device="cuda", amp=amp, batch_size=8, langevin_steps=3, iterations=2)
     run = build_run(config)
@@ -54,7 +52,7 @@ def test_the_trainer_runs_on_cuda(amp):
 
 
 def test_ort_cuda_with_io_binding_equals_the_cpu_provider():
-    from serving.engine import Engine
+    from coopnets.serving.engine import Engine
 
     gpu = _ort_cuda_engine()
     cpu = Engine.open(LEGACY, device="cpu")
@@ -72,8 +70,8 @@ def test_ort_cuda_with_io_binding_equals_the_cpu_provider():
 
 
 def test_the_service_serves_on_cuda(tmp_path):
-    from clients.client import CoopNetsClient
-    from serving.server import ServeConfig, create_server
+    from coopnets.clients.client import CoopNetsClient
+    from coopnets.serving.server import ServeConfig, create_server
 
     engine = _ort_cuda_engine()
     config = ServeConfig(bundle=str(LEGACY), port=0, device="cuda", metrics_port=-1)

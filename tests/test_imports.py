@@ -1,7 +1,9 @@
 """The layering of docs/architecture.md, read from the source with ast (nothing is imported or executed).
 
-Data flows one way: data → trainer → bundle → serving → proto → clients. The rules:
-- contract/ is a leaf: it imports no other package of the project;
+Every layer is a subpackage of the one import name, `coopnets` (contract/ is coopnets.contract, and so on);
+the rules below name the layers by their folder. Data flows one way: data → trainer → bundle → serving →
+proto → clients. The rules:
+- contract/ is a leaf: it imports no other package of the project (not even the generated coopnets.v1);
 - serving/ imports neither trainer/, evaluation/ nor clients/; trainer/ imports neither serving/, clients/ nor
   evaluation/; clients/ imports neither trainer/ nor evaluation/, and serving/ only from clients/cli.py (the
   local `coop-complete --bundle` mode);
@@ -19,22 +21,34 @@ from support import ROOT
 
 PACKAGES = ("contract", "trainer", "serving", "clients", "evaluation")
 FORBIDDEN = {
-    "contract": {"trainer", "serving", "clients", "evaluation", "coopnets"},
+    "contract": {"trainer", "serving", "clients", "evaluation", "v1", "oip"},
     "serving": {"trainer", "evaluation", "clients"},
     "trainer": {"serving", "clients", "evaluation"},
     "clients": {"trainer", "evaluation"},
 }
-CLIENT_MODULES_ALLOWED_SERVING = {"clients.cli"}
+CLIENT_MODULES_ALLOWED_SERVING = {"coopnets.clients.cli"}
 
 
 def modules(root: Path) -> dict[str, Path]:
-    """Dotted module name -> file, for every .py file of the project's packages under `root`."""
+    """Dotted module name (as installed: coopnets.<layer>...) -> file, for every .py file of the layers'
+    folders under `root`."""
     out = {}
     for pkg in PACKAGES:
         for path in sorted((root / pkg).rglob("*.py")):
-            parts = path.relative_to(root).with_suffix("").parts
+            parts = ("coopnets", *path.relative_to(root).with_suffix("").parts)
             out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return out
+
+
+def layer(module: str) -> str:
+    """The layer a dotted module belongs to: `coopnets.serving.engine` -> serving, `coopnets.v1` -> v1;
+    a third-party module -> its own top name (never a layer)."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "coopnets" and len(parts) > 1 else f"<{parts[0]}>"
+
+
+def short(module: str) -> str:
+    return module.removeprefix("coopnets.")
 
 
 def imports(path: Path, name: str, known: dict[str, Path]) -> list[tuple[str, list[str], int]]:
@@ -63,24 +77,32 @@ def violations(root: Path) -> list[str]:
     known = modules(root)
     problems, graph = [], {name: set() for name in known}
     for name, path in known.items():
-        top = name.split(".")[0]
+        top = layer(name)
         for target, names, line in imports(path, name, known):
             where = f"{path.relative_to(root)}:{line}"
-            ttop = target.split(".")[0]
+            ttop = layer(target)
+            if target.split(".")[0] in PACKAGES:
+                problems.append(
+                    f"{where}: {short(name)} imports {target} by its folder name, not coopnets.{target}"
+                )
             if ttop in FORBIDDEN.get(top, set()):
-                problems.append(f"{where}: {top} imports {target}")
+                problems.append(f"{where}: {top} imports {short(target)}")
             if top == "clients" and ttop == "serving" and name not in CLIENT_MODULES_ALLOWED_SERVING:
-                problems.append(f"{where}: {name} imports {target} (only clients.cli's --bundle mode may)")
+                problems.append(
+                    f"{where}: {short(name)} imports {short(target)} (only clients.cli's --bundle mode may)"
+                )
             if ttop in PACKAGES and ttop != top:
-                private = [p for p in target.split(".")[1:] if p.startswith("_") and not p.startswith("__")]
+                private = [p for p in target.split(".")[2:] if p.startswith("_") and not p.startswith("__")]
                 private += [n for n in names if n.startswith("_")]
                 if private:
-                    problems.append(f"{where}: {name} imports private {target}: {', '.join(private)}")
+                    problems.append(
+                        f"{where}: {short(name)} imports private {short(target)}: {', '.join(private)}"
+                    )
                 if target.split(".")[-1] == "cli":
-                    problems.append(f"{where}: {name} imports the entry-point module {target}")
+                    problems.append(f"{where}: {short(name)} imports the entry-point module {short(target)}")
             if target in known and target != name:
                 graph[name].add(target)
-    problems += [f"import cycle: {' -> '.join(c)}" for c in cycles(graph)]
+    problems += [f"import cycle: {' -> '.join(map(short, c))}" for c in cycles(graph)]
     return problems
 
 
@@ -124,17 +146,20 @@ def test_the_checker_sees_each_kind_of_violation(tmp_path):
     files = {
         "contract/__init__.py": "",
         "contract/a.py": "import numpy\n",
-        "contract/bad.py": "def f():\n    from serving import engine\n",  # leaf importing serving
+        "contract/bad.py": "def f():\n    from coopnets.serving import engine\n",  # leaf importing serving
+        "contract/proto.py": "from coopnets.v1 import coopnets_pb2\n",  # leaf importing the generated code
+        "contract/old.py": "from trainer import nets\n",  # the folder name, not the installed one
         "serving/__init__.py": "",
-        "serving/engine.py": "from contract import a\nfrom trainer.data import load\n",  # back edge
+        # a back edge
+        "serving/engine.py": "from coopnets.contract import a\nfrom coopnets.trainer.data import load\n",
         "trainer/__init__.py": "",
-        "trainer/data.py": "from trainer import nets\nload = 1\n",
-        "trainer/nets.py": "from trainer.data import load\n",  # cycle data <-> nets
+        "trainer/data.py": "from coopnets.trainer import nets\nload = 1\n",
+        "trainer/nets.py": "from coopnets.trainer.data import load\n",  # cycle data <-> nets
         "trainer/cli.py": "",
         "clients/__init__.py": "",
-        "clients/client.py": "from serving.engine import x\n",  # only clients.cli may
+        "clients/client.py": "from coopnets.serving.engine import x\n",  # only clients.cli may
         "evaluation/__init__.py": "",
-        "evaluation/data.py": "from trainer.data import _fit\nfrom trainer.cli import main\n",
+        "evaluation/data.py": "from coopnets.trainer.data import _fit\nimport coopnets.trainer.cli\n",
     }
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +167,8 @@ def test_the_checker_sees_each_kind_of_violation(tmp_path):
     found = "\n".join(violations(tmp_path))
     for expected in (
         "contract/bad.py:2: contract imports serving",
+        "contract/proto.py:1: contract imports v1",
+        "contract/old.py:1: contract.old imports trainer by its folder name",
         "serving/engine.py:2: serving imports trainer.data",
         "clients/client.py:1: clients.client imports serving.engine",
         "imports private trainer.data: _fit",
@@ -150,3 +177,35 @@ def test_the_checker_sees_each_kind_of_violation(tmp_path):
     ):
         assert expected in found, found
     assert "contract/a.py" not in found
+
+
+def tracked_text_files() -> list[Path]:
+    import subprocess
+
+    names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    out = []
+    for name in names:
+        path = ROOT / name
+        if path.suffix in {".onnx", ".bin", ".png", ".gz", ".npz", ".pt"} or not path.is_file():
+            continue
+        out.append(path)
+    return out
+
+
+def test_nothing_edits_sys_path_and_nothing_points_outside_the_repository():
+    """One import name means no module reaches the others by putting a folder on sys.path; and the repository
+    stands alone: no tracked file names the development machine's shared folder."""
+    edit = "sys.path." + "insert"  # split so that this file does not match itself
+    shared = "../" + "shared"
+    problems = []
+    for path in tracked_text_files():
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        rel = path.relative_to(ROOT)
+        if path.suffix == ".py" and (edit in text or "sys.path." + "append" in text):
+            problems.append(f"{rel}: edits sys.path")
+        if shared in text:
+            problems.append(f"{rel}: points to {shared}")
+    assert not problems, "\n".join(problems)

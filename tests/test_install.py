@@ -3,7 +3,7 @@
 `pip install coopnets` (no extra) must serve and call bundles: coop-serve, coop-client and coop-complete
 --bundle run from that venv, outside the source tree, on tests/data/legacy/bundle. The venv is pinned to the
 lower bounds of the declared ranges (protobuf 4.25.1, grpcio and its health/reflection/status packages 1.62.0)
-because the committed stubs claim to run there (serving/protogen.py); the project's own venv runs the newest.
+because the committed stubs claim to run there (protos/protogen.py); the project's own venv runs the newest.
 pip resolves the base dependencies itself (no --no-deps), so a dependency missing from the base list fails
 here. One venv for both claims keeps CI short: the lowest versions are also a torch-free install.
 """
@@ -21,9 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support import ROOT
-
-from serving.spawn import spawn, wait_serving
+from support import ROOT, spawn, wait_serving
 
 LEGACY = ROOT / "tests" / "data" / "legacy" / "bundle"
 LOWEST = {
@@ -78,6 +76,31 @@ def test_the_base_install_has_no_torch_and_the_lowest_protobuf(base_venv):
     found = json.loads(_run([py, "-c", code], cwd=base_venv.parent).stdout)
     assert found == {"absent": [], "protobuf": LOWEST["protobuf"], "grpcio": LOWEST["grpcio"]}
     print(f"base install: {site_packages_mb(base_venv):.0f} MiB of site-packages")
+
+
+def test_the_wheel_installs_one_import_name(base_venv):
+    """Only `coopnets` lands at the top of site-packages (beside its dist-info): the layers are its
+    subpackages, so no PyPI project named trainer, clients or evaluation is overwritten, and no folder of a
+    user's shadows ours."""
+    py = str(base_venv / "bin" / "python")
+    code = (
+        "import importlib.metadata as m, json;"
+        "files = m.distribution('coopnets').files;"
+        "tops = {f.parts[0] for f in files if f.parts[0].endswith('.py') or len(f.parts) > 1};"
+        "print(json.dumps(sorted(t for t in tops if not t.endswith(('.dist-info', '.data', '..')))))"
+    )
+    assert json.loads(_run([py, "-c", code], cwd=base_venv.parent).stdout) == ["coopnets"]
+
+
+def test_the_installed_package_finds_its_shipped_reference_bundle(base_venv, tmp_path):
+    """`--bundle reference` names the bundle installed with the package (package data), outside any clone."""
+    py = str(base_venv / "bin" / "python")
+    code = (
+        "from coopnets.contract.bundle import read_bundle, resolve_bundle;"
+        "read_bundle('reference'); print(resolve_bundle('reference'))"
+    )
+    where = Path(_run([py, "-c", code], cwd=tmp_path).stdout.strip())
+    assert where.is_relative_to(base_venv) and (where / "manifest.json").is_file()
 
 
 def test_the_train_extras_commands_say_what_to_install_on_a_base_install(base_venv, tmp_path):
@@ -141,6 +164,26 @@ def test_the_base_install_serves_calls_and_completes(base_venv, tmp_path):
     observed[9:19, 9:19] = False
     original = np.asarray(Image.open(tmp_path / "img.png"))
     assert (recovered[observed] == original[observed]).all()  # observed pixels come back unchanged
+
+
+def test_installing_tritonclient_after_coopnets_keeps_coop_serve_working(tmp_path):
+    """Triton's docs say `pip install tritonclient[grpc]`; after `pip install coopnets` that pins protobuf
+    below 7. Every gRPC package coopnets imports must still load, so coop-serve starts and answers."""
+    prefix = tmp_path / "venv"
+    venv.create(prefix, with_pip=True)
+    source = tmp_path / "src"
+    skip = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "runs", "tests", "__pycache__")
+    shutil.copytree(ROOT, source, ignore=skip)
+    pip = [str(prefix / "bin" / "python"), "-m", "pip", "install", "-q"]
+    _run([*pip, str(source)], cwd=tmp_path, timeout=900)
+    _run([*pip, "tritonclient[grpc]"], cwd=tmp_path, timeout=900)
+    server = spawn(LEGACY, tmp_path / "server", "--device", "cpu", "--threads", "1", "--warmup-runs", "0",
+                   python=str(prefix / "bin" / "python"), cwd=tmp_path, timeout=120)  # fmt: skip
+    try:
+        wait_serving(server.address, 120)
+        _run([str(prefix / "bin" / "coop-client"), "health", "--server", server.address], cwd=tmp_path)
+    finally:
+        assert server.stop() == 0, server.log()
 
 
 if __name__ == "__main__":

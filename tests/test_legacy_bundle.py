@@ -16,12 +16,11 @@ import json
 import grpc
 import numpy as np
 import pytest
+from coopnets.contract.bundle import read_bundle
 from coopnets.v1 import coopnets_pb2 as pb
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from PIL import Image as PILImage
 from support import ROOT, start_server
-
-from contract.bundle import read_bundle
 
 LEGACY = ROOT / "tests" / "data" / "legacy"
 CASES = json.loads((LEGACY / "cases.json").read_text())["cases"]

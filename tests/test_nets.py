@@ -7,9 +7,8 @@ import copy
 
 import pytest
 import torch
+from coopnets.trainer.nets import ARCHS, NetSpec, WholeConv2d, WholeConvTranspose2d, build_nets
 from torch import nn
-
-from trainer.nets import ARCHS, NetSpec, WholeConv2d, WholeConvTranspose2d, build_nets
 
 
 def as_plain(net: nn.Module) -> nn.Module:

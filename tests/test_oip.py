@@ -8,12 +8,11 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from coopnets.clients.client import bad_request_fields
 from coopnets.oip import grpc_service_pb2 as oip
 from coopnets.oip import grpc_service_pb2_grpc as oip_grpc
 from support import TOKEN
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
-
-from clients.client import bad_request_fields
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from coopnets.contract.bundle import read_bundle
+from coopnets.contract.codec import from_uint8
+from coopnets.evaluation.ood import out_sets, separation
+from coopnets.serving.engine import Engine
+from coopnets.trainer.data import load_images
+from coopnets.trainer.ood import QUANTILE, calibrate
 from support import COMPLETION, LANGEVIN, local_server
-
-from contract.bundle import read_bundle
-from contract.codec import from_uint8
-from evaluation.ood import out_sets, separation
-from serving.engine import Engine
-from trainer.data import load_images
-from trainer.ood import QUANTILE, calibrate
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def digits() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ood_bundle(tiny_nets, digits, tmp_path_factory):
-    from trainer.export import export_bundle
+    from coopnets.trainer.export import export_bundle
 
     descriptor, generator = tiny_nets
     out = tmp_path_factory.mktemp("ood") / "bundle"
@@ -146,7 +145,7 @@ def tiny_fashion_dir(tmp_path):
 def test_color_out_sets(tiny_fashion_dir, monkeypatch):
     import socket
 
-    from trainer.data import fit_pixels
+    from coopnets.trainer.data import fit_pixels
 
     def no_network(*args, **kwargs):
         raise AssertionError("an out set tried to reach the network")
@@ -176,14 +175,14 @@ def test_color_out_sets(tiny_fashion_dir, monkeypatch):
 
 
 def test_color_fashion_set_is_left_out_with_a_reason_when_absent(tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="evaluation.ood"):
+    with caplog.at_level("WARNING", logger="coopnets.evaluation.ood"):
         sets = out_sets(smooth_rgb(4, 0), smooth_rgb(4, 1), seed=0, data_dir=str(tmp_path))
     assert list(sets) == [s for s in COLOR_SETS if s != "fashion-mnist"]
     assert "fashion-mnist left out" in caplog.text and str(tmp_path) in caplog.text
 
 
 def test_evaluate_ood_on_a_color_bundle(rgb_bundle, tiny_fashion_dir):
-    from evaluation.ood import evaluate_ood
+    from coopnets.evaluation.ood import evaluate_ood
 
     engine = Engine.open(rgb_bundle, device="cpu", threads=1)
     rows = evaluate_ood(engine, smooth_rgb(6, 0), smooth_rgb(6, 1), seed=0, batch=4, progress=False,

@@ -13,15 +13,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from coopnets.contract import sampling
+from coopnets.contract.sampling import CompletionParams, SynthesisParams
+from coopnets.serving.engine import Engine
+from coopnets.trainer.export import export_bundle
+from coopnets.trainer.langevin import descriptor_score_and_grad
+from coopnets.trainer.nets import NetSpec
+from coopnets.trainer.reference import TorchBackend
 from support import perturbed_nets
-
-from contract import sampling
-from contract.sampling import CompletionParams, SynthesisParams
-from serving.engine import Engine
-from trainer.export import export_bundle
-from trainer.langevin import descriptor_score_and_grad
-from trainer.nets import NetSpec
-from trainer.reference import TorchBackend
 
 SPEC = NetSpec("mnist28", 1, 100)
 S, DELTA, SIGMA = 0.016, 0.002, 0.3

@@ -8,13 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
+from coopnets.clients.cli import complete_main
+from coopnets.contract import bundle
+from coopnets.contract.bundle import REFERENCE, SHIPPED, BundleError, read_bundle
+from coopnets.evaluation.data import load_split
 from PIL import Image as PILImage
 from support import start_server
-
-from clients.cli import complete_main
-from contract import bundle
-from contract.bundle import REFERENCE, SHIPPED, BundleError, read_bundle
-from evaluation.data import load_split
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +113,8 @@ def test_residual_fill_recovers_random_holes_better_with_the_trained_model(heldo
     same refinement (scripts/residual_fill.py measures it at N = 100: docs/results.md)."""
     import dataclasses
 
-    from contract.occlusions import occlusion_masks
-    from serving.engine import Engine
+    from coopnets.contract.occlusions import occlusion_masks
+    from coopnets.serving.engine import Engine
 
     engine = Engine.open(REFERENCE, device="cpu", threads=1)
     seeds = list(range(len(heldout)))

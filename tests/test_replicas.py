@@ -12,13 +12,12 @@ import socket
 import grpc
 import numpy as np
 import pytest
+from coopnets.clients.cli import client_main
+from coopnets.clients.client import CoopNetsClient, channel_target
 from coopnets.v1 import coopnets_pb2 as pb
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import ROOT, start_server, wait_for
-
-from clients.cli import client_main
-from clients.client import CoopNetsClient, channel_target
 
 LEGACY = ROOT / "tests" / "data" / "legacy" / "bundle"
 SYNTH_OK = {"rpc": "Synthesize", "code": "OK"}

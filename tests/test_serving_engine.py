@@ -13,12 +13,11 @@ import shutil
 
 import numpy as np
 import pytest
+from coopnets.contract import sampling
+from coopnets.contract.bundle import DEFAULT_COMPLETION, BundleError, read_bundle
+from coopnets.contract.sampling import CompletionParams, SynthesisParams
+from coopnets.serving.sessions import open_sessions
 from support import COMPLETION, LANGEVIN
-
-from contract import sampling
-from contract.bundle import DEFAULT_COMPLETION, BundleError, read_bundle
-from contract.sampling import CompletionParams, SynthesisParams
-from serving.sessions import open_sessions
 
 SEEDS = [3, 4, 5]
 DELTA, S, SIGMA = LANGEVIN["delta"], LANGEVIN["s"], LANGEVIN["sigma"]
@@ -32,7 +31,7 @@ def engine(serving_engine):
 
 @pytest.fixture(scope="module")
 def torch_backend(tiny_nets):
-    from trainer.reference import TorchBackend
+    from coopnets.trainer.reference import TorchBackend
 
     descriptor, generator = tiny_nets
     return TorchBackend(descriptor, generator, s=S, sigma=SIGMA)
@@ -106,8 +105,8 @@ def test_batched_equals_unbatched(engine):
 def test_a_large_batch_cut_into_parts_gives_every_image_the_same_answer(engine, serving_bundle):
     """Two single-threaded parts at once (serving.sessions.ShardedSession) vs the whole batch on one session:
     every image's synthesis and completion are identical, f equal to float32 rounding."""
-    from serving.engine import Engine
-    from serving.sessions import MIN_PER_SHARD
+    from coopnets.serving.engine import Engine
+    from coopnets.serving.sessions import MIN_PER_SHARD
 
     cut = Engine.open(serving_bundle, device="cpu", threads=2, shards=2)
     assert cut.sessions.shards == 2
@@ -128,8 +127,8 @@ def test_a_large_batch_cut_into_parts_gives_every_image_the_same_answer(engine, 
 
 
 def test_a_batch_is_cut_into_no_more_parts_than_it_fills(engine, serving_bundle):
-    from serving.engine import Engine
-    from serving.sessions import MIN_PER_SHARD
+    from coopnets.serving.engine import Engine
+    from coopnets.serving.sessions import MIN_PER_SHARD
 
     cut = Engine.open(serving_bundle, device="cpu", threads=2, shards=4)
     seeds = list(range(3 * MIN_PER_SHARD - 1))  # room for two parts of at least MIN_PER_SHARD, not three
@@ -138,7 +137,7 @@ def test_a_batch_is_cut_into_no_more_parts_than_it_fills(engine, serving_bundle)
 
 
 def test_one_thread_means_one_part(serving_bundle):
-    from serving.engine import Engine
+    from coopnets.serving.engine import Engine
 
     assert Engine.open(serving_bundle, device="cpu", threads=1).sessions.shards == 1
     assert Engine.open(serving_bundle, device="cpu", threads=2, shards=1).sessions.shards == 1

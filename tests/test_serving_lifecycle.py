@@ -12,12 +12,11 @@ import threading
 
 import grpc
 import pytest
+from coopnets.clients.client import CoopNetsClient
+from coopnets.contract.bundle import BundleError, read_bundle
+from coopnets.serving.server import main
+from coopnets.serving.sessions import open_sessions
 from support import local_server, start_server, wait_for
-
-from clients.client import CoopNetsClient
-from contract.bundle import BundleError, read_bundle
-from serving.server import main
-from serving.sessions import open_sessions
 
 
 def mtls_client(server, pki, **kw) -> CoopNetsClient:
@@ -131,7 +130,7 @@ def test_bad_flags_and_files_exit_2_with_one_line(serving_bundle, args, message,
 
 
 def test_a_toml_config_is_read_and_flags_override_it(serving_bundle, tmp_path):
-    from serving.server import parse_args
+    from coopnets.serving.server import parse_args
 
     toml = tmp_path / "serve.toml"
     toml.write_text(f'bundle = "{serving_bundle}"\nmax-batch = 8\nmax_queue = 9\nreflection = false\n')
@@ -152,7 +151,7 @@ def test_device_policy(serving_bundle, caplog):
     except BundleError as e:
         assert "CUDA" in str(e)
         has_cuda = False
-    with caplog.at_level(logging.INFO, logger="serving.sessions"):
+    with caplog.at_level(logging.INFO, logger="coopnets.serving.sessions"):
         auto = open_sessions(bundle, device="auto")
     assert auto.device == ("cuda" if has_cuda else "cpu")
     fallback = [r for r in caplog.records if "falling back" in r.getMessage()]

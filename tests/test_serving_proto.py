@@ -3,7 +3,7 @@
 Compared by content, not bytes, so any grpcio-tools version passes while the .proto and the committed code
 agree: the FileDescriptorProto in coopnets_pb2 (every message, field, number, type and service) against the
 .proto compiled now, and the generated stub and servicer against the compiled service's methods. The committed
-code must also be what serving.protogen's pinned generator writes: no runtime version check, which would
+code must also be what protos/protogen.py's pinned generator writes: no runtime version check, which would
 refuse every protobuf older than the generator (tests/test_install.py runs this file on the lowest protobuf).
 """
 
@@ -16,10 +16,12 @@ import pytest
 from coopnets.v1 import coopnets_pb2 as pb
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from google.protobuf import descriptor_pb2
+from support import load_script
 
-from serving.protogen import PROTO_ROOT, PROTOS, compiled
-
-STALE = "is stale: run `python -m serving.protogen` and commit the result"
+PROTO_ROOT, PROTOS, compiled = (
+    getattr(load_script("protos/protogen.py"), n) for n in ("PROTO_ROOT", "PROTOS", "compiled")
+)
+STALE = "is stale: run `make protogen` and commit the result"
 
 
 def test_the_committed_messages_are_the_compiled_proto(tmp_path):

@@ -16,16 +16,15 @@ import threading
 import grpc
 import numpy as np
 import pytest
+from coopnets.clients.client import CoopNetsClient, bad_request_fields
+from coopnets.contract.codec import encode_png, set_tensor
+from coopnets.contract.occlusions import occlusion_mask
+from coopnets.contract.sampling import SynthesisParams
 from coopnets.v1 import coopnets_pb2 as pb
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image as PILImage
 from support import COMPLETION, LANGEVIN, TOKEN, local_server, start_server, wait_for
-
-from clients.client import CoopNetsClient, bad_request_fields
-from contract.codec import encode_png, set_tensor
-from contract.occlusions import occlusion_mask
-from contract.sampling import SynthesisParams
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +222,7 @@ def test_a_deadline_stops_the_work_between_steps(coop_server, client):
 def test_complete_takes_the_papers_occlusions(client, occlusion):
     """The service's named occlusions include the paper's protocol, drawn per seed as contract.occlusions
     draws them (m40 at 28 px: one 18-px square; blocks: half of the 2×2 blocks)."""
-    from contract.occlusions import occlusion_mask
+    from coopnets.contract.occlusions import occlusion_mask
 
     image = np.zeros((1, 28, 28), np.float32)
     rec = client.complete(image, occlusion=occlusion, seed=4)

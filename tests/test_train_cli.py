@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from trainer.cli import export_main, train_main
-from trainer.config import TrainConfig
+from coopnets.trainer.cli import export_main, train_main
+from coopnets.trainer.config import TrainConfig
 
 TINY = [
     "--batch-size",
@@ -62,7 +61,7 @@ def test_config_file_then_flags_override_defaults(tmp_path, capsys):
 
 
 def test_a_preset_replaces_the_defaults_below_the_file_and_the_flags(tmp_path, capsys):
-    from trainer.presets import PRESETS
+    from coopnets.trainer.presets import PRESETS
 
     out = ["--out", str(tmp_path / "run")]
     cfg = dry_run(capsys, *out, "--preset", "paper-mnist")
@@ -185,14 +184,14 @@ def test_tiny_run_resume_and_outputs(tmp_path, npz, capsys):
 
 
 def test_train_exports_bundle_and_coop_export_cli(tmp_path, npz):
-    pytest.importorskip("trainer.export")
+    pytest.importorskip("coopnets.trainer.export")
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys; from trainer.cli import train_main; sys.exit(train_main())",
+            "import sys; from coopnets.trainer.cli import train_main; sys.exit(train_main())",
             "--dataset",
             f"npz:{npz}",
             "--out",

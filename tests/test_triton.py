@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from coopnets.contract.bundle import GRAPHS
+from coopnets.contract.sampling import SynthesisParams, synthesis_draws
+from coopnets.trainer.cli import export_main
+from coopnets.trainer.triton import CHAIN, export_triton
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as triton_config
-
-from contract.bundle import GRAPHS
-from contract.sampling import SynthesisParams, synthesis_draws
-from trainer.cli import export_main
-from trainer.triton import CHAIN, export_triton
 
 PYTRITON = "0.7.0"  # its tritonserver is 2.51
 CPU = ["CPUExecutionProvider"]

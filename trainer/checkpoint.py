@@ -19,11 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from contract.files import atomic_write, atomic_write_text
-from contract.flags import from_dict
-from trainer.config import TrainConfig, saved_config
-from trainer.nets import Descriptor, Generator, NetSpec, build_nets
+from coopnets.contract.files import atomic_write, atomic_write_text
+from coopnets.contract.flags import from_dict
+from coopnets.trainer.config import TrainConfig, saved_config
+from coopnets.trainer.nets import Descriptor, Generator, NetSpec, build_nets
 
 FORMAT = "coopnets.checkpoint"
 VERSION = 1

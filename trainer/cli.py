@@ -4,7 +4,7 @@
     coop-train --out runs/demo --iterations 600 --resume        # continue the same run to 600 iterations
     coop-train --config my.toml --device cuda --amp bf16 --out runs/big
     coop-train --dataset folder:/data/faces --image-size 64 --channels 3 --dry-run
-    torchrun --standalone --nproc_per_node=4 -m trainer.cli --out runs/ddp    # data parallel (distributed.py)
+    torchrun --standalone --nproc_per_node=4 -m coopnets.trainer.cli --out runs/ddp   # data parallel
     coop-export runs/demo/checkpoint.pt runs/demo/bundle2
 
 Flags, the TOML file and the one-line errors come from contract.flags, as for every entry point: bad input
@@ -23,11 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-from contract.bundle import STORAGE
-from contract.flags import Parser, add_flags, cli_main
-from trainer.config import HELP, TrainConfig, resolve_train_config
+from coopnets.contract.bundle import STORAGE
+from coopnets.contract.flags import Parser, add_flags, cli_main
+from coopnets.trainer.config import HELP, TrainConfig, resolve_train_config
 
-log = logging.getLogger("trainer")
+log = logging.getLogger("coopnets.trainer")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -66,7 +66,7 @@ def train_main(argv: list[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     config_file, resume, dry_run = args.pop("config"), args.pop("resume"), args.pop("dry_run")
     if args.get("preset") == "list":
-        from trainer.presets import describe
+        from coopnets.trainer.presets import describe
 
         print(describe())
         return 0
@@ -76,7 +76,7 @@ def train_main(argv: list[str] | None = None) -> int:
 def _train(flags: dict, config_file: str | None, resume: bool, dry_run: bool) -> int:
     """coop-train's body on every rank (one process: the only rank). Errors that `Dist.together` agreed on
     reach every rank as `Stopped`: rank 0 prints the one line, every rank exits with its code."""
-    from trainer.distributed import Dist, PeerLost, Stopped
+    from coopnets.trainer.distributed import Dist, PeerLost, Stopped
 
     dist = Dist.from_env(timeout_s=max(1.0, float(flags.get("dist_timeout", TrainConfig.dist_timeout))))
     try:
@@ -93,9 +93,9 @@ def _train(flags: dict, config_file: str | None, resume: bool, dry_run: bool) ->
 
 
 def _train_ranks(dist, flags: dict, config_file: str | None, resume: bool, dry_run: bool) -> int:
-    from trainer.checkpoint import load_checkpoint, lock_run_dir
-    from trainer.coop import CHECKPOINT, DivergenceError, final_samples, train
-    from trainer.data import load_images
+    from coopnets.trainer.checkpoint import load_checkpoint, lock_run_dir
+    from coopnets.trainer.coop import CHECKPOINT, DivergenceError, final_samples, train
+    from coopnets.trainer.data import load_images
 
     with dist.together():  # bad input on any rank stops every rank
         config = resolve_train_config(flags, config_file)
@@ -119,7 +119,7 @@ def _train_ranks(dist, flags: dict, config_file: str | None, resume: bool, dry_r
         if len(data) == 0:
             raise ValueError(f"--dataset {config.dataset}: no images")
     if dry_run:
-        from trainer.coop import build_run
+        from coopnets.trainer.coop import build_run
 
         run = build_run(config, dist)
         n_params = sum(p.numel() for p in [*run.descriptor.parameters(), *run.generator.parameters()])
@@ -165,7 +165,9 @@ def _train_ranks(dist, flags: dict, config_file: str | None, resume: bool, dry_r
         bn = final_samples(run, out / "samples")
         log.info("final samples: %s", json.dumps({k: round(v, 4) for k, v in bn.items()}))
         if config.export:
-            from trainer.export import export_run  # onnx and onnxruntime load only when a bundle is written
+            from coopnets.trainer.export import (
+                export_run,  # onnx and onnxruntime load only when a bundle is written
+            )
 
             source = {"checkpoint": CHECKPOINT, "iteration": run.iteration}
             bundle = export_run(run.descriptor, run.generator, config, out / "bundle", data, source=source)
@@ -202,8 +204,8 @@ def export_main(argv: list[str] | None = None) -> int:
     def export() -> int:
         import dataclasses
 
-        from trainer.checkpoint import load_checkpoint, models_from_state
-        from trainer.export import export_run
+        from coopnets.trainer.checkpoint import load_checkpoint, models_from_state
+        from coopnets.trainer.export import export_run
 
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
         state = load_checkpoint(args.checkpoint)
@@ -216,7 +218,7 @@ def export_main(argv: list[str] | None = None) -> int:
         bundle = export_run(descriptor, generator, config, Path(args.out_dir), source=source)
         print(f"bundle: {bundle}")
         if args.triton:
-            from trainer.triton import export_triton
+            from coopnets.trainer.triton import export_triton
 
             print(f"triton model repository: {export_triton(bundle, args.triton)}")
         return 0

@@ -15,8 +15,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from contract.bundle import STORAGE
-from trainer.nets import ARCH_FOR_SIZE, ARCHS, NetSpec, arch_for_size, image_size
+from coopnets.contract.bundle import STORAGE
+from coopnets.trainer.nets import ARCH_FOR_SIZE, ARCHS, NetSpec, arch_for_size, image_size
 
 LR_SCHEDULES = ("constant", "cosine")
 DATASET_KINDS = ("fashion-mnist", "digits", "cifar10:PATH", "folder:PATH", "npz:PATH")
@@ -193,7 +193,7 @@ class TrainConfig:
         if not self.dist_timeout > 0:
             bad("dist_timeout", f"must be > 0 seconds, got {self.dist_timeout}")
         if self.preset:
-            from trainer.presets import preset_values
+            from coopnets.trainer.presets import preset_values
 
             preset_values(self.preset)  # ValueError naming --preset for an unknown name
         if self.guard_max_abs <= 1:
@@ -221,8 +221,8 @@ def resolve_train_config(
     """coop-train's config, lowest first: the defaults, the `--preset`'s values, (with --resume) the
     checkpoint's `saved` config, the TOML `config_file`, then `flags`; validated. The preset is named by the
     flags, the file or the saved config, in that order."""
-    from contract.flags import load_toml, resolve
-    from trainer.presets import preset_values
+    from coopnets.contract.flags import load_toml, resolve
+    from coopnets.trainer.presets import preset_values
 
     in_file = load_toml(config_file, TrainConfig) if config_file else {}
     name = flags.get("preset") or in_file.get("preset") or (saved or {}).get("preset") or ""

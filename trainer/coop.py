@@ -32,23 +32,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
-from contract.codec import save_side_by_side
-from contract.files import atomic_write_json
-from contract.flags import from_dict
-from contract.sampling import energy
-from trainer.checkpoint import (
+from coopnets.contract.codec import save_side_by_side
+from coopnets.contract.files import atomic_write_json
+from coopnets.contract.flags import from_dict
+from coopnets.contract.sampling import energy
+from coopnets.trainer.checkpoint import (
     drop_metrics_after,
     load_checkpoint,
     rng_states,
     save_checkpoint,
     set_rng_states,
 )
-from trainer.config import TrainConfig
-from trainer.distributed import Dist, rank_seed
-from trainer.langevin import infer_latent, revise, torch_noise
-from trainer.nets import Descriptor, Generator, build_nets
+from coopnets.trainer.config import TrainConfig
+from coopnets.trainer.distributed import Dist, rank_seed
+from coopnets.trainer.langevin import infer_latent, revise, torch_noise
+from coopnets.trainer.nets import Descriptor, Generator, build_nets
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +388,7 @@ def train(
     events) past the checkpoint's iteration, which it logs again. Under torchrun (`dist`), every rank calls
     this with the same arguments; rank 0 alone reads the checkpoint (the others get it broadcast) and writes.
     """
-    from trainer.data import to_tensor
+    from coopnets.trainer.data import to_tensor
 
     dist = dist or Dist()
     out = Path(config.out)

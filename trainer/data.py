@@ -41,10 +41,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import PIL
 import torch
+from coopnets.contract.codec import from_uint8
+from coopnets.contract.files import atomic_write
 from PIL import Image, UnidentifiedImageError
-
-from contract.codec import from_uint8
-from contract.files import atomic_write
 
 log = logging.getLogger(__name__)
 

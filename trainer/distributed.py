@@ -1,11 +1,12 @@
 """Data-parallel training across processes (torchrun), with the one-process run as its world-size-1 case.
 
-    torchrun --standalone --nproc_per_node=4 -m trainer.cli --out runs/ddp ...
-    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend c10d --rdzv-endpoint host:29400 -m trainer.cli ...
+    torchrun --standalone --nproc_per_node=4 -m coopnets.trainer.cli --out runs/ddp ...
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend c10d --rdzv-endpoint host:29400 \
+        -m coopnets.trainer.cli ...
 
-(`coop-train` itself can stand in for `-m trainer.cli`: torchrun runs any executable.) The process group is
-initialised from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): backend gloo for CPU
-tensors and, where CUDA is available, NCCL for CUDA tensors (one group serves both), each rank on
+(`coop-train` itself can stand in for `-m coopnets.trainer.cli`: torchrun runs any executable.) The process
+group is initialised from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): backend
+gloo for CPU tensors and, where CUDA is available, NCCL for CUDA tensors (one group serves both), each rank on
 cuda:LOCAL_RANK. Without those variables `Dist` is world size 1 and every collective below returns at once,
 so the plain coop-train runs exactly the same loop, bit for bit as before distributed training existed.
 

@@ -32,14 +32,25 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from coopnets.contract import bundle
+from coopnets.contract.files import make_temp_dir, replace_dir
+from coopnets.trainer.config import TrainConfig
+from coopnets.trainer.grads import (
+    DescriptorWithGrad,
+    Generate,
+    GeneratorGrad,
+    LangevinStep,
+    frozen_copy,
+    kink_margin,
+)
+from coopnets.trainer.langevin import (
+    descriptor_score_and_grad,
+    descriptor_step,
+    latent_energy,
+    latent_energy_grad,
+)
+from coopnets.trainer.pack import pack_bundle
 from torch import nn
-
-from contract import bundle
-from contract.files import make_temp_dir, replace_dir
-from trainer.config import TrainConfig
-from trainer.grads import DescriptorWithGrad, Generate, GeneratorGrad, LangevinStep, frozen_copy, kink_margin
-from trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy, latent_energy_grad
-from trainer.pack import pack_bundle
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +145,7 @@ def export_run(
         generator = recalibrate_batchnorm(
             generator, config.latent_dim, config.num_chains, config.bn_recalibrate, config.seed
         )
-    from trainer.ood import calibration_images
+    from coopnets.trainer.ood import calibration_images
 
     return export_bundle(
         descriptor,
@@ -199,7 +210,7 @@ def export_bundle(
     ]
     ood = None
     if calibration is not None:
-        from trainer.ood import calibrate
+        from coopnets.trainer.ood import calibrate
 
         typicality, ood = calibrate(descriptor, calibration.float().cpu())
         graphs.append(_Graph("typicality", typicality))

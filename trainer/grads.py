@@ -1,7 +1,7 @@
 """Explicit input gradients (∂f/∂Y and ∂U/∂X) as plain forward modules, so that they export to ONNX.
 
 ONNX Runtime cannot differentiate, and with torch 2.13 a forward that calls ``torch.autograd.grad`` does not
-export (see ../shared/docs/onnx-export-notes.md). So the gradient is written out: a reverse pass walks the
+export. So the gradient is written out: a reverse pass walks the
 SAME ``nn.Sequential`` layers of trainer/nets.py backwards, each layer kind mapped to its vector-Jacobian
 product (conv -> transposed conv with the same weight, leaky ReLU -> mask multiply, ...). Because it reads the
 layers of the module it is given, it stays in sync with the nets; a layer kind without a backward here raises
@@ -23,9 +23,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from coopnets.trainer.langevin import descriptor_step
 from torch import nn
-
-from trainer.langevin import descriptor_step
 
 
 def frozen_copy(net: nn.Module) -> nn.Module:

@@ -26,9 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
+from coopnets.contract.sampling import latent_step
 from torch import nn
-
-from contract.sampling import latent_step
 
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]  # (step index, like-tensor) -> noise of that shape
 

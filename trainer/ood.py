@@ -98,7 +98,7 @@ def calibration_images(config, pixels: np.ndarray | None = None, n: int = CALIBR
     warning)."""
     import logging
 
-    from trainer.data import DataError, load_images, to_tensor
+    from coopnets.trainer.data import DataError, load_images, to_tensor
 
     if pixels is None:
         try:

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from coopnets.contract.bundle import STORAGE, WEIGHTS
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
-
-from contract.bundle import STORAGE, WEIGHTS
 
 MIN_ELEMENTS = 1024  # smaller tensors (biases, shapes, scalars) stay inline and float32: bytes, not weights
 ALIGN = 64  # each tensor's offset in weights.bin: aligned for vector loads when ORT maps the file

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from coopnets.trainer.grads import frozen_copy
+from coopnets.trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy_and_grad
 from torch import nn
-
-from trainer.grads import frozen_copy
-from trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy_and_grad
 
 
 class TorchBackend:

@@ -31,12 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from coopnets.contract.bundle import GRAPHS, OPSET, Bundle, read_bundle
+from coopnets.contract.files import make_temp_dir, replace_dir
 from coopnets.oip import model_config_pb2 as mc
 from google.protobuf import text_format
 from onnx import TensorProto, compose, helper, numpy_helper
-
-from contract.bundle import GRAPHS, OPSET, Bundle, read_bundle
-from contract.files import make_temp_dir, replace_dir
 
 CHAIN = "synthesis_chain"
 MAX_BATCH = 64  # Triton's max_batch_size for the graphs whose every input and output has the batch axis first

@@ -73,7 +73,7 @@ def spawn(
         str(port_file),
         *args,
     ]
-    code = f"{prelude}\nimport sys\nfrom serving.server import main\nsys.exit(main())\n"
+    code = f"{prelude}\nimport sys\nfrom coopnets.serving.server import main\nsys.exit(main())\n"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [python, "-c", code, *argv],

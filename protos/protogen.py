@@ -6,7 +6,7 @@ because newer generators stamp the code with a runtime check (`ValidateProtobufR
 `GRPC_GENERATED_VERSION`) that refuses every protobuf older than the generator's: stubs from grpcio-tools 1.85
 needed protobuf >= 7.35, and `pip install tritonclient[grpc]` (protobuf < 7) then broke every import of
 coopnets.v1. The old gencode carries no such check and runs on protobuf 4.25 through 7.x (measured:
-tests/test_install.py runs the lowest, the project's venv the newest). `make protogen` runs this module from
+tests/test_install.py runs the lowest, the project's venv the newest). `make protogen` runs this file from
 a throw-away venv that holds GENERATOR; run elsewhere, main refuses with one line.
 
 tests/test_serving_proto.py fails when the committed code is stale, comparing what matters rather than bytes:
@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
+PROTO_ROOT = Path(__file__).resolve().parent  # protos/: a development tool beside the .protos, not installed
 OIP_ROOT = PROTO_ROOT / "coopnets" / "oip"
 PROTO = "coopnets/v1/coopnets.proto"
 GENERATED = ("coopnets_pb2.py", "coopnets_pb2.pyi", "coopnets_pb2_grpc.py")
@@ -52,7 +52,7 @@ class Proto:
 # `inference`: registered as "grpc_service.proto" and "model_config.proto" with the very descriptors that
 # tritonclient registers, so that serving's modules and tritonclient's load into one process (a descriptor
 # pool accepts the same file twice, never two definitions of one name). The .proto files are printed from
-# tritonclient's descriptors (`python -m serving.protogen --oip-from-tritonclient`), then generated like
+# tritonclient's descriptors (`python protos/protogen.py --oip-from-tritonclient`), then generated like
 # coopnets.v1.
 PROTOS = (
     Proto(PROTO_ROOT, PROTO, "coopnets.v1"),
@@ -60,7 +60,7 @@ PROTOS = (
     Proto(OIP_ROOT, "grpc_service.proto", "coopnets.oip"),
 )
 OIP_HEADER = """// The Open Inference Protocol as Triton defines it ({name}; BSD-3-Clause, NVIDIA).
-// Printed by `python -m serving.protogen --oip-from-tritonclient` from the descriptors that
+// Printed by `python protos/protogen.py --oip-from-tritonclient` from the descriptors that
 // tritonclient {version} ships (its comments are not in them); protoc compiles it back to those
 // descriptors, byte for byte (tests/test_serving_proto.py). Do not edit: regenerate.
 """
@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     from importlib.metadata import version
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--print-generator"]:  # what `make protogen` installs in its venv
+        print(GENERATOR)
+        return 0
     if argv == ["--oip-from-tritonclient"]:
         for path in oip_from_tritonclient():
             print(f"wrote {path}")
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     found = version("grpcio-tools")
     if found != GENERATOR:
         print(
-            f"serving.protogen: needs grpcio-tools=={GENERATOR} (found {found}): run `make protogen`",
+            f"protos/protogen.py: needs grpcio-tools=={GENERATOR} (found {found}): run `make protogen`",
             file=sys.stderr,
         )
         return 2

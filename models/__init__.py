@@ -1,0 +1,1 @@
+"""The bundles shipped with coopnets (models/README.md): package data, found by contract.bundle."""
