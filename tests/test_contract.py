@@ -348,7 +348,8 @@ def test_average_restarts_fills_the_hole_with_the_mean_of_the_chains(engine):
 
 def test_an_entry_point_names_the_fix_for_a_protobuf_older_than_generated_code(monkeypatch, capsys):
     """A gRPC package's stubs that refuse the installed protobuf
-    (google.protobuf.runtime_version.VersionError) give one line with the pip command that fixes the environment, not a traceback."""
+    (google.protobuf.runtime_version.VersionError) give one line with the pip command that fixes the
+    environment, not a traceback."""
     import importlib
 
     from coopnets.contract.flags import PROTOBUF_MISMATCH, extra_main
