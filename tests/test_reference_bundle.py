@@ -110,7 +110,7 @@ def test_coop_complete_recovers_heldout_images_with_the_reference_bundle(tmp_pat
 def test_residual_fill_recovers_random_holes_better_with_the_trained_model(heldout):
     """Random 50% masks on held-out images, the shipped model: filling the hole with g(X) plus the observed
     pixels' interpolated residual (contract.sampling.residual_fill) beats g(X) alone on average, after the
-    same refinement (scripts/residual_fill.py measures it at N = 100: docs/results.md)."""
+    same refinement (experiments/residual_fill.py measures it at N = 100: docs/results.md)."""
     import dataclasses
 
     from coopnets.contract.occlusions import occlusion_masks

@@ -13,7 +13,7 @@ reference), and separate inverted images barely better than chance (0.59, 0.56):
 only to tell data from the generator's samples, so its score is not calibrated off that path. Its features
 are: the typicality of the first block's statistics gave the best worst case of every candidate measured
 (later blocks and the 100 outputs f sums were worse on blurred images and digits:
-`python scripts/ood_features.py CKPT`).
+`python experiments/ood_features.py CKPT`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """How many descriptor Langevin refinement steps completion should take, and of what size: PSNR of the
 missing region after K = 0, 5, 10, 20, 40, 80 refinement steps at step sizes scale × δ, from one fill.
 
-    python scripts/refine_steps.py reference --n 100 --occlusions center:12,random:0.5
-    python scripts/refine_steps.py runs/mnist5k/bundle --heldout npz:runs/mnist5k.npz --heldout-skip 4000
+    python experiments/refine_steps.py reference --n 100 --occlusions center:12,random:0.5
+    python experiments/refine_steps.py runs/mnist5k/bundle --heldout npz:runs/mnist5k.npz --heldout-skip 4000
 
 The fill is completion at the bundle's defaults with no refinement (latent chains, their fill and the
 residual); each column then runs contract.sampling.langevin_steps on the hole from that same fill, with the
@@ -19,7 +19,7 @@ import numpy as np
 from coopnets.contract import sampling
 from coopnets.contract.occlusions import occlusion_masks
 from coopnets.evaluation import metrics
-from residual_fill import setup  # noqa: E402  (the scripts folder is not a package)
+from residual_fill import setup  # noqa: E402  (python puts the script's folder, experiments/, on sys.path)
 
 CHECKPOINTS = (0, 5, 10, 20, 40, 80)
 

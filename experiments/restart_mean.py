@@ -2,8 +2,8 @@
 chains (CompletionParams.average_restarts): under uncertainty the PSNR-optimal fill is the posterior mean,
 and one confident wrong stroke costs more than a blur (docs/results.md, the MNIST table).
 
-    python scripts/restart_mean.py runs/mnist5k/bundle --heldout npz:runs/mnist5k.npz --heldout-skip 4000
-    python scripts/restart_mean.py reference --n 100
+    python experiments/restart_mean.py runs/mnist5k/bundle --heldout npz:runs/mnist5k.npz --heldout-skip 4000
+    python experiments/restart_mean.py reference --n 100
 
 Prints, per occlusion, the PSNR of the missing region (mean over N held-out images, seeds 0..N-1) of
 completion at the bundle's defaults but for the two choices, with R = the bundle's restarts and 4R chains
@@ -21,7 +21,7 @@ from coopnets.contract import sampling
 from coopnets.contract.occlusions import occlusion_masks
 from coopnets.evaluation import metrics
 from coopnets.evaluation.baselines import biharmonic
-from residual_fill import setup  # noqa: E402  (the scripts folder is not a package)
+from residual_fill import setup  # noqa: E402  (python puts the script's folder, experiments/, on sys.path)
 
 
 def main() -> int:

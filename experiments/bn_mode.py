@@ -2,8 +2,8 @@
 ones (batch statistics, as during training and in the paper's code)? Issue 2's question, answered with the
 evaluation classifier's Fréchet distance against Fashion-MNIST's held-out split.
 
-    .venv/bin/python bench/bn_mode.py runs/demo/checkpoint.pt --n 1000
-    .venv/bin/python bench/bn_mode.py CKPT --n 10 --data-dir DIR --cache-dir /tmp/clf    # smoke
+    .venv/bin/python experiments/bn_mode.py runs/demo/checkpoint.pt --n 1000
+    .venv/bin/python experiments/bn_mode.py CKPT --n 10 --data-dir DIR --cache-dir /tmp/clf    # smoke
 
 Both modes use the same latents X and the same Langevin noise; train mode runs the generator in batches of the
 training batch size (batch statistics depend on it). Prints a table and ends with NAME=VALUE lines.

@@ -2,8 +2,8 @@
 measurement behind the defaults `residual_fill: true` and `residual_interpolant: auto` (contract/bundle.py
 DEFAULT_COMPLETION).
 
-    python scripts/residual_fill.py reference --n 100
-    python scripts/residual_fill.py runs/digits/bundle --heldout digits --heldout-skip 1497 --n 100
+    python experiments/residual_fill.py reference --n 100
+    python experiments/residual_fill.py runs/digits/bundle --heldout digits --heldout-skip 1497 --n 100
 
 Per occlusion: the latent chains run once (the bundle's completion defaults, seeds 0..N-1), and from their
 fill G = g(X) every variant gets the same refinement (K descriptor steps, each variant from the same rng

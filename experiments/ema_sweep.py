@@ -10,7 +10,7 @@ random initialisation washes out). At the end it writes one checkpoint per varia
     g{d}.pt       the generator's EMA at decay d, the descriptor as trained
     gd{d}.pt      both nets' EMAs at decay d
 
-    python scripts/ema_sweep.py --out runs/ema --threads 1                    # the defaults: 2500 iterations
+    python experiments/ema_sweep.py --out runs/ema --threads 1             # the defaults: 2500 iterations
     for c in runs/ema/*.pt; do
         coop-eval $c --no-completion --ood-n 0 --threads 1 --out runs/ema/eval-$(basename $c .pt)
     done

