@@ -87,31 +87,18 @@ GRAPHS: dict[str, tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[tuple[str
 OPTIONAL_GRAPHS = {"typicality": ((("y", _IMG),), (("ood", ("N",)),))}
 ALL_GRAPHS = {**GRAPHS, **OPTIONAL_GRAPHS}
 
-# Completion defaults, measured for the 28×28 net (`python bench/export_step.py --completion CKPT`): on a
-# 200-iteration Fashion-MNIST model the Gauss-Newton Hessian of U(z) had top eigenvalue λ ≈ 960 (median
-# image; 1760 max), so gradient steps are stable for (η²/2)·λ < 2, i.e. η ≲ 0.05-0.065; η = 0.05 gave the best
-# PSNR on the hidden pixels of a centre 14×14 hole (11.5 dB at L = 100, 11.4 at 200; η = 0.1 oscillates).
-# Restarts and refinement, measured on the reference run's 2000-iteration checkpoint (100 t10k images,
-# PSNR of the missing region, centre 12×12 / 16×16 / left half): R = 4 chains of L = 100 raise latent-only
-# from 15.57 / 14.32 / 14.46 dB (R = 1) to 15.83 / – / –; R = 8 gives 15.84 / 14.66 / 14.65 (no better
-# than 4 on centre 12, at twice the cost). After them K = 10 refinement steps add 0.2-0.3 dB (16.17 at
-# R = 4), K = 15 less (16.05), and K = 50 loses (ckpt 1000: 14.29 at K = 15, 12.20 at K = 50). Larger η
-# loses: η = 0.06 at L = 200 gave 13.53 dB against 13.69 for η = 0.05 at L = 100 (ckpt 1000), η = 0.07
-# 11.79 vs 12.31 (ckpt 500, L = 100).
-# residual_fill (contract.sampling.residual_fill), measured on the shipped reference bundle (iteration 14,000;
-# `python scripts/residual_fill.py reference --n 100`: t10k images, PSNR of the missing region): centre 12×12
-# 16.15 -> 16.38 dB, random 50% 18.64 -> 20.29 dB (biharmonic 18.48); docs/results.md. Bundles written
-# before it (no key) keep completing without it, so that they answer as they did (LEGACY_COMPLETION).
-# average_restarts (contract.sampling.latent_fill), measured with `python scripts/restart_mean.py BUNDLE
-# --factors 1` (PSNR of the missing region, N = 100, 2026-12-05): lowest U of 4 -> mean of 4 on the shipped
-# reference centre 12×12 16.74 -> 17.15 dB, random 50% 20.55 -> 20.98; on MNIST-5k (docs/results.md) 8.19 ->
-# 9.00 and 18.97 -> 19.48: a gain on both datasets and both occlusions, so new exports average.
-# residual_interpolant (contract.sampling.interpolate_residual), measured with
-# `python scripts/residual_fill.py BUNDLE --n 100` (PSNR of the missing region after refinement, 2026-12-05):
-# on MNIST-5k the biharmonic residual beats the harmonic one on random masks (50%: 19.48 -> 20.20 dB; 75%:
-# 16.77 -> 17.32) and is level on centre holes (9.00 / 9.04); on the Fashion-MNIST reference it is level on
-# random masks and loses 1.19 dB on centre holes (N = 50). "auto" takes the biharmonic fill only where the
-# hole is scattered: docs/results.md.
+# Completion defaults. Each value is the best one measured for the 28×28 net; the tables, with the commands
+# that reproduce them, are in docs/results.md ("Completion defaults"). Why each holds:
+# - latent_step_size 0.05: plain gradient steps on U(z) are stable while (η²/2)·λ_max < 2 for the top
+#   eigenvalue λ_max of U's Gauss-Newton Hessian; larger steps oscillate, smaller ones need more of them.
+# - restarts 4, latent_steps 100, refine_steps 10: more chains or steps stop paying for their cost; longer
+#   descriptor refinement drifts away from the data towards the descriptor's sharper modes.
+# - residual_fill: g(X) matches the visible pixels only approximately; carrying that residual into the hole
+#   corrects the fill where the hole has visible neighbours (random-pixel masks most).
+# - average_restarts: under uncertainty the PSNR-optimal fill is the posterior mean, not its likeliest draw.
+# - residual_interpolant "auto": the biharmonic residual wins where the hole is scattered and overshoots into
+#   blocks, so the hole's shape picks it (contract.sampling.interpolate_residual).
+# Bundles written before a key existed keep answering as they did (LEGACY_COMPLETION).
 DEFAULT_COMPLETION = {
     "latent_steps": 100,
     "latent_step_size": 0.05,
