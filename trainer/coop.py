@@ -179,8 +179,8 @@ class _Autocast(nn.Module):
 
     The sum over the descriptor's 100 outputs is float32, and under fp16 its last layer too: that is where f
     grows with training (per-output values of 5.5e4 by iteration 500 and f(data) of 1.25e7 were measured,
-    beyond float16's 65504). bfloat16 has float32's range, so under bf16 the last layer stays in bf16 (its
-    float32 copy made bench/training.py's tpami bf16 row 1.76 s/iteration at e15d81f, 1.52-1.63 after)."""
+    beyond float16's 65504). bfloat16 has float32's range, so under bf16 the last layer stays in bf16: a
+    float32 copy of it only costs time (docs/training.md, "Mixed precision")."""
 
     def __init__(self, net: nn.Module, dtype: torch.dtype, device_type: str):
         super().__init__()
