@@ -294,7 +294,7 @@ def latent_fill(
 
     Why the mean: under uncertainty the fill with the least squared error is the posterior mean, and a
     confident stroke of the wrong digit costs more PSNR than a blur between the candidates
-    (docs/results.md, the MNIST table; scripts/restart_mean.py measures it)."""
+    (docs/results.md, the MNIST table; experiments/restart_mean.py measures it)."""
     if not params.average_restarts:
         x = yield from latent_steps(backend, y_obs, mask, rngs, params)  # (N, d)
         return backend.generate(x)
