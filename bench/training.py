@@ -13,8 +13,9 @@ Cases, interleaved iteration by iteration on separate runs built from the same s
               zeroed), as FANG-Xiaolin/pytorch-CoopNets does: same math, same samples
     + each of --variants (trainer with channels-last tensors; trainer with --amp bf16)
     before    what coop-train runs here (bf16 where the CPU has it), as the trainer ran it before the
-              2026-12-06 speed-up: the full-size layers (trainer.nets.WholeConv2d/WholeConvTranspose2d) as
-              plain convolutions, the descriptor update as two passes, Langevin casting the weights every step
+              speed-up of docs/training.md ("Speed"): the full-size layers (trainer.nets.WholeConv2d,
+              WholeConvTranspose2d) as plain convolutions, the descriptor update as two passes, Langevin
+              casting the weights every step
 trainer and naive run in float32 (--amp none); bf16 is the trainer as `--amp bf16` runs it (the nets under
 autocast, the sum of the descriptor's outputs and the Langevin arithmetic in float32), what `--amp auto` (the
 default) picks on a CPU with native bfloat16; that case is always measured, so the last line is what

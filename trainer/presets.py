@@ -64,7 +64,7 @@ PRESETS: dict[str, Preset] = {
         "this project's default, measured on 2 CPU cores (docs/training.md): the paper's numbers at "
         "batch = chains = 32 for 3x more updates per second, on a cosine learning-rate schedule (revised "
         "FD 40.7 where the constant rate ended at 90.0), then l 10 and generator lr 2e-4 for 2800 "
-        "iterations in the same wall time (revised FD 33.5 against 39.7, 2026-12-06)",
+        "iterations in the same wall time (revised FD 33.5 against 39.7)",
         {},  # TrainConfig's own defaults
     ),
 }
