@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from support import ROOT, TOKEN
 
+pytestmark = [pytest.mark.slow, pytest.mark.network]  # npm install from the npm registry
+
 NODE_DIR = ROOT / "tests" / "node"
 
 

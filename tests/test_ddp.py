@@ -34,6 +34,8 @@ from coopnets.trainer.langevin import revise, torch_noise
 from coopnets.trainer.nets import build_nets
 from support import ROOT
 
+pytestmark = pytest.mark.slow  # torchrun: real processes
+
 WORLD = 2
 TINY = [
     "--lr-schedule",  # one_process below steps at constant rates, the paper's

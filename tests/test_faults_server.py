@@ -25,6 +25,8 @@ from coopnets.serving.engine import Engine
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import COMPLETION, LANGEVIN, ROOT, local_server, start_server, wait_for
 
+pytestmark = pytest.mark.slow  # coop-serve processes under signals and faults
+
 LEGACY_BUNDLE = ROOT / "tests" / "data" / "legacy" / "bundle"  # the same image shape, latent size 8
 
 # A client process that opens a stream, reads one snapshot, prints "started" and then hangs until SIGKILLed:

@@ -25,6 +25,8 @@ import pytest
 from coopnets.trainer.checkpoint import load_checkpoint
 from support import ROOT
 
+pytestmark = pytest.mark.slow  # coop-train processes killed and resumed
+
 INTERVAL = 2  # --ckpt-every
 TINY = [
     "--lr-schedule",  # a resume to another --iterations stretches a cosine curve: constant rates redo

@@ -33,6 +33,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
+pytestmark = pytest.mark.slow  # property-based: many examples through the loaders
+
 FUZZ = settings(
     max_examples=150,
     deadline=None,

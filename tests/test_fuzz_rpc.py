@@ -31,6 +31,8 @@ from hypothesis import strategies as st
 from PIL import Image as PILImage
 from support import local_server
 
+pytestmark = pytest.mark.slow  # property-based: many examples through a server
+
 ALLOWED = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
 SHAPE = (1, 28, 28)  # the test bundle's (C, H, W)
 MAX_MB = 1

@@ -23,6 +23,8 @@ import pytest
 from PIL import Image
 from support import ROOT, spawn, wait_serving
 
+pytestmark = [pytest.mark.slow, pytest.mark.network]  # builds venvs, pip installs from PyPI
+
 LEGACY = ROOT / "tests" / "data" / "legacy" / "bundle"
 LOWEST = {
     "protobuf": "4.25.1",

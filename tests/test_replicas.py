@@ -19,6 +19,8 @@ from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import ROOT, start_server, wait_for
 
+pytestmark = pytest.mark.slow  # several coop-serve processes
+
 LEGACY = ROOT / "tests" / "data" / "legacy" / "bundle"
 SYNTH_OK = {"rpc": "Synthesize", "code": "OK"}
 SERVING = health_pb2.HealthCheckResponse.SERVING

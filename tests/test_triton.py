@@ -125,6 +125,8 @@ def tritonserver(tmp_path_factory) -> Path:
     return binary
 
 
+@pytest.mark.slow
+@pytest.mark.network  # downloads nvidia-pytriton's wheel from PyPI
 def test_tritonserver_accepts_every_config(repository, tritonserver):
     """Triton validates each config.pbtxt when it polls the repository (dims, reshapes, batching); a model
     that passes goes on to load its backend, which this build lacks: that, and only that, must fail."""

@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # seconds of load on real servers
 def test_short_load_and_overload(serving_bundle, tmp_path):
     out = tmp_path / "load.json"
     proc = subprocess.run(
