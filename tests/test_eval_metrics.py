@@ -64,6 +64,23 @@ def test_class_histogram_kl():
     assert metrics.histogram_kl(collapsed, hist) > 0.05
 
 
+def test_inception_score_known_values():
+    """IS = exp E KL(p(y|x) ‖ p(y)): confident predictions spread evenly over K classes give exactly K (the
+    KL is log K for every image), identical predictions give 1; the 10 parts of 1000 images are equal here,
+    so their standard deviation is 0 within float64 rounding (|error| < 1e-9 on values of order 10)."""
+    k = 10
+    one_hot = np.eye(k)[np.arange(1000) % k]  # (1000, 10): each part of 100 holds every class 10 times
+    mean, std = metrics.inception_score(one_hot)
+    assert mean == pytest.approx(k, abs=1e-9) and std == pytest.approx(0, abs=1e-9)
+    same = np.tile(np.array([0.7, 0.2, 0.1]), (500, 1))  # the same prediction for every image
+    assert metrics.inception_score(same) == pytest.approx((1.0, 0.0), abs=1e-9)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (1000, k))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    mean, std = metrics.inception_score(probs)
+    assert 1 < mean < k and std > 0  # between the extremes, and the parts differ
+
+
 def test_memorisation_flags_copies():
     rng = np.random.default_rng(1)
     train = rng.uniform(-1, 1, (300, *SHAPE)).astype(np.float32)
