@@ -105,7 +105,8 @@ def test_color_eval_errors_are_one_line(rgb_bundle, tree, tmp_path, capsys):
     assert "class folders" in _one_line_error(capsys)
     renamed = write_tree(tmp_path / "renamed", {"test": 1})
     (renamed / "test" / "red").rename(renamed / "test" / "crimson")
-    assert main([*argv, "--dataset", f"folder:{tree / 'train'}", "--heldout", f"folder:{renamed / 'test'}"]) == 2
+    dataset = ["--dataset", f"folder:{tree / 'train'}"]
+    assert main([*argv, *dataset, "--heldout", f"folder:{renamed / 'test'}"]) == 2
     assert "differ from the training split's" in _one_line_error(capsys)
 
 
