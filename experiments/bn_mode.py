@@ -2,6 +2,8 @@
 ones (batch statistics, as during training and in the paper's code)? Issue 2's question, answered with the
 evaluation classifier's Fréchet distance against Fashion-MNIST's held-out split.
 
+Reproduces the table of docs/results.md, "Eval-mode vs train-mode BatchNorm".
+
     .venv/bin/python experiments/bn_mode.py runs/demo/checkpoint.pt --n 1000
     .venv/bin/python experiments/bn_mode.py CKPT --n 10 --data-dir DIR --cache-dir /tmp/clf    # smoke
 

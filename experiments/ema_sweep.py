@@ -1,5 +1,7 @@
 """Does an exponential moving average (EMA) of the weights give better samples at the end of a short run?
 
+Reproduces the table of docs/training.md, "The defaults, and the measurements behind them" (l = 10, EMA).
+
 Runs coop-train's loop (trainer.coop.cooperative_iteration, the same seed, data order and schedule as
 `coop-train` with the same flags, so the raw nets are the run coop-train would make) while keeping EMA copies
 of the generator and of the descriptor at several decays (torch.optim.swa_utils.AveragedModel, buffers such as

@@ -1,5 +1,5 @@
 """How large and how many latent gradient steps completion needs on the 28×28 net: λ_max of U's Hessian and a
-(η, L) sweep. Reproduces docs/results.md, "Completion defaults: the latent steps" (the measurement behind
+(η, L) sweep. Reproduces docs/results.md, "The latent steps" (the measurement behind
 `latent_step_size` 0.05 and `latent_steps` 100 in contract/bundle.py's completion defaults).
 
     .venv/bin/python experiments/latent_completion.py runs/demo/checkpoint.pt

@@ -1,5 +1,7 @@
 """How `--infer-latent`'s step size η behaves on a trained run's own chains: mean U(X) after each step.
 
+Reproduces the table of docs/training.md, "Latent inference step".
+
     .venv/bin/python experiments/latent_step.py runs/demo/checkpoint.pt --etas 0.1,0.05,0.02,0.01,0.005
 
 What it measures is what step 3 of `cooperative_iteration` does: fresh drafts g(X̂) of M̃ chains (the

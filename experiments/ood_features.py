@@ -1,5 +1,7 @@
 """Which descriptor features make the best typicality score: the measurement behind trainer/ood.py.
 
+Reproduces the table of docs/results.md, "Out-of-distribution" (why the first block's statistics).
+
     python experiments/ood_features.py runs/reference/ckpt-10000.pt [--n 500] [--calibration 2000]
 
 For each descriptor block (after its activation; the last layer's outputs, the 100 numbers f sums), fits a

@@ -1,6 +1,8 @@
 """How many descriptor Langevin refinement steps completion should take, and of what size: PSNR of the
 missing region after K = 0, 5, 10, 20, 40, 80 refinement steps at step sizes scale × δ, from one fill.
 
+Reproduces the table of docs/results.md, "Refinement steps (`refine_steps`)".
+
     python experiments/refine_steps.py reference --n 100 --occlusions center:12,random:0.5
     python experiments/refine_steps.py runs/mnist5k/bundle --heldout npz:runs/mnist5k.npz --heldout-skip 4000
 

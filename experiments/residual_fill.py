@@ -2,6 +2,8 @@
 measurement behind the defaults `residual_fill: true` and `residual_interpolant: auto` (contract/bundle.py
 DEFAULT_COMPLETION).
 
+Reproduces the table of docs/results.md, "The residual fill" and "The residual's interpolant".
+
     python experiments/residual_fill.py reference --n 100
     python experiments/residual_fill.py runs/digits/bundle --heldout digits --heldout-skip 1497 --n 100
 

@@ -2,6 +2,8 @@
 chains (CompletionParams.average_restarts): under uncertainty the PSNR-optimal fill is the posterior mean,
 and one confident wrong stroke costs more than a blur (docs/results.md, the MNIST table).
 
+Reproduces the table of docs/results.md, "Averaged chains (`average_restarts`)".
+
     python experiments/restart_mean.py runs/mnist5k/bundle --heldout npz:runs/mnist5k.npz --heldout-skip 4000
     python experiments/restart_mean.py reference --n 100
 
