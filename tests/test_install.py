@@ -46,7 +46,7 @@ def _run(argv, **kw) -> subprocess.CompletedProcess:
 
 
 def site_packages_mb(prefix: Path) -> float:
-    """Size of a venv's site-packages in MiB (what `du -sm` says), for the install sizes in the README."""
+    """Size of a venv's site-packages in MiB (what `du -sm` says), for docs/production.md's install sizes."""
     (site,) = prefix.glob("lib/python*/site-packages")
     return sum(f.stat().st_size for f in site.rglob("*") if f.is_file() and not f.is_symlink()) / 2**20
 
