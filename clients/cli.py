@@ -19,7 +19,6 @@ recovered). Masks: **white (1) = missing**. Input i uses seed S + i. Errors: one
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -346,27 +345,32 @@ def _complete_remote(config: CompleteConfig, inputs: list[Path]) -> list[Recover
 
 def _complete_local(config: CompleteConfig, inputs: list[Path]) -> list[Recovered]:
     """The service's completion without a server: the same engine, masks and defaults, in this process."""
-    from coopnets.contract.codec import mask_from_message
+    from coopnets.contract.codec import checked_missing, decode_mask_png
     from coopnets.contract.occlusions import occluded, occlusion_mask
     from coopnets.serving.engine import Engine
-    from coopnets.v1 import coopnets_pb2 as pb
+    from coopnets.serving.requests import completion_params
 
     engine = Engine.open(config.bundle, device=config.device)  # BundleError is a ValueError: one line
     shape = engine.image_shape
     images = np.stack([decode_png(p.read_bytes(), shape, str(p)) for p in inputs])  # (N, C, H, W)
-    seeds = [config.seed + i for i in range(len(inputs))]
+    seeds = tuple(config.seed + i for i in range(len(inputs)))
     if config.mask:  # checked as the service checks a mask PNG
-        mask = mask_from_message(pb.Image(png=Path(config.mask).read_bytes()), shape, config.mask)
+        mask = checked_missing(
+            decode_mask_png(Path(config.mask).read_bytes(), shape, config.mask), config.mask
+        )
         masks = np.stack([mask] * len(inputs))  # (N, C, H, W)
     else:
         masks = np.stack([occlusion_mask(config.occlude, shape, s) for s in seeds])  # (N, C, H, W)
-    overrides = {"latent_steps": config.latent_steps, "refine_steps": config.refine_steps,
-                 "restarts": config.restarts, "residual_fill": config.residual_fill,
-                 "average_restarts": config.average_restarts,
-                 "residual_interpolant": config.residual_interpolant}  # fmt: skip
-    params = dataclasses.replace(
-        engine.completion_defaults, **{k: v for k, v in overrides.items() if v is not None}
-    ).checked()
+    params = completion_params(
+        engine,
+        None,
+        latent_steps=config.latent_steps,
+        refine_steps=config.refine_steps,
+        restarts=config.restarts,
+        residual_fill=config.residual_fill,
+        average_restarts=config.average_restarts,
+        residual_interpolant=config.residual_interpolant,
+    )
     out = engine.complete(images, masks, seeds, params)
     preview = occluded(images, masks)  # (N, C, H, W)
     return [Recovered(out.images[i], preview[i]) for i in range(len(inputs))]

@@ -213,6 +213,38 @@ def tensor_from_message(t, field: str = "tensor") -> np.ndarray:
     return np.frombuffer(t.data, dtype="<f4").reshape(shape).astype(np.float32)
 
 
+def checked_image(a: np.ndarray, shape: tuple[int, int, int], field: str = "tensor") -> np.ndarray:
+    """A float image array -> (C, H, W) float32: [C, H, W] or [1, C, H, W], finite. Every protocol's
+    images meet this one check (coopnets.v1 tensors through image_from_message, OIP inputs directly)."""
+    if a.shape not in (tuple(shape), (1, *shape)):
+        raise FieldError(f"{field}.shape", f"shape {list(a.shape)} is not the model's {list(shape)}")
+    a = a.reshape(shape).astype(np.float32, copy=False)
+    if not np.isfinite(a).all():
+        raise FieldError(f"{field}.data", "values must be finite")
+    return a
+
+
+def checked_mask(m: np.ndarray, shape: tuple[int, int, int], field: str = "tensor") -> np.ndarray:
+    """A mask array -> (C, H, W) float32, **1 = missing**: [H, W], [1, H, W] or [C, H, W] of exactly 0 and
+    1. (That at least one pixel is missing is `checked_missing`'s, which PNG masks meet too.)"""
+    c, h, w = shape
+    if m.shape not in ((h, w), (1, h, w), (c, h, w)):
+        raise FieldError(
+            f"{field}.shape",
+            f"shape {list(m.shape)} must be [H, W], [1, H, W] or [C, H, W] = {[c, h, w]}",
+        )
+    if not np.isin(m, (0.0, 1.0)).all():
+        raise FieldError(f"{field}.data", "mask values must be 0 (observed) or 1 (missing)")
+    return np.ascontiguousarray(np.broadcast_to(m.reshape((-1, h, w)), shape), dtype=np.float32)  # (C, H, W)
+
+
+def checked_missing(m: np.ndarray, field: str = "mask") -> np.ndarray:
+    """The mask (C, H, W) itself, once it marks at least one missing pixel (else there is nothing to do)."""
+    if not m.any():
+        raise FieldError(field, "the mask marks no missing pixel (1 / white = missing): nothing to complete")
+    return m
+
+
 def image_from_message(msg, shape: tuple[int, int, int], field: str = "image") -> np.ndarray:
     """Image message -> (C, H, W) float32; a tensor may be [C, H, W] or [1, C, H, W] and must be finite."""
     kind = msg.WhichOneof("kind")
@@ -220,34 +252,17 @@ def image_from_message(msg, shape: tuple[int, int, int], field: str = "image") -
         raise FieldError(field, "no image given: set png or tensor")
     if kind == "png":
         return decode_png(msg.png, shape, f"{field}.png")
-    a = tensor_from_message(msg.tensor, f"{field}.tensor")
-    if a.shape not in (tuple(shape), (1, *shape)):
-        raise FieldError(f"{field}.tensor.shape", f"shape {list(a.shape)} is not the model's {list(shape)}")
-    a = a.reshape(shape)
-    if not np.isfinite(a).all():
-        raise FieldError(f"{field}.tensor.data", "values must be finite")
-    return a
+    return checked_image(tensor_from_message(msg.tensor, f"{field}.tensor"), shape, f"{field}.tensor")
 
 
 def mask_from_message(msg, shape: tuple[int, int, int], field: str = "mask") -> np.ndarray:
     """Mask message -> (C, H, W) float32 of 0/1, **1 = missing**. PNG: white (>= 128) = missing (colour PNGs
-    are read as grey). Tensor: [H, W], [1, H, W] or [C, H, W] of exactly 0 and 1. At least one must be 1."""
-    c, h, w = shape
+    are read as grey). Tensor: as `checked_mask`. At least one must be 1."""
     kind = msg.WhichOneof("kind")
     if kind is None:
         raise FieldError(field, "no mask given: set png or tensor, or use occlusion")
     if kind == "png":
         m = decode_mask_png(msg.png, shape, f"{field}.png")
     else:
-        m = tensor_from_message(msg.tensor, f"{field}.tensor")
-        if m.shape not in ((h, w), (1, h, w), (c, h, w)):
-            raise FieldError(
-                f"{field}.tensor.shape",
-                f"shape {list(m.shape)} must be [H, W], [1, H, W] or [C, H, W] = {[c, h, w]}",
-            )
-        if not np.isin(m, (0.0, 1.0)).all():
-            raise FieldError(f"{field}.tensor.data", "mask values must be 0 (observed) or 1 (missing)")
-        m = np.ascontiguousarray(np.broadcast_to(m.reshape((-1, h, w)), shape), dtype=np.float32)  # (C, H, W)
-    if not m.any():
-        raise FieldError(field, "the mask marks no missing pixel (1 / white = missing): nothing to complete")
-    return m
+        m = checked_mask(tensor_from_message(msg.tensor, f"{field}.tensor"), shape, f"{field}.tensor")
+    return checked_missing(m, field)

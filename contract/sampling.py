@@ -28,12 +28,13 @@ stops a cancelled request between steps) and return the `Samples`; `run` drives 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
+T = TypeVar("T")
 MAX_STEP_SIZE = 1.0  # δ and η above this are not Langevin steps but jumps
 MAX_RESTARTS = 16  # latent chains per completed image: a request costs up to steps × this many gradients
 RESIDUAL_ITERATIONS = 400  # Jacobi sweeps of residual_fill: converged for 28-32 px holes (docs/results.md)
@@ -442,25 +443,49 @@ def interpolate_residual(residual: np.ndarray, mask: np.ndarray, interpolant: st
     return out
 
 
+def stepped(
+    steps: Generator[Progress, None, Samples],
+    should_stop: Callable[[], bool] | None = None,
+    each: Callable[[Progress], Iterable[T]] | None = None,
+) -> Generator[T, None, Samples]:
+    """The one loop that drives a sampler: `should_stop` is checked before every step and raises Cancelled
+    once it says so; this generator yields whatever `each(progress)` yields for every Progress (a stream's
+    snapshots) and returns the sampler's result. Closing it closes the sampler."""
+    done = 0
+    try:
+        while True:
+            if should_stop is not None and should_stop():
+                raise Cancelled(done)
+            try:
+                progress = next(steps)
+            except StopIteration as end:
+                return end.value
+            done += progress.step > 0
+            if each is not None:
+                yield from each(progress)
+    finally:
+        steps.close()
+
+
 def run(
     steps: Generator[Progress, None, Samples],
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ):
-    """Drives a sampler to the end and returns its result. `should_stop` is checked before every step and
-    raises Cancelled once it says so; `on_progress` sees every Progress."""
-    done = 0
-    while True:
-        if should_stop is not None and should_stop():
-            steps.close()
-            raise Cancelled(done)
-        try:
-            progress = next(steps)
-        except StopIteration as end:
-            return end.value
-        done += progress.step > 0
+    """Drives a sampler to the end and returns its result (`stepped`, nothing yielded); `on_progress` sees
+    every Progress."""
+
+    def each(progress: Progress) -> tuple[()]:
         if on_progress is not None:
             on_progress(progress)
+        return ()
+
+    driven = stepped(steps, should_stop, each)
+    try:
+        next(driven)  # `each` yields nothing, so the first next() runs the sampler to its end
+    except StopIteration as end:
+        return end.value
+    raise AssertionError("stepped yielded with an `each` that yields nothing")
 
 
 def synthesize(backend: Backend, seeds: Sequence[int], params: SynthesisParams) -> Samples:

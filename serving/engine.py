@@ -108,13 +108,19 @@ class Engine:
         self.completion_defaults: CompletionParams = bundle.completion_params
 
     @classmethod
+    def load(
+        cls, bundle: Bundle, *, device: str = "auto", threads: int = 0, spin: bool = False, shards: int = 0
+    ) -> Engine:
+        """The engine of a bundle already read and verified: its sessions opened (serving.sessions). The one
+        place an engine is assembled: coop-serve at start, SIGHUP's reload and `open` all come here."""
+        return cls(bundle, open_sessions(bundle, device=device, threads=threads, spin=spin, shards=shards))
+
+    @classmethod
     def open(
         cls, bundle_dir, *, device: str = "auto", threads: int = 0, spin: bool = False, shards: int = 0
     ) -> Engine:
-        """Reads and verifies the bundle and opens its sessions (serving.sessions.open_sessions; raises
-        contract.bundle.BundleError)."""
-        bundle = read_bundle(bundle_dir)
-        return cls(bundle, open_sessions(bundle, device=device, threads=threads, spin=spin, shards=shards))
+        """Reads and verifies the bundle (raises contract.bundle.BundleError), then `load`."""
+        return cls.load(read_bundle(bundle_dir), device=device, threads=threads, spin=spin, shards=shards)
 
     def draft(self, seeds: Sequence[int]) -> np.ndarray:
         """Drafts Ŷ = g(X), X drawn from each seed's rng as synthesis draws it: (N, C, H, W)."""

@@ -29,7 +29,6 @@ import numpy as np
 from coopnets.contract.bundle import Bundle, BundleError, read_bundle
 from coopnets.contract.sampling import ParamError
 from coopnets.serving.engine import Engine
-from coopnets.serving.sessions import open_sessions
 from coopnets.v1 import coopnets_pb2 as pb
 from grpc_health.v1 import health, health_pb2
 
@@ -105,6 +104,10 @@ class Lifecycle:
         self._in_flight = 0
         self._idle = threading.Condition()
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def open(self, bundle: Bundle) -> Engine:
+        """The engine of `bundle` on this server's device, threads and shards (not yet served)."""
+        return Engine.load(bundle, device=self.device, threads=self.threads, shards=self.shards)
 
     @property
     def engine(self) -> Engine:
@@ -182,9 +185,7 @@ class Lifecycle:
                     f"served {old.image_shape} / {old.latent_dim}: restart coop-serve to change them"
                 )
             check_defaults(bundle, self.max_steps)
-            engine = Engine(
-                bundle, open_sessions(bundle, device=self.device, threads=self.threads, shards=self.shards)
-            )
+            engine = self.open(bundle)
             warm_up(engine, self.warmup_runs, self.max_batch)
             if read_bundle(self.bundle_dir).digest != bundle.digest:
                 raise BundleError(

@@ -5,7 +5,9 @@ this servicer lets them call a bundle the same way, beside coopnets.v1 on the sa
 front door, not a second service: every ModelInfer goes through CoopNetsService's `handling` (admission,
 drain, the one error mapping, metrics under the RPC's name) and `submit` (the batcher and its queue bound, so
 OIP and coopnets.v1 requests with equal parameters merge into one engine batch), and the token interceptor
-guards it like every RPC. Models (version "1"; [N] = one value per image, [1] = one value):
+guards it like every RPC. Its tensors become the same typed jobs as coopnets.v1 requests, through the same
+params layer and array checks (serving.requests). Models (version "1"; [N] = one value per image, [1] = one
+value):
 
     coopnets-synthesize  in:  seed INT64 [1] + count INT32|INT64 [1] (images seed .. seed+count-1), or
                               seeds INT64 [N]; optional steps INT32|INT64 [1], step_size FP32 [1],
@@ -33,16 +35,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from types import SimpleNamespace
 
 import grpc
 import numpy as np
-from coopnets.contract.codec import FieldError, image_from_message, mask_from_message
-from coopnets.contract.sampling import CompletionParams, SynthesisParams
+from coopnets.contract.codec import FieldError
+from coopnets.contract.sampling import Samples
 from coopnets.oip import grpc_service_pb2 as oip
 from coopnets.oip import grpc_service_pb2_grpc as oip_grpc
 from coopnets.oip import model_config_pb2 as mc
 from coopnets.serving import requests
+from coopnets.serving.jobs import CompletionJob, EnergyJob, Measures, SynthesisJob
 from coopnets.serving.service import CoopNetsService
 
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -129,17 +131,6 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-class _TensorImage:
-    """One (C, H, W) image of an input, shaped like the coopnets.v1 Image message that contract.codec reads,
-    so that OIP images get the very checks (shape, finite values, 0/1 masks) coopnets.v1 images get."""
-
-    def __init__(self, array: np.ndarray):
-        self.tensor = SimpleNamespace(shape=list(array.shape), data=array.astype("<f4").tobytes())
-
-    def WhichOneof(self, _group: str) -> str:  # noqa: N802 (the protobuf method's name)
-        return "tensor"
-
-
 def read_inputs(request, model: str) -> dict[str, np.ndarray]:
     """The request's tensors by name, as numpy arrays of their shape; FieldError naming the input for an
     unknown or repeated name, a datatype the model does not take, or bytes that do not fill the shape."""
@@ -212,16 +203,6 @@ def _strings(buffer: bytes, name: str) -> np.ndarray:
         out.append(bytes(buffer[at + 4 : at + 4 + n]))
         at += 4 + n
     return np.array(out, dtype=object)
-
-
-def _images(inputs: dict, name: str, image_shape, limits: requests.Limits, masks: bool = False) -> np.ndarray:
-    """[N, C, H, W] FP32 checked image by image as coopnets.v1 checks an Image tensor (or a mask)."""
-    a = inputs[name]
-    if a.ndim != 4 or tuple(a.shape[1:]) != tuple(image_shape):
-        raise FieldError(name, f"shape {list(a.shape)} is not [N, {', '.join(map(str, image_shape))}]")
-    requests.checked_count(a.shape[0], limits, name)
-    read = mask_from_message if masks else image_from_message
-    return np.stack([read(_TensorImage(x), image_shape, f"{name}[{i}]") for i, x in enumerate(a)])
 
 
 class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
@@ -321,52 +302,57 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
         if "seeds" in inputs:
             if "seed" in inputs or "count" in inputs:
                 raise FieldError("seeds", "give either seeds (one per image) or seed and count")
-            seeds = [int(s) for s in inputs["seeds"].reshape(-1)]
+            seeds = tuple(int(s) for s in inputs["seeds"].reshape(-1))
             requests.checked_count(len(seeds), limits, "seeds")
             for s in seeds:
                 requests.checked_seed(s, 1, "seeds")
         else:
-            count = requests.checked_count(_scalar(inputs, "count", 1, int), limits, "count")
-            seed = requests.checked_seed(_scalar(inputs, "seed", 0, int), count, "seed")
-            seeds = list(range(seed, seed + count))
-        d = engine.synthesis_defaults
-        params = SynthesisParams(
-            steps=_scalar(inputs, "steps", d.steps, int),
-            delta=_scalar(inputs, "step_size", d.delta, float),
-            noise=_scalar(inputs, "noise", d.noise, bool),
-        ).checked(limits.max_steps)
-        seeds_array = np.asarray(seeds, dtype=np.int64)
-        return self.service.submit("ModelInfer", "synthesize", params, {"seeds": seeds_array}, context)
+            count, seed = _scalar(inputs, "count", 1, int), _scalar(inputs, "seed", 0, int)
+            seeds = requests.seed_range(seed, count, limits, "seed", "count")
+        params = requests.synthesis_params(
+            engine,
+            limits.max_steps,
+            steps=_scalar(inputs, "steps", None, int),
+            delta=_scalar(inputs, "step_size", None, float),
+            noise=_scalar(inputs, "noise", None, bool),
+        )
+        return _samples(self.service.submit("ModelInfer", SynthesisJob(seeds, params), context))
 
     def _complete(self, inputs: dict, context) -> dict[str, np.ndarray]:
         engine, limits = self.service.lifecycle.engine, self.service.limits
         shape = engine.image_shape
-        images = _images(inputs, "images", shape, limits)
-        masks = _images(inputs, "masks", shape, limits, masks=True)
+        images = requests.checked_images(inputs["images"], shape, limits, "images")  # (N, C, H, W)
+        masks = requests.checked_images(inputs["masks"], shape, limits, "masks", masks=True)  # (N, C, H, W)
         if len(masks) != len(images):
             raise FieldError("masks", f"{len(masks)} masks for {len(images)} images")
         seed = requests.checked_seed(_scalar(inputs, "seed", 0, int), len(images), "seed")
-        d = engine.completion_defaults
-        params = CompletionParams(
-            latent_steps=_scalar(inputs, "latent_steps", d.latent_steps, int),
-            latent_step_size=_scalar(inputs, "latent_step_size", d.latent_step_size, float),
-            latent_noise=d.latent_noise,
-            refine_steps=_scalar(inputs, "refine_steps", d.refine_steps, int),
-            refine_step_size=_scalar(inputs, "refine_step_size", d.refine_step_size, float),
-            noise=_scalar(inputs, "noise", d.noise, bool),
-            restarts=_scalar(inputs, "restarts", d.restarts, int),
-            residual_fill=_scalar(inputs, "residual_fill", d.residual_fill, bool),
-            average_restarts=_scalar(inputs, "average_restarts", d.average_restarts, bool),
-            residual_interpolant=_scalar(inputs, "residual_interpolant", d.residual_interpolant, str),
-        ).checked(limits.max_steps)
-        seeds = np.arange(seed, seed + len(images), dtype=np.int64)
-        arrays = {"images": images, "masks": masks, "seeds": seeds}
-        return self.service.submit("ModelInfer", "complete", params, arrays, context)
+        given = {name: _scalar(inputs, name, None, kind) for name, kind in COMPLETION_INPUTS.items()}
+        params = requests.completion_params(engine, limits.max_steps, **given)
+        job = CompletionJob(images, masks, tuple(range(seed, seed + len(images))), params)
+        return _samples(self.service.submit("ModelInfer", job, context))
 
     def _energy(self, inputs: dict, context) -> dict[str, np.ndarray]:
         engine, limits = self.service.lifecycle.engine, self.service.limits
-        images = _images(inputs, "images", engine.image_shape, limits)
-        return self.service.submit("ModelInfer", "energy", None, {"images": images}, context)
+        images = requests.checked_images(inputs["images"], engine.image_shape, limits, "images")
+        out: Measures = self.service.submit("ModelInfer", EnergyJob(images), context)
+        return {"energy": out.energy, "score": out.score, **({} if out.ood is None else {"ood": out.ood})}
+
+
+COMPLETION_INPUTS = {  # coopnets-complete's optional [1] inputs that are CompletionParams fields, and types
+    "latent_steps": int,
+    "latent_step_size": float,
+    "refine_steps": int,
+    "refine_step_size": float,
+    "restarts": int,
+    "noise": bool,
+    "residual_fill": bool,
+    "average_restarts": bool,
+    "residual_interpolant": str,
+}
+
+
+def _samples(out: Samples) -> dict[str, np.ndarray]:
+    return {"images": out.images, "energy": out.energy}
 
 
 def _model(name: str, model_version: str) -> str:

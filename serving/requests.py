@@ -1,9 +1,11 @@
-"""coopnets.v1 requests as plain typed values: the one place where serving reads a request message.
+"""Requests as typed jobs: the one place where serving turns what a client asked into engine work.
 
-Each function takes a request, the model it is for (image shape and defaults, from the engine) and the
-server's Limits, and returns plain values: seeds, (C, H, W) float32 arrays, and a frozen SynthesisParams or
-CompletionParams with every unset field already replaced by the bundle's default. So defaults are resolved
-once, here, and what reaches the batcher and the engine is typed and checked.
+Two layers. The first works on plain values and arrays, whatever protocol they came in: seeds, image and mask
+arrays (contract.codec's checks), and `synthesis_params` / `completion_params`, which replace every unset
+(None) field by the bundle's default and check the ranges. coopnets.v1, the Open Inference Protocol
+(serving.oip) and `coop-complete --bundle` (clients.cli) all build their params here. The second layer reads
+coopnets.v1 messages into the first: `synthesis`, `stream`, `completion` and `energy` return a serving.jobs
+job plus what the response needs (PNG or tensor).
 
 Input is checked where it enters: anything wrong raises contract.codec.FieldError (a field's value) or
 contract.sampling.ParamError (a sampling parameter's range), each naming the field by its path in the request,
@@ -12,13 +14,22 @@ e.g. "request.langevin.steps" or "images[2].tensor.data"; the service answers bo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from coopnets.contract.codec import FieldError, image_from_message, mask_from_message
+from coopnets.contract.codec import (
+    FieldError,
+    checked_image,
+    checked_mask,
+    checked_missing,
+    image_from_message,
+    mask_from_message,
+)
 from coopnets.contract.occlusions import occlusion_mask
 from coopnets.contract.sampling import CompletionParams, SynthesisParams
+from coopnets.serving.jobs import CompletionJob, EnergyJob, SynthesisJob
 from coopnets.v1 import coopnets_pb2 as pb
 
 MAX_SEED = 2**63 - 1  # seeds are int64 in the contract; image i of a request uses seed + i
@@ -45,10 +56,79 @@ class Model(Protocol):
     completion_defaults: CompletionParams
 
 
+# ---- values and arrays, whatever the protocol ----------------------------------------------------------
+
+
+def synthesis_params(
+    model: Model,
+    max_steps: int | None,
+    *,
+    steps: int | None = None,
+    delta: float | None = None,
+    noise: bool | None = None,
+    prefix: str = "",
+) -> SynthesisParams:
+    """The bundle's synthesis defaults with the given (not None) fields replaced, range-checked; `prefix`
+    is where the fields sit in the request ("request.langevin." inside a stream request)."""
+    d = model.synthesis_defaults
+    return SynthesisParams(
+        steps=d.steps if steps is None else int(steps),
+        delta=d.delta if delta is None else float(delta),
+        noise=d.noise if noise is None else bool(noise),
+    ).checked(max_steps, prefix=prefix)
+
+
+def completion_params(model: Model, max_steps: int | None, **given) -> CompletionParams:
+    """The bundle's completion defaults with the given (not None) fields of CompletionParams replaced, each
+    as its default's type, range-checked."""
+    d = model.completion_defaults
+    fields = {name: type(getattr(d, name))(v) for name, v in given.items() if v is not None}
+    return dataclasses.replace(d, **fields).checked(max_steps)
+
+
+def checked_count(count: int, limits: Limits, field: str) -> int:
+    if not 1 <= count <= limits.max_count:
+        raise FieldError(field, f"{count} is not between 1 and max_count = {limits.max_count}")
+    return int(count)
+
+
+def checked_seed(seed: int, count: int, field: str) -> int:
+    if seed < 0 or seed + count - 1 > MAX_SEED:
+        raise FieldError(field, f"{seed} must be >= 0 and seed + count - 1 <= 2^63 - 1")
+    return int(seed)
+
+
+def seed_range(seed: int, count: int, limits: Limits, seed_field: str, count_field: str) -> tuple[int, ...]:
+    """Seeds seed, seed + 1, ..., seed + count - 1: image i of a request uses seed + i."""
+    count = checked_count(count, limits, count_field)
+    seed = checked_seed(seed, count, seed_field)
+    return tuple(range(seed, seed + count))
+
+
+def checked_images(
+    a: np.ndarray, shape: tuple[int, int, int], limits: Limits, field: str, masks: bool = False
+) -> np.ndarray:
+    """An (N, C, H, W) batch checked image by image as a coopnets.v1 Image tensor (or mask) is; a mask
+    must mark at least one missing pixel. Errors name image i as `{field}[i].tensor...`."""
+    if a.ndim != 4 or tuple(a.shape[1:]) != tuple(shape):
+        raise FieldError(field, f"shape {list(a.shape)} is not [N, {', '.join(map(str, shape))}]")
+    checked_count(a.shape[0], limits, field)
+    if masks:
+        return np.stack(
+            [
+                checked_missing(checked_mask(m, shape, f"{field}[{i}].tensor"), f"{field}[{i}]")
+                for i, m in enumerate(a)
+            ]
+        )  # (N, C, H, W)
+    return np.stack([checked_image(x, shape, f"{field}[{i}].tensor") for i, x in enumerate(a)])
+
+
+# ---- coopnets.v1 messages ----------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Synthesis:
-    seeds: tuple[int, ...]  # image i from seeds[i] = seed + i
-    params: SynthesisParams
+    job: SynthesisJob
     png: bool  # answer 8-bit PNGs (clipped) rather than exact float32 tensors
 
 
@@ -60,32 +140,30 @@ class Stream:
 
 @dataclass(frozen=True)
 class Completion:
-    image: np.ndarray  # (C, H, W) float32
-    mask: np.ndarray  # (C, H, W) float32, 1 = missing
-    seed: int
-    params: CompletionParams
+    job: CompletionJob  # one image
     png: bool
 
 
 def synthesis(req: pb.SynthesizeRequest, model: Model, limits: Limits, prefix: str = "") -> Synthesis:
     """`prefix` is where the request sits in its parent message ("request." inside a stream request)."""
-    count = checked_count(req.count, limits, f"{prefix}count")
-    seed = checked_seed(req.seed, count, f"{prefix}seed")
-    d, lv = model.synthesis_defaults, req.langevin
-    params = SynthesisParams(
-        steps=int(lv.steps) if lv.HasField("steps") else d.steps,
-        delta=float(lv.step_size) if lv.HasField("step_size") else d.delta,
-        noise=bool(lv.noise) if lv.HasField("noise") else d.noise,
-    ).checked(limits.max_steps, prefix=f"{prefix}langevin.")
-    return Synthesis(tuple(range(seed, seed + count)), params, _png(req.format, f"{prefix}format"))
+    seeds = seed_range(req.seed, req.count, limits, f"{prefix}seed", f"{prefix}count")
+    lv = req.langevin
+    params = synthesis_params(
+        model,
+        limits.max_steps,
+        steps=lv.steps if lv.HasField("steps") else None,
+        delta=lv.step_size if lv.HasField("step_size") else None,
+        noise=lv.noise if lv.HasField("noise") else None,
+        prefix=f"{prefix}langevin.",
+    )
+    return Synthesis(SynthesisJob(seeds, params), _png(req.format, f"{prefix}format"))
 
 
 def stream(req: pb.SynthesizeStreamRequest, model: Model, limits: Limits) -> Stream:
     s = synthesis(req.request, model, limits, prefix="request.")
-    if req.snapshot_every > s.params.steps:
-        raise FieldError(
-            "snapshot_every", f"{req.snapshot_every} is more than the {s.params.steps} Langevin steps"
-        )
+    steps = s.job.params.steps
+    if req.snapshot_every > steps:
+        raise FieldError("snapshot_every", f"{req.snapshot_every} is more than the {steps} Langevin steps")
     return Stream(s, int(req.snapshot_every))
 
 
@@ -104,44 +182,28 @@ def completion(req: pb.CompleteRequest, model: Model, limits: Limits) -> Complet
             raise FieldError("occlusion", str(e)) from None
     else:
         raise FieldError("mask", "give a mask (1 / white = missing) or an occlusion such as center:14")
-    d = model.completion_defaults
-
-    def given(name: str, default):
-        return type(default)(getattr(req, name)) if req.HasField(name) else default
-
-    params = CompletionParams(
-        latent_steps=given("latent_steps", d.latent_steps),
-        latent_step_size=given("latent_step_size", d.latent_step_size),
-        latent_noise=d.latent_noise,
-        refine_steps=given("refine_steps", d.refine_steps),
-        refine_step_size=given("refine_step_size", d.refine_step_size),
-        noise=given("noise", d.noise),
-        restarts=int(req.restarts) or d.restarts,  # 0 (unset) = the bundle's default
-        residual_fill=given("residual_fill", d.residual_fill),
-        average_restarts=given("average_restarts", d.average_restarts),
-        residual_interpolant=given("residual_interpolant", d.residual_interpolant),
-    ).checked(limits.max_steps)
-    return Completion(image, mask, seed, params, _png(req.format, "format"))
+    given = {
+        name: getattr(req, name) if req.HasField(name) else None
+        for name in (
+            "latent_steps",
+            "latent_step_size",
+            "refine_steps",
+            "refine_step_size",
+            "noise",
+            "residual_fill",
+            "average_restarts",
+            "residual_interpolant",
+        )
+    }
+    params = completion_params(model, limits.max_steps, restarts=req.restarts or None, **given)  # 0 = unset
+    job = CompletionJob(image[None], mask[None], (seed,), params)  # (1, C, H, W) each
+    return Completion(job, _png(req.format, "format"))
 
 
-def energy(req: pb.EnergyRequest, model: Model, limits: Limits) -> np.ndarray:
-    """The images, (N, C, H, W) float32."""
+def energy(req: pb.EnergyRequest, model: Model, limits: Limits) -> EnergyJob:
     checked_count(len(req.images), limits, "images")
-    return np.stack(
-        [image_from_message(m, model.image_shape, f"images[{i}]") for i, m in enumerate(req.images)]
-    )
-
-
-def checked_count(count: int, limits: Limits, field: str) -> int:
-    if not 1 <= count <= limits.max_count:
-        raise FieldError(field, f"{count} is not between 1 and max_count = {limits.max_count}")
-    return int(count)
-
-
-def checked_seed(seed: int, count: int, field: str) -> int:
-    if seed < 0 or seed + count - 1 > MAX_SEED:
-        raise FieldError(field, f"{seed} must be >= 0 and seed + count - 1 <= 2^63 - 1")
-    return int(seed)
+    images = [image_from_message(m, model.image_shape, f"images[{i}]") for i, m in enumerate(req.images)]
+    return EnergyJob(np.stack(images))  # (N, C, H, W)
 
 
 def _png(fmt: int, field: str) -> bool:

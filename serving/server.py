@@ -47,7 +47,7 @@ from coopnets.serving.oip import SERVICE_NAME as OIP_SERVICE_NAME
 from coopnets.serving.oip import InferenceService
 from coopnets.serving.requests import Limits
 from coopnets.serving.service import CoopNetsService
-from coopnets.serving.sessions import DEVICES, MIN_PER_SHARD, open_sessions
+from coopnets.serving.sessions import DEVICES, MIN_PER_SHARD
 from coopnets.v1 import coopnets_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -305,14 +305,7 @@ def serve(config: ServeConfig) -> int:
             atomic_write_json(
                 config.port_file, {"port": server.port, "metrics_port": server.metrics_port}, None
             )
-        server.lifecycle.start(
-            Engine(
-                bundle,
-                open_sessions(
-                    bundle, device=config.device, threads=config.threads, shards=config.batch_shards
-                ),
-            )
-        )
+        server.lifecycle.start(server.lifecycle.open(bundle))
         while not stop.wait(0.2):
             if reload.is_set():
                 reload.clear()

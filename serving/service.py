@@ -1,8 +1,9 @@
 """The coopnets.v1.CoopNets servicer: typed request -> engine (through the batcher) -> response.
 
-Thin on purpose: a handler reads its request with serving.requests (which raises FieldError or ParamError
-naming the field), runs the engine (unary RPCs through the batcher, SynthesizeStream by iterating the
-sampler's steps itself) and encodes with contract.codec. Every RPC, unary or streaming, runs inside
+Thin on purpose: a handler reads its request with serving.requests into a typed job (raising FieldError or
+ParamError naming the field), hands the job to the batcher, which runs it on the engine (SynthesizeStream
+drives the sampler itself, through contract.sampling.stepped, to send snapshots), and encodes with
+contract.codec. Every RPC, unary or streaming, runs inside
 `handling`, the one mapping from how it ended to a status code, counted in
 coopnets_requests_total{rpc, code}:
 
@@ -24,16 +25,17 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
 from coopnets.contract.codec import FieldError, set_image
 from coopnets.contract.occlusions import occluded
-from coopnets.contract.sampling import Cancelled, ParamError
+from coopnets.contract.sampling import Cancelled, ParamError, Progress, Samples, stepped
 from coopnets.serving import requests
-from coopnets.serving.batcher import Arrays, Batcher, Job, QueueFull
-from coopnets.serving.engine import Engine, StopFn
+from coopnets.serving.batcher import Batcher, QueueFull
+from coopnets.serving.engine import Engine
+from coopnets.serving.jobs import Job, Measures
 from coopnets.serving.lifecycle import Lifecycle, Unavailable
 from coopnets.serving.metrics import Metrics
 from coopnets.serving.requests import Limits
@@ -123,7 +125,11 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
         self.limits = limits
         self.metrics = metrics
         self.batcher = Batcher(
-            self._run_batch, limits.max_batch, limits.max_delay_ms / 1000.0, limits.max_queue, metrics
+            lambda: lifecycle.engine,
+            limits.max_batch,
+            limits.max_delay_ms / 1000.0,
+            limits.max_queue,
+            metrics,
         )
 
     def close(self) -> None:
@@ -145,42 +151,24 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
         finally:
             self.metrics.observe(rpc, code.name, time.perf_counter() - start)
 
-    # ---- the engine side of the batcher ----------------------------------------------------------------
-
-    def _run_batch(self, kind: str, params: Hashable, inputs: Arrays, should_stop: StopFn) -> Arrays:
-        """One merged batch on the engine served now (after a reload, the new one)."""
-        engine = self.lifecycle.engine
-        if kind == "energy":
-            energy, score = engine.energy(inputs["images"])
-            ood = engine.ood(inputs["images"])
-            return {"energy": energy, "score": score, **({} if ood is None else {"ood": ood})}
-        seeds = inputs["seeds"].tolist()
-        if kind == "synthesize":
-            out = engine.synthesize(seeds, params=params, should_stop=should_stop)
-        else:
-            out = engine.complete(
-                inputs["images"], inputs["masks"], seeds, params=params, should_stop=should_stop
-            )
-        return {"images": out.images, "energy": out.energy}
-
-    def submit(self, rpc: str, kind: str, params: Hashable, inputs: Arrays, context) -> Arrays:
-        job = Job(kind=kind, params=params, inputs=inputs, stop=_stop_event(context), rpc=rpc)
-        return self.batcher.submit(job).result()
+    def submit(self, rpc: str, job: Job, context) -> Samples | Measures:
+        """Runs `job` through the batcher (queued in its kind's lane, merged with equal ones) and returns
+        its rows of the result."""
+        return self.batcher.submit(job, _stop_event(context), rpc).result()
 
     # ---- RPCs -----------------------------------------------------------------------------------------
 
     def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
         with self.handling("Synthesize", context):
             ask = requests.synthesis(request, self.lifecycle.engine, self.limits)
-            seeds = np.asarray(ask.seeds, dtype=np.int64)
-            out = self.submit("Synthesize", "synthesize", ask.params, {"seeds": seeds}, context)
+            out = self.submit("Synthesize", ask.job, context)
             images = [
-                _generated(i, s, out["images"][i], ask.png, out["energy"][i]) for i, s in enumerate(ask.seeds)
+                _generated(i, s, out.images[i], ask.png, out.energy[i]) for i, s in enumerate(ask.job.seeds)
             ]
             return pb.SynthesizeResponse(images=images)
 
     def SynthesizeStream(self, request: pb.SynthesizeStreamRequest, context) -> Iterator[pb.SynthesizeEvent]:
-        """Runs outside the batcher: it iterates the sampler's steps in this RPC's thread, so that it can send
+        """Runs outside the batcher: it drives the sampler in this RPC's thread, so that it can send
         snapshots as they happen and stop between any two steps."""
         with self.handling("SynthesizeStream", context):
             engine = self.lifecycle.engine
@@ -192,23 +180,20 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
     ) -> Iterator[pb.SynthesizeEvent]:
         """Snapshots after Langevin steps k, 2k, ... < K (k = snapshot_every), then the final images."""
         s, k = ask.synthesis, ask.snapshot_every
-        steps = engine.synthesis_steps(list(s.seeds), s.params)
-        done = 0
+        job, done = s.job, 0
+
+        def snapshots(progress: Progress) -> Iterator[pb.SynthesizeEvent]:
+            nonlocal done
+            done = progress.step
+            if k and 0 < progress.step < progress.steps and progress.step % k == 0:
+                y = progress.value()  # (N, C, H, W)
+                for i, seed in enumerate(job.seeds):
+                    yield pb.SynthesizeEvent(
+                        step=progress.step, final=False, image=_generated(i, seed, y[i], s.png)
+                    )
+
         try:
-            while True:
-                if stop.is_set():
-                    raise Cancelled(done)
-                try:
-                    progress = next(steps)
-                except StopIteration as end:
-                    out = end.value
-                    break
-                done = progress.step
-                if k and 0 < progress.step < progress.steps and progress.step % k == 0:
-                    y = progress.value()  # (N, C, H, W)
-                    for i, seed in enumerate(s.seeds):
-                        image = _generated(i, seed, y[i], s.png)
-                        yield pb.SynthesizeEvent(step=progress.step, final=False, image=image)
+            out = yield from stepped(engine.synthesis_steps(job.seeds, job.params), stop.is_set, snapshots)
         except Cancelled:
             self.metrics.cancelled.labels("SynthesizeStream", "running").inc()
             raise
@@ -216,37 +201,31 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
             self.metrics.cancelled.labels("SynthesizeStream", "running").inc()
             log.info("SynthesizeStream stopped after %d Langevin steps: the client went away", done)
             raise
-        finally:
-            steps.close()
-        for i, seed in enumerate(s.seeds):
+        for i, seed in enumerate(job.seeds):
             image = _generated(i, seed, out.images[i], s.png, out.energy[i])
-            yield pb.SynthesizeEvent(step=s.params.steps, final=True, image=image)
+            yield pb.SynthesizeEvent(step=job.params.steps, final=True, image=image)
 
     def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:
         with self.handling("Complete", context):
             ask = requests.completion(request, self.lifecycle.engine, self.limits)
-            inputs = {
-                "images": ask.image[None],
-                "masks": ask.mask[None],
-                "seeds": np.asarray([ask.seed], dtype=np.int64),
-            }
-            out = self.submit("Complete", "complete", ask.params, inputs, context)
-            shown_mask = ask.mask * 2 - 1 if ask.png else ask.mask  # as a picture, white = missing
+            out = self.submit("Complete", ask.job, context)
+            image, mask = ask.job.images[0], ask.job.masks[0]  # (C, H, W) each
+            shown_mask = mask * 2 - 1 if ask.png else mask  # as a picture, white = missing
             return pb.CompleteResponse(
-                recovered=_image(out["images"][0], ask.png),
-                occluded=_image(occluded(ask.image, ask.mask), ask.png),
+                recovered=_image(out.images[0], ask.png),
+                occluded=_image(occluded(image, mask), ask.png),
                 mask=_image(shown_mask, ask.png),
-                energy=float(out["energy"][0]),
+                energy=float(out.energy[0]),
             )
 
     def Energy(self, request: pb.EnergyRequest, context) -> pb.EnergyResponse:
         with self.handling("Energy", context):
-            images = requests.energy(request, self.lifecycle.engine, self.limits)  # (N, C, H, W)
-            out = self.submit("Energy", "energy", None, {"images": images}, context)
+            job = requests.energy(request, self.lifecycle.engine, self.limits)
+            out = self.submit("Energy", job, context)
             return pb.EnergyResponse(
-                energy=out["energy"].tolist(),
-                score=out["score"].tolist(),
-                ood=out["ood"].tolist() if "ood" in out else [],
+                energy=out.energy.tolist(),
+                score=out.score.tolist(),
+                ood=[] if out.ood is None else out.ood.tolist(),
             )
 
     def ModelInfo(self, request: pb.ModelInfoRequest, context) -> pb.ModelInfoResponse:
