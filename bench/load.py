@@ -1,7 +1,7 @@
 """Load test of coop-serve on loopback: N concurrent clients mixing every RPC for a fixed time, then an
 overload burst against a small queue bound.
 
-    .venv/bin/python bench/load.py --bundle runs/demo/bundle --clients 64 --seconds 120     # the long run
+    .venv/bin/python bench/load.py --bundle models/reference --clients 64 --seconds 60      # the long run
     .venv/bin/python bench/load.py --bundle B --clients 16 --seconds 3 --json out.json      # CI's short run
 
 Phase 1 (mix): each client loops Synthesize, SynthesizeStream, Complete, Energy and ModelInfo (weighted) on
@@ -58,7 +58,7 @@ HELP = {
 
 @dataclass(frozen=True)
 class LoadConfig:
-    bundle: str = "runs/demo/bundle"
+    bundle: str = "models/reference"  # the shipped reference
     clients: int = 64
     seconds: float = 60.0
     steps: int = 10  # Langevin steps per synthesis (small: many requests, not long ones)
@@ -184,8 +184,8 @@ def mix_phase(cfg: LoadConfig, workdir: Path) -> dict:
         "--max-count",
         str(cfg.max_count),
         *(["--workers", str(cfg.workers)] if cfg.workers else []),
-        "--max-steps",
-        str(max(cfg.steps, cfg.latent_steps)),
+        "--max-steps",  # at least coop-serve's default: the bundle's own defaults must fit (it refuses them)
+        str(max(1000, cfg.steps, cfg.latent_steps, cfg.refine_steps)),
     )
     try:
         with CoopNetsClient(server.address, timeout=60) as c:
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_test(cfg: LoadConfig) -> int:
     if not (Path(cfg.bundle) / "manifest.json").is_file():
-        raise ValueError(f"--bundle {cfg.bundle} is not a model bundle: run `make demo` or pass a bundle dir")
+        raise ValueError(f"--bundle {cfg.bundle} is not a model bundle: pass a bundle directory")
     with tempfile.TemporaryDirectory(prefix="coop-load-") as tmp:
         (Path(tmp) / "mix").mkdir()
         (Path(tmp) / "overload").mkdir()
