@@ -50,7 +50,7 @@ def test_a_changed_or_unpinned_shipped_bundle_is_refused(tmp_path, monkeypatch):
     with pytest.raises(BundleError, match="reference.sha256 is missing"):
         read_bundle(REFERENCE)
     shutil.rmtree(tmp_path / "models")
-    with pytest.raises(BundleError, match="ships with the git repository"):
+    with pytest.raises(BundleError, match="the shipped bundle is not installed"):
         read_bundle(REFERENCE)
 
 

@@ -101,7 +101,9 @@ def test_resume_keeps_the_presets_values(tmp_path, npz, capsys):
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["--dataset", "cifar10"], "--dataset: unknown dataset 'cifar10'"),
+        (["--dataset", "imagenet"], "--dataset: unknown dataset 'imagenet'"),
+        (["--dataset", "cifar10"], "--dataset: cifar10: needs a path"),
+        (["--dataset", "cifar10:/nonexistent/cifar"], "/nonexistent/cifar"),
         (["--data-dir", "/nonexistent/fashion"], "--data-dir: /nonexistent/fashion does not exist"),
         (["--image-size", "30"], "--image-size: 30 is not supported"),
         (["--delta", "-0.002"], "--delta: must be > 0"),
