@@ -4,7 +4,7 @@
 # 500 iterations, 20,000 of them (ITERATIONS=N to change). Resumable: run it again after any stop and it
 # continues from runs/cifar10/checkpoint.pt (--resume, exact). Follow it with: tr '\r' '\n' < runs/cifar10.log | tail -1
 #   scripts/cifar_reference.sh folder:/data/cifar10/train
-# Then: scripts/ship_reference.sh runs/cifar10/checkpoint.pt cifar10
+# Then: scripts/ship_reference.sh runs/cifar10/checkpoint.pt cifar10 (int8, pinned in models/cifar10.sha256)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:?usage: scripts/cifar_reference.sh folder:CIFAR10/train | cifar10:cifar-10-python.tar.gz}
