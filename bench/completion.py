@@ -1,4 +1,4 @@
-"""What completion's residual interpolant costs (contract.sampling.interpolate_residual): `Engine.complete`
+"""What completion's residual interpolant costs (contract.inpainting.interpolate_residual): `Engine.complete`
 with the residual off, harmonic, biharmonic and auto, side by side, and the interpolation alone.
 
     .venv/bin/python bench/completion.py                                  # the shipped reference
@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-from coopnets.contract import sampling
+from coopnets.contract import inpainting
 from coopnets.contract.flags import Parser, add_flags, cli_main, resolve
 from coopnets.contract.occlusions import occlusion_masks
 from coopnets.evaluation.data import load_split
@@ -67,7 +67,7 @@ def cases_for(engine: Engine, images: np.ndarray, masks: np.ndarray, seeds: list
         return lambda: engine.complete(images, masks, seeds, params)
 
     def fill(interpolant):
-        return lambda: sampling.interpolate_residual(residual, masks, interpolant)
+        return lambda: inpainting.interpolate_residual(residual, masks, interpolant)
 
     return {name: complete(interpolant) for name, interpolant in CASES.items()} | {
         f"{name} fill alone": fill(name) for name in ("harmonic", "biharmonic")
@@ -93,7 +93,7 @@ def run(config: CompletionBenchConfig) -> float:
             stats = interleave(cases, config.repeats, config.warmup)
             harmonic = stats["harmonic"].median
             worst = max(worst, stats["biharmonic"].median / harmonic)
-            touching = f"{float(np.mean(sampling.scattered_fraction(masks))):.2f}"
+            touching = f"{float(np.mean(inpainting.scattered_fraction(masks))):.2f}"
             for name, s in stats.items():
                 ratio = f"{s.median / harmonic:.3f}"
                 rows.append([occlusion, touching, str(count), name, s.ms(), ratio, f"{s.cpu_per_wall:.2f}"])

@@ -38,7 +38,9 @@ ImageLike = np.ndarray | PILImage.Image | str | os.PathLike | bytes  # array (C,
 
 
 @dataclass(frozen=True)
-class Samples:
+class Synthesized:
+    """What Synthesize answered: the images, their energies and the seed of each."""
+
     images: np.ndarray  # (N, C, H, W) float32
     energy: np.ndarray  # (N,)
     seeds: list[int]
@@ -219,7 +221,7 @@ class CoopNetsClient:
         noise: bool | None = None,
         png: bool = False,
         timeout: float | None = None,
-    ) -> Samples:
+    ) -> Synthesized:
         """`count` images, image i from seed + i; None = the bundle's defaults. png=True asks for 8-bit PNGs
         (clipped) instead of exact float32 tensors."""
         req = pb.SynthesizeRequest(
@@ -229,7 +231,7 @@ class CoopNetsClient:
             format=pb.IMAGE_FORMAT_PNG if png else pb.IMAGE_FORMAT_TENSOR,
         )
         resp = self._call(self.stub.Synthesize, req, timeout)
-        return Samples(
+        return Synthesized(
             images=np.stack([self._decode(g.image) for g in resp.images]),
             energy=np.array([g.energy for g in resp.images], dtype=np.float32),
             seeds=[g.seed for g in resp.images],

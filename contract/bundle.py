@@ -29,9 +29,9 @@ how to fix it: a missing or non-JSON manifest, another format or version, a miss
 default out of its range (s, δ, σ > 0; step counts >= 0; 1 <= restarts <= 16), graph I/O that disagrees with
 the image shape or latent size, and any file whose size or sha256 differs from the manifest.
 
-Bundles written before a key existed still load: a missing `completion` key takes DEFAULT_COMPLETION, except
-`residual_fill`, `average_restarts` (off) and `residual_interpolant` ("harmonic"), which such bundles did not
-have and keep as they were (LEGACY_COMPLETION), so they answer as before.
+Completion defaults are one typed object, CompletionDefaults: DEFAULT_COMPLETION is what an export writes,
+LEGACY_COMPLETION what a manifest without a key meant (its `residual_fill`, `average_restarts` off and
+`residual_interpolant` "harmonic"), so bundles written before a key existed answer as before.
 
 The package ships trained bundles (models/, installed as coopnets.models; models/README.md says how each was
 made): `reference` (Fashion-MNIST) and `cifar10` (CIFAR-10, color). Such a name in place of a directory means
@@ -42,6 +42,7 @@ that was not re-pinned is refused with one line.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -87,30 +88,6 @@ GRAPHS: dict[str, tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[tuple[str
 OPTIONAL_GRAPHS = {"typicality": ((("y", _IMG),), (("ood", ("N",)),))}
 ALL_GRAPHS = {**GRAPHS, **OPTIONAL_GRAPHS}
 
-# Completion defaults. Each value is the best one measured for the 28×28 net; the tables, with the commands
-# that reproduce them, are in docs/results.md ("Completion defaults"). Why each holds:
-# - latent_step_size 0.05: plain gradient steps on U(z) are stable while (η²/2)·λ_max < 2 for the top
-#   eigenvalue λ_max of U's Gauss-Newton Hessian; larger steps oscillate, smaller ones need more of them.
-# - restarts 4, latent_steps 100, refine_steps 10: more chains or steps stop paying for their cost; longer
-#   descriptor refinement drifts away from the data towards the descriptor's sharper modes.
-# - residual_fill: g(X) matches the visible pixels only approximately; carrying that residual into the hole
-#   corrects the fill where the hole has visible neighbours (random-pixel masks most).
-# - average_restarts: under uncertainty the PSNR-optimal fill is the posterior mean, not its likeliest draw.
-# - residual_interpolant "auto": the biharmonic residual wins where the hole is scattered and overshoots into
-#   blocks, so the hole's shape picks it (contract.sampling.interpolate_residual).
-# Bundles written before a key existed keep answering as they did (LEGACY_COMPLETION).
-DEFAULT_COMPLETION = {
-    "latent_steps": 100,
-    "latent_step_size": 0.05,
-    "latent_noise": False,
-    "refine_steps": 10,
-    "restarts": 4,
-    "residual_fill": True,
-    "average_restarts": True,
-    "residual_interpolant": "auto",
-}
-# what a manifest without the key meant when it was written
-LEGACY_COMPLETION = {"residual_fill": False, "average_restarts": False, "residual_interpolant": "harmonic"}
 LANGEVIN_KEYS = ("s", "delta", "steps", "sigma", "noise")
 
 
@@ -153,24 +130,63 @@ class LangevinDefaults:
         return SynthesisParams(steps=self.steps, delta=self.delta, noise=self.noise)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CompletionDefaults:
     """Latent Langevin steps L of size η (noise on/off) on R restarts (the lowest U kept, or the mean of their
-    fills), then K descriptor refinement steps."""
+    fills), then K descriptor refinement steps; field names are the manifest's `completion` keys.
 
-    latent_steps: int
-    latent_step_size: float
-    latent_noise: bool
-    refine_steps: int
-    restarts: int
-    residual_fill: bool = False
-    average_restarts: bool = False
-    residual_interpolant: str = "harmonic"
+    Each default is the best value measured for the 28×28 net (docs/results.md, "Completion defaults", with
+    the commands that reproduce the tables). Why each holds:
+    - latent_step_size 0.05: plain gradient steps on U(z) are stable while (η²/2)·λ_max < 2 for the top
+      eigenvalue λ_max of U's Gauss-Newton Hessian; larger steps oscillate, smaller ones need more of them.
+    - restarts 4, latent_steps 100, refine_steps 10: more chains or steps stop paying for their cost; longer
+      descriptor refinement drifts away from the data towards the descriptor's sharper modes.
+    - residual_fill: g(X) matches the visible pixels only approximately; carrying that residual into the hole
+      corrects the fill where the hole has visible neighbours (random-pixel masks most).
+    - average_restarts: under uncertainty the PSNR-optimal fill is the posterior mean, not its likeliest draw.
+    - residual_interpolant "auto": the biharmonic residual wins where the hole is scattered and overshoots
+      into blocks, so the hole's shape picks it (contract.inpainting.interpolate_residual)."""
+
+    latent_steps: int = 100
+    latent_step_size: float = 0.05
+    latent_noise: bool = False
+    refine_steps: int = 10
+    restarts: int = 4
+    residual_fill: bool = True
+    average_restarts: bool = True
+    residual_interpolant: str = "auto"
+
+    def params(self, langevin: LangevinDefaults) -> CompletionParams:
+        """What a completion request that sets nothing gets: refinement uses the bundle's δ and noise."""
+        return CompletionParams(
+            latent_steps=self.latent_steps,
+            latent_step_size=self.latent_step_size,
+            latent_noise=self.latent_noise,
+            refine_steps=self.refine_steps,
+            refine_step_size=langevin.delta,
+            noise=langevin.noise,
+            restarts=self.restarts,
+            residual_fill=self.residual_fill,
+            average_restarts=self.average_restarts,
+            residual_interpolant=self.residual_interpolant,
+        )
+
+    def to_manifest(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+DEFAULT_COMPLETION = CompletionDefaults()
+# What a manifest without a key meant when it was written: the keys added later (residual_fill,
+# average_restarts, residual_interpolant) were off, so bundles written before them answer as they did.
+LEGACY_COMPLETION = CompletionDefaults(
+    residual_fill=False, average_restarts=False, residual_interpolant="harmonic"
+)
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle directory: what the manifest says, typed."""
+    """A verified bundle directory: what the manifest says, typed. `manifest` is the raw JSON, kept for
+    writers that copy it; readers use the fields."""
 
     path: Path
     manifest: dict
@@ -180,41 +196,13 @@ class Bundle:
     langevin: LangevinDefaults
     completion: CompletionDefaults
     graph_files: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def arch(self) -> str:
-        return str(self.manifest.get("net", {}).get("arch", ""))
-
-    @property
-    def ood(self) -> dict:
-        """The manifest's `ood` section (how typicality.onnx was calibrated); {} without the graph."""
-        return dict(self.manifest.get("ood", {})) if "typicality" in self.graph_files else {}
-
-    @property
-    def weights_storage(self) -> str:
-        """How the graphs' weights are stored (contract STORAGE); "float32" for bundles that predate it."""
-        return str(self.manifest.get("weights", {}).get("storage", "float32"))
-
-    @property
-    def file_sha256(self) -> dict[str, str]:
-        return {name: entry["sha256"] for name, entry in self.manifest["files"].items()}
-
-    @property
-    def completion_params(self) -> CompletionParams:
-        """What a completion request that sets nothing gets."""
-        c, lv = self.completion, self.langevin
-        return CompletionParams(
-            latent_steps=c.latent_steps,
-            latent_step_size=c.latent_step_size,
-            latent_noise=c.latent_noise,
-            refine_steps=c.refine_steps,
-            refine_step_size=lv.delta,
-            noise=lv.noise,
-            restarts=c.restarts,
-            residual_fill=c.residual_fill,
-            average_restarts=c.average_restarts,
-            residual_interpolant=c.residual_interpolant,
-        )
+    format_version: int = FORMAT_VERSION
+    created: str = ""
+    arch: str = ""
+    training: dict = field(default_factory=dict)  # the resolved TrainConfig it was trained with
+    ood: dict = field(default_factory=dict)  # how typicality.onnx was calibrated; {} without the graph
+    weights_storage: str = "float32"  # how the graphs' weights are stored (STORAGE); float32 before 0.3
+    file_sha256: dict[str, str] = field(default_factory=dict)
 
 
 # ---- graph I/O ---------------------------------------------------------------------------------------------
@@ -278,7 +266,7 @@ def write_manifest(
     image_shape: Sequence[int],
     latent_dim: int,
     langevin: Mapping[str, Any],
-    completion: Mapping[str, Any] | None,
+    completion: CompletionDefaults | None,
     graph_io: Mapping[str, Mapping[str, list]],
     training: Mapping[str, Any] | None = None,
     writer: Mapping[str, Any] | None = None,
@@ -288,8 +276,8 @@ def write_manifest(
     """Writes `root`/manifest.json for the graph files already in `root` (named <graph>.onnx), with their
     sha256 and size; returns the manifest. `graph_io`: per graph {"inputs": [...], "outputs": [...]} as read
     from the ONNX files; `writer`: extra top-level entries (exporter, versions); `weights`: the `weights`
-    section ({"storage": ...}) when `root` has WEIGHTS, which is then listed in `files` too. Missing
-    completion keys take DEFAULT_COMPLETION. Call read_bundle(root) afterwards: that is the verification."""
+    section ({"storage": ...}) when `root` has WEIGHTS, which is then listed in `files` too. `completion`
+    None = DEFAULT_COMPLETION. Call read_bundle(root) afterwards: that is the verification."""
     root = Path(root)
     missing = [k for k in LANGEVIN_KEYS if k not in langevin]
     if missing:
@@ -312,7 +300,7 @@ def write_manifest(
         "image": {"shape": list(image_shape), "value_range": [-1.0, 1.0]},
         "latent_dim": latent_dim,
         "langevin": {k: langevin[k] for k in LANGEVIN_KEYS},
-        "completion": {**DEFAULT_COMPLETION, **(completion or {})},
+        "completion": (completion or DEFAULT_COMPLETION).to_manifest(),
         "opset": OPSET,
         **(writer or {}),
         "graphs": graphs,
@@ -369,6 +357,38 @@ def pinned_digest(root: Path) -> str | None:
 def read_bundle(path: str | os.PathLike) -> Bundle:
     """Reads and verifies the bundle at `path` (see the module docstring); raises BundleError."""
     root = resolve_bundle(path)
+    manifest, digest = _load_manifest(root)
+    m = _Checker(root / MANIFEST)
+    shape = tuple(m.ints(m.section(manifest, "image"), "shape", "image.shape", length=3))
+    latent_dim = m.integer(manifest, "latent_dim", "latent_dim", low=1)
+    langevin, completion = _langevin(m, manifest), _completion(m, manifest)
+    net = m.section(manifest, "net", optional=True)
+    if "latent_dim" in net and net["latent_dim"] != latent_dim:
+        raise m.fail("net.latent_dim", f"{net['latent_dim']!r} differs from latent_dim {latent_dim}")
+    files = m.section(manifest, "files")
+    graph_files = _graph_files(m, manifest, root, shape, latent_dim)
+    _verify_files(m, root, files)
+    return Bundle(
+        path=root,
+        manifest=manifest,
+        digest=digest,
+        image_shape=shape,  # type: ignore[arg-type]
+        latent_dim=latent_dim,
+        langevin=langevin,
+        completion=completion,
+        graph_files=graph_files,
+        format_version=manifest["format_version"],
+        created=str(manifest.get("created", "")),
+        arch=str(net.get("arch", "")),
+        training=dict(manifest.get("training") or {}),
+        ood=dict(manifest.get("ood", {})) if "typicality" in graph_files else {},
+        weights_storage=_weights_storage(m, manifest, files),
+        file_sha256={name: entry["sha256"] for name, entry in files.items()},
+    )
+
+
+def _load_manifest(root: Path) -> tuple[dict, str]:
+    """The manifest as JSON and its sha256, once it is this format's and matches any pin."""
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise BundleError(
@@ -393,20 +413,24 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
             f"{mpath}: format {manifest.get('format')!r} version {manifest.get('format_version')!r} is not "
             f"{FORMAT!r} version {FORMAT_VERSION}: re-export the bundle with this version's coop-export"
         )
-    m = _Checker(mpath)
-    image = m.section(manifest, "image")
-    shape = m.ints(image, "shape", "image.shape", length=3)
-    latent_dim = m.integer(manifest, "latent_dim", "latent_dim", low=1)
+    return manifest, digest
+
+
+def _langevin(m: _Checker, manifest: dict) -> LangevinDefaults:
     lv = m.section(manifest, "langevin")
-    langevin = LangevinDefaults(
+    return LangevinDefaults(
         s=m.real(lv, "s", "langevin.s"),
         delta=m.real(lv, "delta", "langevin.delta", high=MAX_STEP_SIZE),
         steps=m.integer(lv, "steps", "langevin.steps", low=0),
         sigma=m.real(lv, "sigma", "langevin.sigma"),
         noise=m.boolean(lv, "noise", "langevin.noise"),
     )
-    cp = {**DEFAULT_COMPLETION, **LEGACY_COMPLETION, **m.section(manifest, "completion", optional=True)}
-    completion = CompletionDefaults(
+
+
+def _completion(m: _Checker, manifest: dict) -> CompletionDefaults:
+    """The `completion` section, each missing key as LEGACY_COMPLETION says it was meant."""
+    cp = {**LEGACY_COMPLETION.to_manifest(), **m.section(manifest, "completion", optional=True)}
+    return CompletionDefaults(
         latent_steps=m.integer(cp, "latent_steps", "completion.latent_steps", low=0),
         latent_step_size=m.real(cp, "latent_step_size", "completion.latent_step_size", high=MAX_STEP_SIZE),
         latent_noise=m.boolean(cp, "latent_noise", "completion.latent_noise"),
@@ -418,25 +442,34 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
             cp, "residual_interpolant", "completion.residual_interpolant", RESIDUAL_INTERPOLANTS
         ),
     )
-    net = m.section(manifest, "net", optional=True)
-    if "latent_dim" in net and net["latent_dim"] != latent_dim:
-        raise m.fail("net.latent_dim", f"{net['latent_dim']!r} differs from latent_dim {latent_dim}")
-    graphs, files = m.section(manifest, "graphs"), m.section(manifest, "files")
+
+
+def _weights_storage(m: _Checker, manifest: dict, files: dict) -> str:
     weights = m.section(manifest, "weights", optional=True)
     if weights and weights.get("storage") not in STORAGE:
         got = weights.get("storage")
         raise m.fail("weights.storage", f"must be one of {', '.join(STORAGE)}, got {got!r}")
     if weights and weights.get("file") not in files:
-        raise BundleError(f"{mpath}: weights names no file listed in 'files': re-export the bundle")
+        raise BundleError(f"{m.where}: weights names no file listed in 'files': re-export the bundle")
+    return str(weights.get("storage", "float32"))
+
+
+def _graph_files(
+    m: _Checker, manifest: dict, root: Path, shape: Sequence[int], latent_dim: int
+) -> dict[str, Path]:
+    """Each graph's file, its recorded inputs and outputs checked against the contract."""
+    graphs, files = m.section(manifest, "graphs"), m.section(manifest, "files")
     graph_files = {}
     for name in [*GRAPHS, *(g for g in OPTIONAL_GRAPHS if g in graphs)]:
         entry = m.section(graphs, name, f"graphs.{name}")
         file = entry.get("file")
         if not isinstance(file, str) or file not in files:
-            raise BundleError(f"{mpath}: graph {name} names no file listed in 'files': re-export the bundle")
+            raise BundleError(
+                f"{m.where}: graph {name} names no file listed in 'files': re-export the bundle"
+            )
         if "inputs" in entry or "outputs" in entry:  # what the exporter read from the graph itself
             check_graph_io(
-                str(mpath),
+                str(m.where),
                 name,
                 [(v["name"], v["shape"]) for v in entry.get("inputs", [])],
                 [(v["name"], v["shape"]) for v in entry.get("outputs", [])],
@@ -444,10 +477,15 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
                 latent_dim,
             )
         graph_files[name] = root / file
+    return graph_files
+
+
+def _verify_files(m: _Checker, root: Path, files: dict) -> None:
+    """Every listed file is there with its size and sha256."""
     for fname, entry in files.items():
         fpath = root / fname
         if not isinstance(entry, dict) or Path(fname).name != fname:
-            raise BundleError(f"{mpath}: 'files' must map plain file names to their sha256: re-export")
+            raise BundleError(f"{m.where}: 'files' must map plain file names to their sha256: re-export")
         if not fpath.is_file():
             raise BundleError(f"{fpath} is missing: copy the whole bundle directory")
         size = entry.get("bytes")
@@ -455,16 +493,6 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
             raise BundleError(
                 f"{fpath} does not match its sha256 in {MANIFEST}: the bundle is corrupt, re-copy it"
             )
-    return Bundle(
-        path=root,
-        manifest=manifest,
-        digest=digest,
-        image_shape=tuple(shape),  # type: ignore[arg-type]
-        latent_dim=latent_dim,
-        langevin=langevin,
-        completion=completion,
-        graph_files=graph_files,
-    )
 
 
 class _Checker:

@@ -298,7 +298,7 @@ def run(config: EvalConfig) -> str:
 
 def training_dataset(config: EvalConfig, engine) -> str:
     """--dataset, else the dataset the bundle's manifest says it was trained on, else fashion-mnist."""
-    return config.dataset or str(engine.bundle.manifest.get("training", {}).get("dataset") or "fashion-mnist")
+    return config.dataset or str(engine.bundle.training.get("dataset") or "fashion-mnist")
 
 
 def _other_split(config: EvalConfig, shape, dataset: str):

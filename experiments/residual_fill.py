@@ -1,5 +1,5 @@
-"""Completion's residual fill (contract.sampling.interpolate_residual) beside the best classical baseline: the
-measurement behind the defaults `residual_fill: true` and `residual_interpolant: auto` (contract/bundle.py
+"""Completion's residual fill (contract.inpainting.interpolate_residual) beside the best classical baseline:
+the measurement behind the defaults `residual_fill: true` and `residual_interpolant: auto` (contract/bundle.py
 DEFAULT_COMPLETION).
 
 Reproduces the table of docs/results.md, "The residual fill" and "The residual's interpolant".
@@ -12,7 +12,7 @@ fill G = g(X) every variant gets the same refinement (K descriptor steps, each v
 state): G alone (the paper), G plus the observed residual carried harmonically, biharmonically, or by the
 hole's shape ("auto"), beside scikit-image's biharmonic inpainting of the image itself. Prints the PSNR (dB)
 of the missing region, mean over the N held-out images, and the mean fraction of the hole that touches an
-observed pixel (contract.sampling.scattered_fraction: "auto" goes biharmonic at >= SCATTERED).
+observed pixel (contract.inpainting.scattered_fraction: "auto" goes biharmonic at >= SCATTERED).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import copy
 import sys
 
 import numpy as np
-from coopnets.contract import sampling
+from coopnets.contract import inpainting, sampling
 from coopnets.contract.occlusions import occlusion_masks
 from coopnets.evaluation import metrics
 from coopnets.evaluation.baselines import biharmonic
@@ -79,7 +79,7 @@ def main() -> int:
             fill = (
                 g
                 if interpolant is None
-                else g + sampling.interpolate_residual(observed - g, masks, interpolant)
+                else g + inpainting.interpolate_residual(observed - g, masks, interpolant)
             )
             y = np.where(masks > 0.5, fill, observed).astype(np.float32)
             refine = sampling.langevin_steps(
@@ -88,7 +88,7 @@ def main() -> int:
             cells.append(sampling.run(refine))  # (N, C, H, W)
         cells.append(biharmonic(observed, masks))
         psnr = [float(np.mean(metrics.psnr(np.clip(x, -1, 1), images, masks))) for x in cells]
-        touching = float(np.mean(sampling.scattered_fraction(masks)))
+        touching = float(np.mean(inpainting.scattered_fraction(masks)))
         print(
             f"| {occlusion} | {touching:.2f} | "
             + " | ".join(f"{v:.2f}" for v in psnr)

@@ -105,7 +105,7 @@ class Engine:
         self.image_shape = bundle.image_shape  # (C, H, W)
         self.latent_dim = bundle.latent_dim
         self.synthesis_defaults: SynthesisParams = bundle.langevin.synthesis
-        self.completion_defaults: CompletionParams = bundle.completion_params
+        self.completion_defaults: CompletionParams = bundle.completion.params(bundle.langevin)
 
     @classmethod
     def load(

@@ -74,7 +74,7 @@ def check_defaults(bundle: Bundle, max_steps: int) -> None:
     """BundleError when a request that sets nothing would exceed --max-steps (it would be refused)."""
     try:
         bundle.langevin.synthesis.checked(max_steps, prefix="langevin.")
-        bundle.completion_params.checked(max_steps)
+        bundle.completion.params(bundle.langevin).checked(max_steps)
     except ParamError as e:
         raise BundleError(f"{bundle.path}: the default {e}: raise --max-steps or re-export") from None
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from coopnets.contract import codec, files, flags, occlusions, sampling
+from coopnets.contract import codec, files, flags, inpainting, occlusions, sampling
 from coopnets.contract.sampling import Cancelled, CompletionParams, SynthesisParams
 from coopnets.serving.engine import Engine
 from coopnets.v1 import coopnets_pb2 as pb
@@ -184,7 +184,15 @@ def test_flag_errors_are_one_line(tmp_path, capsys):
 
 
 def test_progress_comes_after_every_step_in_order(engine):
-    params = CompletionParams(3, 0.05, True, 2, 0.002, True, 2)
+    params = CompletionParams(
+        latent_steps=3,
+        latent_step_size=0.05,
+        latent_noise=True,
+        refine_steps=2,
+        refine_step_size=0.002,
+        noise=True,
+        restarts=2,
+    )
     seen = []
     masks = occlusions.occlusion_masks("center:10", engine.image_shape, [0, 1])
     images = engine.synthesize([5, 6]).images
@@ -228,10 +236,26 @@ def test_params_check_their_ranges_and_name_the_field():
         SynthesisParams(steps=5, delta=2.0, noise=True).checked(max_steps=10, prefix="langevin.")
     assert e.value.field == "langevin.step_size"
     with pytest.raises(sampling.ParamError) as e:
-        CompletionParams(1, 0.05, False, 1, 0.002, True, restarts=17).checked()
+        CompletionParams(
+            latent_steps=1,
+            latent_step_size=0.05,
+            latent_noise=False,
+            refine_steps=1,
+            refine_step_size=0.002,
+            noise=True,
+            restarts=17,
+        ).checked()
     assert e.value.field == "restarts"
     with pytest.raises(sampling.ParamError) as e:
-        CompletionParams(11, 0.05, False, 1, 0.002, True, 1).checked(max_steps=10)
+        CompletionParams(
+            latent_steps=11,
+            latent_step_size=0.05,
+            latent_noise=False,
+            refine_steps=1,
+            refine_step_size=0.002,
+            noise=True,
+            restarts=1,
+        ).checked(max_steps=10)
     assert e.value.field == "latent_steps"
 
 
@@ -244,11 +268,11 @@ def test_residual_fill_is_the_harmonic_interpolation_of_the_observed_residual():
     mask = np.zeros((1, 1, h, w), np.float32)
     mask[..., 8:20, 6:22] = 1  # an interior hole
     garbage = np.where(mask > 0.5, 7.0, ramp)  # values under the hole must not matter
-    r = sampling.residual_fill(garbage, mask)
+    r = inpainting.residual_fill(garbage, mask)
     np.testing.assert_array_equal(r[mask < 0.5], ramp[mask < 0.5])
     assert np.abs(r - ramp).max() < 1e-3
     np.testing.assert_allclose(
-        sampling.residual_fill(np.full((2, 3, h, w), 0.25, np.float32), mask), 0.25, atol=1e-4
+        inpainting.residual_fill(np.full((2, 3, h, w), 0.25, np.float32), mask), 0.25, atol=1e-4
     )
 
 
@@ -263,12 +287,12 @@ def test_biharmonic_fill_continues_curved_residuals_that_the_harmonic_one_flatte
     mask = np.zeros((1, 1, h, w), np.float32)
     mask[..., 8:20, 6:22] = 1  # an interior hole, 3+ px from the edges
     garbage = np.where(mask > 0.5, 7.0, bowl).astype(np.float32)  # values under the hole must not matter
-    r = sampling.biharmonic_fill(garbage, mask)
+    r = inpainting.biharmonic_fill(garbage, mask)
     np.testing.assert_array_equal(r[mask < 0.5], bowl[mask < 0.5])
     assert np.abs(r - bowl).max() < 1e-4
-    assert np.abs(sampling.residual_fill(garbage, mask) - bowl).max() > 0.05
+    assert np.abs(inpainting.residual_fill(garbage, mask) - bowl).max() > 0.05
     np.testing.assert_allclose(
-        sampling.biharmonic_fill(np.full((2, 3, h, w), 0.25, np.float32), mask), 0.25, atol=1e-5
+        inpainting.biharmonic_fill(np.full((2, 3, h, w), 0.25, np.float32), mask), 0.25, atol=1e-5
     )
 
 
@@ -282,7 +306,7 @@ def test_biharmonic_fill_solves_scikit_images_equation_away_from_the_edges():
     mask = np.zeros_like(residual)
     mask[0, :, 8:20, 8:20] = 1  # a block
     mask[1, :, 3:25, 3:25] = rng.random((22, 22)) < 0.5  # scattered pixels
-    got = sampling.biharmonic_fill(residual, mask)
+    got = inpainting.biharmonic_fill(residual, mask)
     for i in range(2):
         want = inpaint_biharmonic(residual[i, 0].astype(np.float64), mask[i, 0] > 0.5)
         np.testing.assert_allclose(got[i, 0], want, atol=1e-4)
@@ -296,16 +320,25 @@ def test_scattered_fraction_and_auto_pick_the_interpolant_per_image():
     masks = np.concatenate(
         [occlusions.occlusion_masks(o, shape, seeds[:1]) for o in ("center:12", "left-half", "random:0.3")]
     )  # (3, 1, H, W)
-    fraction = sampling.scattered_fraction(masks)
+    fraction = inpainting.scattered_fraction(masks)
     np.testing.assert_allclose(fraction[:2], [44 / 144, 28 / 392])
-    assert fraction[2] > 0.95 and sampling.scattered_fraction(np.zeros_like(masks[:1]))[0] == 0
+    assert fraction[2] > 0.95 and inpainting.scattered_fraction(np.zeros_like(masks[:1]))[0] == 0
     residual = np.random.default_rng(1).normal(0, 0.3, (3, *shape)).astype(np.float32)
-    auto = sampling.interpolate_residual(residual, masks, "auto")
-    np.testing.assert_allclose(auto[2], sampling.biharmonic_fill(residual, masks)[2], atol=1e-5)
-    np.testing.assert_array_equal(auto[:2], sampling.residual_fill(residual[:2], masks[:2]))
-    assert np.abs(auto[2] - sampling.residual_fill(residual, masks)[2]).max() > 1e-2  # they do differ
+    auto = inpainting.interpolate_residual(residual, masks, "auto")
+    np.testing.assert_allclose(auto[2], inpainting.biharmonic_fill(residual, masks)[2], atol=1e-5)
+    np.testing.assert_array_equal(auto[:2], inpainting.residual_fill(residual[:2], masks[:2]))
+    assert np.abs(auto[2] - inpainting.residual_fill(residual, masks)[2]).max() > 1e-2  # they do differ
     with pytest.raises(sampling.ParamError) as e:
-        CompletionParams(1, 0.05, False, 1, 0.002, True, 1, residual_interpolant="cubic").checked()
+        CompletionParams(
+            latent_steps=1,
+            latent_step_size=0.05,
+            latent_noise=False,
+            refine_steps=1,
+            refine_step_size=0.002,
+            noise=True,
+            restarts=1,
+            residual_interpolant="cubic",
+        ).checked()
     assert e.value.field == "residual_interpolant"
 
 
@@ -318,7 +351,16 @@ def test_completion_with_residual_fill_differs_only_in_the_hole_and_starts_close
     masks = occlusions.occlusion_masks("random:0.5", engine.image_shape, [0, 1])
     fills = {}
     for residual in (False, True):
-        params = CompletionParams(3, 0.05, False, 0, 0.002, True, 1, residual_fill=residual)
+        params = CompletionParams(
+            latent_steps=3,
+            latent_step_size=0.05,
+            latent_noise=False,
+            refine_steps=0,
+            refine_step_size=0.002,
+            noise=True,
+            restarts=1,
+            residual_fill=residual,
+        )
         fills[residual] = engine.complete(images, masks, [0, 1], params).images
     np.testing.assert_array_equal(fills[True][masks < 0.5], fills[False][masks < 0.5])
     assert np.abs(fills[True] - fills[False])[masks > 0.5].max() > 1e-3
@@ -330,7 +372,15 @@ def test_average_restarts_fills_the_hole_with_the_mean_of_the_chains(engine):
     one chain the two choices are the same completion."""
     images = engine.synthesize([5, 6]).images  # (2, C, H, W)
     masks = occlusions.occlusion_masks("center:12", engine.image_shape, [0, 1])
-    base = CompletionParams(4, 0.05, False, 0, 0.002, True, 3)
+    base = CompletionParams(
+        latent_steps=4,
+        latent_step_size=0.05,
+        latent_noise=False,
+        refine_steps=0,
+        refine_step_size=0.002,
+        noise=True,
+        restarts=3,
+    )
     got = engine.complete(images, masks, [0, 1], dataclasses.replace(base, average_restarts=True)).images
     rep = (np.repeat(images, 3, axis=0), np.repeat(masks, 3, axis=0))  # (N·R, C, H, W)
     x = sampling.run(sampling.latent_chains(engine.backend, *rep, sampling.rngs_for([0, 1]), base))

@@ -147,7 +147,10 @@ def test_manifest_and_sha256(exported):
     assert manifest["image"] == {"shape": list(spec.image_shape), "value_range": [-1.0, 1.0]}
     assert manifest["latent_dim"] == spec.latent_dim
     assert manifest["langevin"] == LANGEVIN
-    assert manifest["completion"] == DEFAULT_COMPLETION and manifest["completion"]["residual_fill"] is True
+    assert (
+        manifest["completion"] == DEFAULT_COMPLETION.to_manifest()
+        and manifest["completion"]["residual_fill"] is True
+    )
     assert manifest["completion"]["average_restarts"] is True
     assert manifest["opset"] == 18
     assert manifest["training"] == {"lr": 0.007}

@@ -223,7 +223,15 @@ MANIFEST_PATHS = [
 
 LEGACY = Path(__file__).parent / "data" / "legacy" / "bundle"  # tiny graphs: sessions open in milliseconds
 ONE_STEP = SynthesisParams(steps=1, delta=0.002, noise=True)
-ONE_STEP_COMPLETION = CompletionParams(1, 0.05, False, 1, 0.002, True, 2)
+ONE_STEP_COMPLETION = CompletionParams(
+    latent_steps=1,
+    latent_step_size=0.05,
+    latent_noise=False,
+    refine_steps=1,
+    refine_step_size=0.002,
+    noise=True,
+    restarts=2,
+)
 
 
 def edited_bundle(root: Path, edits=(), raw: bytes | None = None) -> Path:

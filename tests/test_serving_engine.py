@@ -73,7 +73,15 @@ def test_synthesis_matches_the_torch_reference(engine, torch_backend):
 def test_completion_matches_the_torch_reference(engine, torch_backend, restarts):
     images = engine.draft([7, 8, 9])
     masks = center_masks(3)
-    params = CompletionParams(4, 0.1, True, 3, DELTA, True, restarts)
+    params = CompletionParams(
+        latent_steps=4,
+        latent_step_size=0.1,
+        latent_noise=True,
+        refine_steps=3,
+        refine_step_size=DELTA,
+        noise=True,
+        restarts=restarts,
+    )
     out = engine.complete(images, masks, SEEDS, params)
     ref = sampling.complete(torch_backend, images, masks, SEEDS, params)
     np.testing.assert_allclose(out.images, ref.images, rtol=0, atol=2e-5)
@@ -195,7 +203,20 @@ def test_one_restart_is_the_single_chain_replayed_on_the_graphs(engine):
     for _ in range(2):
         feed = {"y": y, "noise": draw((1, 28, 28)), "mask": masks, "delta": f32(DELTA), "s": f32(S)}
         (y,) = run["langevin_step"](["y_next"], feed)
-    out = engine.complete(images, masks, SEEDS, CompletionParams(3, eta, True, 2, DELTA, True, 1))
+    out = engine.complete(
+        images,
+        masks,
+        SEEDS,
+        CompletionParams(
+            latent_steps=3,
+            latent_step_size=eta,
+            latent_noise=True,
+            refine_steps=2,
+            refine_step_size=DELTA,
+            noise=True,
+            restarts=1,
+        ),
+    )
     assert np.array_equal(out.images, y)
 
 
@@ -211,7 +232,15 @@ def test_more_restarts_never_raise_the_chosen_latent_energy(engine):
         return u
 
     def infer(r):
-        params = CompletionParams(5, 0.05, False, 0, DELTA, False, r)
+        params = CompletionParams(
+            latent_steps=5,
+            latent_step_size=0.05,
+            latent_noise=False,
+            refine_steps=0,
+            refine_step_size=DELTA,
+            noise=False,
+            restarts=r,
+        )
         rngs = sampling.rngs_for(SEEDS)
         return sampling.run(sampling.latent_steps(engine.backend, images, masks, rngs, params))
 
@@ -246,4 +275,4 @@ def test_restarts_default_comes_from_the_manifest(serving_bundle, tmp_path):
         read_bundle(bad)
     old = {k: v for k, v in manifest["completion"].items() if k != "restarts"}  # a bundle from before R
     (bad / "manifest.json").write_text(json.dumps({**manifest, "completion": old}))
-    assert read_bundle(bad).completion_params.restarts == DEFAULT_COMPLETION["restarts"]
+    assert read_bundle(bad).completion.restarts == DEFAULT_COMPLETION.restarts

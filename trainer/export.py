@@ -176,8 +176,9 @@ def export_bundle(
 
     langevin:   {"s", "delta", "steps", "sigma", "noise"}, the sampling defaults written to the manifest
     completion: {"latent_steps", "latent_step_size", "latent_noise", "refine_steps", "restarts",
-                "residual_fill", "average_restarts", "residual_interpolant"}; missing keys (or None) take
-                contract.bundle.DEFAULT_COMPLETION
+                "residual_fill", "average_restarts", "residual_interpolant"} (the manifest's keys, as the
+                trainer's flags give them); missing keys (or None) take contract.bundle.CompletionDefaults'
+                defaults
     training:   the resolved training config (JSON-serialisable), stored as the manifest's "training"
     calibration: training images (N, C, H, W) in [-1, 1] for the out-of-distribution score
                 (typicality.onnx, trainer/ood.py); None = a bundle without it
@@ -245,7 +246,7 @@ def export_bundle(
             image_shape=spec.image_shape,
             latent_dim=spec.latent_dim,
             langevin=langevin,
-            completion=completion,
+            completion=bundle.CompletionDefaults(**(completion or {})),  # missing keys: the defaults
             graph_io=graph_io,
             training=training,
             ood=ood,
