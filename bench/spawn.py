@@ -33,6 +33,11 @@ class Spawned:
     port: int
     metrics_port: int | None
     log_path: Path
+    http_port: int | None = None  # with --http-port
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def address(self) -> str:
@@ -89,7 +94,7 @@ def spawn(
             raise RuntimeError(f"coop-serve did not start:\n{log_path.read_text()}")
         time.sleep(0.01)
     ports = json.loads(port_file.read_text())
-    return Spawned(proc, ports["port"], ports.get("metrics_port"), log_path)
+    return Spawned(proc, ports["port"], ports.get("metrics_port"), log_path, ports.get("http_port"))
 
 
 def wait_serving(

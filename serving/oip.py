@@ -206,16 +206,19 @@ def _strings(buffer: bytes, name: str) -> np.ndarray:
 
 
 class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
-    """OIP over `service` (a CoopNetsService): its lifecycle, limits, batcher, metrics and error mapping."""
+    """OIP over `service` (a CoopNetsService): its lifecycle, limits, batcher, metrics and error mapping.
+    `label` prefixes the method names in the metrics, so that the REST binding (serving.rest), which calls
+    these same methods with a context of its own, is counted apart from gRPC ("http/ModelInfer")."""
 
-    def __init__(self, service: CoopNetsService):
+    def __init__(self, service: CoopNetsService, label: str = ""):
         self.service = service
+        self.label = label
 
     # ---- health and metadata --------------------------------------------------------------------------
 
     def _observed(self, rpc: str, answer):
         """Counts an RPC that cannot fail (liveness and readiness) like the handled ones."""
-        self.service.metrics.observe(rpc, grpc.StatusCode.OK.name, 0.0)
+        self.service.metrics.observe(self.label + rpc, grpc.StatusCode.OK.name, 0.0)
         return answer
 
     def ServerLive(self, request, context):
@@ -225,16 +228,16 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
         return self._observed("ServerReady", oip.ServerReadyResponse(ready=self.service.lifecycle.ready))
 
     def ModelReady(self, request, context):
-        with self.service.handling("ModelReady", context):
+        with self.service.handling(self.label + "ModelReady", context):
             _model(request.name, request.version)
             return oip.ModelReadyResponse(ready=self.service.lifecycle.ready)
 
     def ServerMetadata(self, request, context):
-        with self.service.handling("ServerMetadata", context):
+        with self.service.handling(self.label + "ServerMetadata", context):
             return oip.ServerMetadataResponse(name="coopnets", version=_package_version(), extensions=[])
 
     def ModelMetadata(self, request, context):
-        with self.service.handling("ModelMetadata", context):
+        with self.service.handling(self.label + "ModelMetadata", context):
             name = _model(request.name, request.version)
             engine = self.service.lifecycle.engine
             shape, ins, outs = engine.image_shape, MODELS[name][0], _outputs(name, engine)
@@ -253,7 +256,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
             )
 
     def ModelConfig(self, request, context):
-        with self.service.handling("ModelConfig", context):
+        with self.service.handling(self.label + "ModelConfig", context):
             name = _model(request.name, request.version)
             engine = self.service.lifecycle.engine
             shape, ins, outs = engine.image_shape, MODELS[name][0], _outputs(name, engine)
@@ -279,23 +282,49 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
 
     # ---- inference -------------------------------------------------------------------------------------
 
+    def RepositoryIndex(self, request, context):
+        """The read-only part of Triton's model repository extension: the three models and their state
+        (tritonclient's get_model_repository_index()); loading and unloading stay UNIMPLEMENTED, since a
+        bundle's models come and go together (SIGHUP reloads them)."""
+        with self.service.handling(self.label + "RepositoryIndex", context):
+            if request.repository_name:
+                raise FieldError(
+                    "repository_name", f"no repository {request.repository_name!r}: there is one, named ''"
+                )
+            ready = self.service.lifecycle.ready
+            state, reason = ("READY", "") if ready else ("LOADING", "the model is still warming up")
+            models = [] if request.ready and not ready else list(MODELS)
+            return oip.RepositoryIndexResponse(
+                models=[
+                    oip.RepositoryIndexResponse.ModelIndex(
+                        name=n, version=VERSION, state=state, reason=reason
+                    )
+                    for n in models
+                ]
+            )
+
     def ModelInfer(self, request, context):
-        with self.service.handling("ModelInfer", context):
-            name = _model(request.model_name, request.model_version)
-            wanted = [o.name for o in request.outputs]
-            names = [t.name for t in _outputs(name, self.service.lifecycle.engine)]
-            for o in wanted:
-                if o not in names:
-                    raise FieldError(o, f"{name} has no output {o!r}: {', '.join(names)}")
-            inputs = read_inputs(request, name)
-            run = {SYNTHESIZE: self._synthesize, COMPLETE: self._complete, ENERGY: self._energy}[name]
-            outputs = run(inputs, context)
-            response = oip.ModelInferResponse(model_name=name, model_version=VERSION, id=request.id)
-            for o in wanted or names:
-                a = np.ascontiguousarray(outputs[o], dtype="<f4")
-                response.outputs.add(name=o, datatype="FP32", shape=list(a.shape))
-                response.raw_output_contents.append(a.tobytes())
-            return response
+        with self.service.handling(self.label + "ModelInfer", context):
+            return self.infer(request, context)
+
+    def infer(self, request, context):
+        """ModelInfer's work, inside the caller's `handling`: the REST binding decodes its body within the
+        same `handling`, so that a malformed body and a bad tensor end in the one error mapping."""
+        name = _model(request.model_name, request.model_version)
+        wanted = [o.name for o in request.outputs]
+        names = [t.name for t in _outputs(name, self.service.lifecycle.engine)]
+        for o in wanted:
+            if o not in names:
+                raise FieldError(o, f"{name} has no output {o!r}: {', '.join(names)}")
+        inputs = read_inputs(request, name)
+        run = {SYNTHESIZE: self._synthesize, COMPLETE: self._complete, ENERGY: self._energy}[name]
+        outputs = run(inputs, context)
+        response = oip.ModelInferResponse(model_name=name, model_version=VERSION, id=request.id)
+        for o in wanted or names:
+            a = np.ascontiguousarray(outputs[o], dtype="<f4")
+            response.outputs.add(name=o, datatype="FP32", shape=list(a.shape))
+            response.raw_output_contents.append(a.tobytes())
+        return response
 
     def _synthesize(self, inputs: dict, context) -> dict[str, np.ndarray]:
         engine, limits = self.service.lifecycle.engine, self.service.limits
@@ -316,7 +345,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
             delta=_scalar(inputs, "step_size", None, float),
             noise=_scalar(inputs, "noise", None, bool),
         )
-        return _samples(self.service.submit("ModelInfer", SynthesisJob(seeds, params), context))
+        return _samples(self.service.submit(self.label + "ModelInfer", SynthesisJob(seeds, params), context))
 
     def _complete(self, inputs: dict, context) -> dict[str, np.ndarray]:
         engine, limits = self.service.lifecycle.engine, self.service.limits
@@ -329,12 +358,12 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
         given = {name: _scalar(inputs, name, None, kind) for name, kind in COMPLETION_INPUTS.items()}
         params = requests.completion_params(engine, limits.max_steps, **given)
         job = CompletionJob(images, masks, tuple(range(seed, seed + len(images))), params)
-        return _samples(self.service.submit("ModelInfer", job, context))
+        return _samples(self.service.submit(self.label + "ModelInfer", job, context))
 
     def _energy(self, inputs: dict, context) -> dict[str, np.ndarray]:
         engine, limits = self.service.lifecycle.engine, self.service.limits
         images = requests.checked_images(inputs["images"], engine.image_shape, limits, "images")
-        out: Measures = self.service.submit("ModelInfer", EnergyJob(images), context)
+        out: Measures = self.service.submit(self.label + "ModelInfer", EnergyJob(images), context)
         return {"energy": out.energy, "score": out.score, **({} if out.ood is None else {"ood": out.ood})}
 
 

@@ -4,10 +4,12 @@
     coop-serve --bundle B --port 0 --port-file /tmp/port.json --metrics-port 9090 --device cpu
     coop-serve --bundle B --tls-cert server.pem --tls-key server.key [--tls-client-ca ca.pem] --token-file tok
     coop-serve --config serve.toml --port 50052                # TOML keys = the flags' names; flags win
+    coop-serve --bundle B --http-port 8000                     # also KServe v2 / Triton REST on :8000
 
 Besides coopnets.v1 it serves the Open Inference Protocol (KServe v2 / Triton's
 inference.GRPCInferenceService, serving/oip.py) on the same port, through the same engine, batcher, limits,
-token and error mapping.
+token and error mapping; with --http-port, its REST binding too (serving/rest.py, uvicorn in a thread of this
+process), through the same again.
 
 Start-up order, so that orchestrators can trust the health service:
 1. verify the bundle (sha256 of every file) and the TLS/token files: any problem exits 2 with one line;
@@ -16,7 +18,7 @@ Start-up order, so that orchestrators can trust the health service:
 4. SIGTERM/SIGINT: health NOT_SERVING, no new RPCs, in-flight RPCs get --grace-s seconds, exit 0.
 SIGHUP reloads --bundle: the new files are verified, opened and warmed up first; until then, and for good when
 they do not verify, the loaded bundle keeps serving (editing the files on disk changes nothing by itself).
-The bound port (and the metrics port) are printed on stdout and written to --port-file as JSON.
+The bound port (and the metrics and HTTP ports) are printed on stdout and written to --port-file as JSON.
 Never imports torch or the trainer.
 
 In a program (tests, an embedding service): `server = create_server(config, engine)` serves `engine` on
@@ -62,7 +64,9 @@ HELP = {
     "port": "gRPC port; 0 = any free port (see --port-file)",
     "reuse_port": "SO_REUSEPORT: several coop-serve processes (replicas) may bind the same --port and the "
     "kernel spreads new connections among them; off, a second server on a used port fails to start",
-    "port_file": 'write {"port": P, "metrics_port": M} here once bound (atomic)',
+    "port_file": 'write {"port": P, "metrics_port": M, "http_port": H} here once bound (atomic)',
+    "http_port": "the Open Inference Protocol's REST binding (KServe v2 / Triton HTTP: /v2/health/ready, "
+    "/v2/models/NAME/infer, ...) on this port of --host, beside gRPC; -1 = off, 0 = any free port",
     "device": "auto (CUDA if it loads, else CPU) | cuda (fail if CUDA cannot load) | cpu (never tries CUDA)",
     "threads": "ONNX Runtime intra-op threads per session (0 = one per core)",
     "batch_shards": f"CPU: a batch of {2 * MIN_PER_SHARD} or more images runs as up to this many parts at "
@@ -99,6 +103,7 @@ class ServeConfig:
     port: int = 50051
     reuse_port: bool = False
     port_file: str = ""
+    http_port: int = -1
     device: str = "auto"
     threads: int = 0
     batch_shards: int = 0
@@ -206,7 +211,8 @@ def _credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
 
 @dataclass
 class Server:
-    """A started coop-serve: gRPC on `port` (and /metrics on `metrics_port`, None when off)."""
+    """A started coop-serve: gRPC on `port`, /metrics on `metrics_port` and REST on `http_port` (None when
+    off)."""
 
     grpc_server: grpc.Server
     port: int
@@ -215,12 +221,19 @@ class Server:
     service: CoopNetsService
     metrics: Metrics
     tls: bool
+    http: object | None = None  # serving.rest.RestServer
+
+    @property
+    def http_port(self) -> int | None:
+        return None if self.http is None else self.http.port
 
     def shutdown(self, grace_s: float) -> bool:
         """Drains (health NOT_SERVING, new RPCs UNAVAILABLE, in-flight ones get `grace_s` seconds), then stops
-        gRPC, the batcher and /metrics. True when no RPC was cut off."""
+        gRPC, HTTP, the batcher and /metrics. True when no RPC was cut off."""
         deadline = time.monotonic() + grace_s
         drained = self.lifecycle.drain(grace_s)
+        if self.http is not None:
+            self.http.stop(max(1.0, deadline - time.monotonic()))
         self.grpc_server.stop(max(0.0, deadline - time.monotonic())).wait()
         self.service.close()
         self.metrics.close()
@@ -278,9 +291,20 @@ def create_server(config: ServeConfig, engine: Engine | None = None) -> Server:
     if port == 0:
         service.close()
         raise ValueError(f"cannot bind {address}{why}: choose another --port or --host")
+    http = None
+    if config.http_port >= 0:
+        from coopnets.serving import rest  # starlette and uvicorn load only where HTTP is asked for
+
+        app = rest.RestApp(service, _token(config.token_file) if config.token_file else None, config.workers)
+        tls = rest.tls_options(config.tls_cert, config.tls_key, config.tls_client_ca)
+        try:
+            http = rest.RestServer(app, config.host, config.http_port, tls)
+        except ValueError:
+            service.close()
+            raise
     grpc_server.start()
     metrics_port = metrics.serve(config.metrics_port, config.host) if config.metrics_port >= 0 else None
-    server = Server(grpc_server, port, metrics_port, lifecycle, service, metrics, tls=creds is not None)
+    server = Server(grpc_server, port, metrics_port, lifecycle, service, metrics, creds is not None, http)
     log.info("live on %s:%d, health NOT_SERVING until warm-up is done", config.host, port)
     if engine is not None:
         lifecycle.start(engine)
@@ -298,13 +322,13 @@ def serve(config: ServeConfig) -> int:
     try:
         print(
             f"coop-serve: listening on {config.host}:{server.port} ({'TLS' if server.tls else 'plaintext'}"
-            f"{', token' if config.token_file else ''}); metrics port {server.metrics_port}",
+            f"{', token' if config.token_file else ''}); metrics port {server.metrics_port}; "
+            f"HTTP port {server.http_port}",
             flush=True,
         )
         if config.port_file:
-            atomic_write_json(
-                config.port_file, {"port": server.port, "metrics_port": server.metrics_port}, None
-            )
+            ports = {"port": server.port, "metrics_port": server.metrics_port, "http_port": server.http_port}
+            atomic_write_json(config.port_file, ports, None)
         server.lifecycle.start(server.lifecycle.open(bundle))
         while not stop.wait(0.2):
             if reload.is_set():

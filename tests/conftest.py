@@ -78,7 +78,7 @@ def serving_engine(serving_bundle):
 
 @pytest.fixture(scope="session")
 def coop_server(serving_bundle, tmp_path_factory):
-    """The session's server: token auth, batching up to 16 images within 100 ms."""
+    """The session's server: token auth, batching up to 16 images within 100 ms, REST on a free port."""
     server = local_server(
         serving_bundle,
         tmp_path_factory.mktemp("server"),
@@ -87,6 +87,7 @@ def coop_server(serving_bundle, tmp_path_factory):
         max_delay_ms=100,
         max_count=32,
         max_steps=200,
+        http_port=0,
     )
     yield server
     assert server.stop(), server.log()

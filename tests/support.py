@@ -5,7 +5,8 @@
   every test that needs no signal and no torch blocker: it starts in milliseconds;
 - `start_server`: a real coop-serve subprocess (torch and the trainer blocked) on a free loopback port, for
   tests of signals (SIGTERM, SIGHUP) and of the blocker; `ServerProc` reads its log and /metrics.
-  Both kinds have .address, .port, .metrics_port, .token, .client(), .metric(name, **labels), .log() and
+  Both kinds have .address, .port, .metrics_port, .http_port and .http_url (with http_port=0 /
+  "--http-port", "0"), .token, .client(), .metric(name, **labels), .log() and
   .stop() (the exit code of the process; for a LocalServer, whether no RPC was cut off);
 - `wait_for`, `write_idx` (idx image/label files as Fashion-MNIST ships them), `make_pki` (a CA, server and
   client certificates, and a rogue CA that signs a rogue client and server).
@@ -165,6 +166,14 @@ class LocalServer:
     @property
     def metrics_port(self) -> int | None:
         return self.server.metrics_port
+
+    @property
+    def http_port(self) -> int | None:
+        return self.server.http_port
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def address(self) -> str:
