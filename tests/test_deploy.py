@@ -8,10 +8,12 @@ swapped for local ones) and asks it what the probes ask.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -66,7 +68,8 @@ def test_the_args_are_coop_serves_and_the_probes_use_its_ports():
     c = container()
     config = parse_args(c["args"]).validate()
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert config.host == "0.0.0.0" and ports == {"grpc": config.port, "metrics": config.metrics_port}
+    assert config.host == "0.0.0.0"
+    assert ports == {"grpc": config.port, "http": config.http_port, "metrics": config.metrics_port}
     assert c["readinessProbe"]["grpc"] == {"port": config.port, "service": SERVICE_NAME}
     assert c["livenessProbe"]["grpc"] == {"port": config.port}  # "" = the server as a whole: live at bind
     assert c["startupProbe"]["grpc"]["port"] == config.port
@@ -81,6 +84,28 @@ def test_the_args_are_coop_serves_and_the_probes_use_its_ports():
     }
     assert pod["spec"]["terminationGracePeriodSeconds"] > config.grace_s  # the drain fits before SIGKILL
     assert int(c["resources"]["requests"]["cpu"]) == config.threads  # ORT threads = the cores asked for
+
+
+def http_readiness_alternative() -> dict:
+    """The httpGet probe the manifest's comment offers in place of the gRPC readiness probe."""
+    (line,) = [line for line in MANIFEST.read_text().splitlines() if line.strip().startswith("#   httpGet:")]
+    return yaml.safe_load(line.split("#", 1)[1].strip())
+
+
+def test_the_http_readiness_alternative_is_a_valid_probe_on_the_http_port():
+    import kubernetes_validate
+
+    probe = http_readiness_alternative()
+    assert probe == {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
+    deployment = docs()["Deployment/coopnets"]
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    readiness = {k: v for k, v in c["readinessProbe"].items() if k != "grpc"} | probe
+    c = c | {"readinessProbe": readiness}
+    spec = deployment["spec"]["template"]["spec"] | {"containers": [c]}
+    swapped = deployment | {
+        "spec": deployment["spec"] | {"template": {**deployment["spec"]["template"], "spec": spec}}
+    }
+    kubernetes_validate.validate(swapped, K8S_VERSION, strict=True)
 
 
 def test_the_services_select_the_pods_and_name_their_ports():
@@ -119,7 +144,7 @@ def test_the_image_is_the_base_install_run_as_a_user():
     assert entry == ["coop-serve"] and entry[0] in scripts
     config = parse_args(cmd).validate()
     (expose,) = [rest.split() for op, rest in steps if op == "EXPOSE"]
-    assert {int(p) for p in expose} == {config.port, config.metrics_port}
+    assert {int(p) for p in expose} == {config.port, config.http_port, config.metrics_port}
     (health,) = [rest for op, rest in steps if op == "HEALTHCHECK"]
     probe = yaml.safe_load(health.split("CMD", 1)[1])
     assert probe[:2] == ["coop-client", "health"] and f"127.0.0.1:{config.port}" in probe
@@ -137,15 +162,18 @@ def test_hadolint_passes_the_dockerfile():
 
 def test_coop_serve_answers_the_probes_with_the_manifests_args(tmp_path):
     """The Deployment's args, run: bundle and token paths point at local files, host and port at loopback."""
-    local = ("--bundle", "--host", "--port", "--token-file", "--metrics-port", "--threads")
+    local = ("--bundle", "--host", "--port", "--token-file", "--metrics-port", "--threads", "--http-port")
     args = [a for a in container()["args"] if not a.startswith(local)]
     assert args == ["--device=cpu", "--grace-s=10"]
-    server = start_server(LEGACY, tmp_path, *args, token="deploy-token")
+    server = start_server(LEGACY, tmp_path, *args, "--http-port", "0", token="deploy-token")
     try:
         with grpc.insecure_channel(server.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for service in ("", SERVICE_NAME):  # liveness, readiness: no token, as kubelet sends none
                 status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
                 assert status == health_pb2.HealthCheckResponse.SERVING, service
+        path = http_readiness_alternative()["httpGet"]["path"]  # the HTTP alternative, without a token too
+        with urllib.request.urlopen(server.http_url + path, timeout=10) as r:
+            assert r.status == 200 and json.loads(r.read()) == {"ready": True}
     finally:
         assert server.stop() == 0, server.log()
