@@ -1,21 +1,25 @@
-"""Service speed: gRPC Synthesize vs the engine called directly, and concurrent single-image clients with
-dynamic batching on and off.
+"""Service speed: gRPC Synthesize and the REST binding's infer vs the engine called directly, and concurrent
+single-image clients with dynamic batching on and off.
 
     .venv/bin/python bench/service.py [--bundle DIR] [--repeats 9] [--clients 32] [--seconds 20]
 
 Without --bundle, a bundle of the 28 px net (seeded weights, as bench/synthesis.py) is exported to a
 temporary directory. coop-serve runs in a child process (bench/spawn.py: its own GIL, as in production) with
 the engine's device and threads. Part 1, latency at counts 1, 16, 64 and the bundle's default steps: the
-engine in this process and the same request through gRPC on loopback, interleaved, medians and p10/p90;
-overhead = gRPC / engine − 1. Part 2: `--clients` threads each sending count-1 Synthesize requests (distinct
-seeds) for `--seconds`, against a server with batching (--max-batch 64 --max-delay-ms 5) and one without
-(--max-batch 1); throughput in images/s, p50/p99 latency, against the engine's best images/s (count 64
-called directly). Ends with `service_overhead_count1=` (the gRPC overhead at count 1, a fraction).
+engine in this process, the same request through gRPC on loopback, and through the REST binding
+(coopnets-synthesize, binary tensor data out, one kept-alive connection), interleaved, medians and p10/p90;
+overhead = gRPC (HTTP) / engine − 1. Part 2: `--clients` threads each sending count-1 Synthesize requests
+(distinct seeds) for `--seconds`, against a server with batching (--max-batch 64 --max-delay-ms 5) and one
+without (--max-batch 1); throughput in images/s, p50/p99 latency, against the engine's best images/s (count 64
+called directly). Ends with `service_overhead_count1=` and `http_overhead_count1=` (the overheads at count 1,
+fractions).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import sys
 import tempfile
 import threading
@@ -39,19 +43,43 @@ def default_bundle(tmp: Path) -> Path:
     return export_bundle(descriptor, generator, tmp / "bundle", langevin=langevin)
 
 
-def latency(engine: Engine, address: str, counts: list[int], repeats: int, warmup: int) -> list[list[str]]:
+def http_synthesize(conn: http.client.HTTPConnection, n: int) -> bytes:
+    """coopnets-synthesize over the REST binding, images as binary tensor data (as tritonclient.http asks)."""
+    body = json.dumps(
+        {
+            "inputs": [{"name": "count", "datatype": "INT32", "shape": [1], "data": [n]}],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    conn.request("POST", "/v2/models/coopnets-synthesize/infer", body)
+    r = conn.getresponse()
+    data = r.read()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {data[:300]!r}")
+    return data
+
+
+def latency(
+    engine: Engine, address: str, http_port: int, counts: list[int], repeats: int, warmup: int
+) -> list[list[str]]:
     rows = []
+    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=600)
     with CoopNetsClient(address, timeout=600) as client:
         for n in counts:
             seeds = list(range(n))
             cases = {
                 "engine": lambda seeds=seeds: engine.synthesize(seeds),
                 "gRPC": lambda n=n: client.synthesize(count=n),
+                "HTTP": lambda n=n: http_synthesize(conn, n),
             }
             st = interleave(cases, repeats, warmup)
-            e, g = st["engine"], st["gRPC"]
-            rows.append([str(n), e.ms(), g.ms(), f"{g.median / e.median - 1:+.1%}", f"{e.cpu_per_wall:.2f}"])
-            print(f"  count {n}: engine {e.ms()} ms, gRPC {g.ms()} ms", flush=True)
+            e, g, h = st["engine"], st["gRPC"], st["HTTP"]
+            rows.append(
+                [str(n), e.ms(), g.ms(), f"{g.median / e.median - 1:+.1%}", h.ms(),
+                 f"{h.median / e.median - 1:+.1%}", f"{e.cpu_per_wall:.2f}"]
+            )  # fmt: skip
+            print(f"  count {n}: engine {e.ms()} ms, gRPC {g.ms()} ms, HTTP {h.ms()} ms", flush=True)
+    conn.close()
     return rows
 
 
@@ -109,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         common = ["--device", "cpu", "--threads", str(args.threads), "--max-count", "64",
                   "--max-queue", "256", "--workers", "320", "--log-level", "warning"]  # fmt: skip
         batching = ["--max-batch", "64", "--max-delay-ms", str(args.delay_ms)]
-        batched = spawn(bundle, Path(tmp) / "batched", *common, *batching)
+        batched = spawn(bundle, Path(tmp) / "batched", *common, *batching, "--http-port", "0")
         wait_serving(batched.address)
         try:
-            rows = latency(engine, batched.address, counts, args.repeats, args.warmup)
+            rows = latency(engine, batched.address, batched.http_port, counts, args.repeats, args.warmup)
             seeds = list(range(64))
             best = interleave({"engine": lambda: engine.synthesize(seeds)}, args.repeats, args.warmup)[
                 "engine"
@@ -129,7 +157,18 @@ def main(argv: list[str] | None = None) -> int:
             single.stop()
     print()
     print(
-        table(["count", "engine ms (p10–p90)", "gRPC ms (p10–p90)", "gRPC overhead", "engine cpu/wall"], rows)
+        table(
+            [
+                "count",
+                "engine ms (p10–p90)",
+                "gRPC ms (p10–p90)",
+                "gRPC overhead",
+                "HTTP ms (p10–p90)",
+                "HTTP overhead",
+                "engine cpu/wall",
+            ],
+            rows,
+        )  # fmt: skip
     )
     print()
     load_rows = [
@@ -142,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         table(["server", "images/s", "of engine best", "p50 ms", "p99 ms", "p99/p50", "requests"], load_rows)
     )
     overhead = float(rows[0][3].rstrip("%")) / 100
+    http_overhead = float(rows[0][5].rstrip("%")) / 100
     print(f"service_overhead_count1={overhead:.3f}")
+    print(f"http_overhead_count1={http_overhead:.3f}")
     return 0
 
 

@@ -584,6 +584,9 @@ class RestServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            # uvicorn's 5 s would close a client's connection between two requests that sit minutes apart
+            # or behind a load balancer whose idle timeout (60 s on the common ones) must be the shorter
+            timeout_keep_alive=75,
             server_header=False,
             **(tls or {}),
         )
