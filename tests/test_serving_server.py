@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import threading
+import urllib.request
 
 import grpc
 import numpy as np
@@ -51,9 +52,14 @@ AUTH = [("authorization", f"Bearer {TOKEN}")]
 
 def test_coop_serve_is_live_before_ready_and_never_imports_torch(serving_bundle, engine, tmp_path):
     """coop-serve itself, in a subprocess where importing torch or the trainer raises: health NOT_SERVING from
-    the moment the port is bound until warm-up is done, the stdout line and the port file, and answers."""
+    the moment the port is bound until warm-up is done, the stdout line and the port file, and answers (over
+    HTTP too: the REST binding's stack must not pull torch in either)."""
     server = start_server(
-        serving_bundle, tmp_path, "--warmup-runs", "1", "--max-batch", "16", token=TOKEN, watch_health=True
+        serving_bundle,
+        tmp_path,
+        *("--warmup-runs", "1", "--max-batch", "16", "--http-port", "0"),
+        token=TOKEN,
+        watch_health=True,
     )
     try:
         assert server.health_history[0] == "NOT_SERVING" and server.health_history[-1] == "SERVING"
@@ -61,12 +67,19 @@ def test_coop_serve_is_live_before_ready_and_never_imports_torch(serving_bundle,
             out = c.synthesize(count=2, seed=40, steps=3)
         np.testing.assert_array_equal(out.images, engine.synthesize([40, 41], params(3)).images)
         ports = json.loads((tmp_path / "port.json").read_text())
-        assert ports == {"port": server.port, "metrics_port": server.metrics_port}
+        assert ports == {
+            "port": server.port,
+            "metrics_port": server.metrics_port,
+            "http_port": server.http_port,
+        }
+        with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=10) as r:
+            assert r.status == 200
     finally:
         code = server.stop()
     log = server.log()
     assert code == 0, log
     assert f"coop-serve: listening on 127.0.0.1:{server.port} (plaintext, token); metrics port " in log
+    assert f"HTTP port {server.http_port}" in log
     assert log.index("live on") < log.index("warm-up done") < log.index("health SERVING")
     assert "ImportError" not in log and "Traceback" not in log  # torch/trainer were never imported
 
