@@ -126,7 +126,7 @@ def make_case(config: TrainConfig, variant: str, default: str = "trainer"):
                 stack.enter_context(patched(langevin, "descriptor_score_and_grad", naive_score_and_grad))
             if variant == "before":
                 stack.enter_context(patched(coop, "descriptor_scores", two_passes))
-                stack.enter_context(patched(coop, "_cast_once", lambda run: contextlib.nullcontext()))
+                stack.enter_context(patched(coop, "cast_once", lambda amp, device: contextlib.nullcontext()))
             return coop.cooperative_iteration(run, y)
 
     return run, step

@@ -2,7 +2,7 @@
 
 Reproduces the table of docs/training.md, "The defaults, and the measurements behind them" (l = 10, EMA).
 
-Runs coop-train's loop (trainer.coop.cooperative_iteration, the same seed, data order and schedule as
+Runs coop-train's loop (trainer.coop.train_step, the same seed, data order and schedule as
 `coop-train` with the same flags, so the raw nets are the run coop-train would make) while keeping EMA copies
 of the generator and of the descriptor at several decays (torch.optim.swa_utils.AveragedModel, buffers such as
 BatchNorm's running statistics averaged too, with the usual warm-up decay min(d, (1 + n) / (10 + n)) so the
@@ -59,14 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from coopnets.contract.flags import Parser, add_flags
     from coopnets.trainer.checkpoint import save_checkpoint
     from coopnets.trainer.config import HELP, TrainConfig, resolve_train_config
-    from coopnets.trainer.coop import (
-        batch_indices,
-        build_run,
-        check_divergence,
-        cooperative_iteration,
-        reference_energy,
-        set_learning_rates,
-    )
+    from coopnets.trainer.coop import build_run, check_divergence, reference_energy, train_step
     from coopnets.trainer.data import load_images, to_tensor
 
     tp = Parser(prog="ema_sweep.py")
@@ -91,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     start = time.perf_counter()
     while run.iteration < config.iterations:
-        idx = batch_indices(run.iteration, len(y_all), config.batch_size, config.seed)
-        set_learning_rates(run)
-        stats, _, _ = cooperative_iteration(run, y_all[idx].to(run.device))
+        stats, _, _ = train_step(run, y_all)
         check_divergence(stats, config, run.iteration, scale)
         for (net, _), avg in emas.items():
             avg.update_parameters(getattr(run, net))

@@ -318,8 +318,8 @@ def test_autocast_keeps_the_descriptors_large_outputs_finite():
     """f of a trained descriptor lives beyond float16's 65504 (1.25e7 measured at iteration 30): under fp16
     autocast the last layer and the sum stay float32, so f stays finite and close to the float32 value,
     where autocasting the whole net overflows."""
-    from coopnets.trainer.coop import _Autocast
     from coopnets.trainer.nets import Descriptor, NetSpec
+    from coopnets.trainer.precision import Autocast
 
     desc = Descriptor(NetSpec())
     with torch.no_grad():
@@ -331,11 +331,11 @@ def test_autocast_keeps_the_descriptors_large_outputs_finite():
     with torch.autocast("cpu", dtype=torch.float16):
         whole = desc(y)
     assert not torch.isfinite(whole.float()).all()  # the failure the split prevents
-    split = _Autocast(desc, torch.float16, "cpu")(y)
+    split = Autocast(desc, torch.float16, "cpu")(y)
     assert split.dtype == torch.float32 and torch.isfinite(split).all()
     torch.testing.assert_close(split, exact, rtol=2e-2, atol=0)
     # bfloat16 has float32's range: the whole body runs in bf16 (its last layer too), only the sum is float32
-    bf16 = _Autocast(desc, torch.bfloat16, "cpu")(y)
+    bf16 = Autocast(desc, torch.bfloat16, "cpu")(y)
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
     torch.testing.assert_close(bf16, exact, rtol=2e-2, atol=0)
 

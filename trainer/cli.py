@@ -93,9 +93,34 @@ def _train(flags: dict, config_file: str | None, resume: bool, dry_run: bool) ->
 
 
 def _train_ranks(dist, flags: dict, config_file: str | None, resume: bool, dry_run: bool) -> int:
-    from coopnets.trainer.checkpoint import load_checkpoint, lock_run_dir
-    from coopnets.trainer.coop import CHECKPOINT, DivergenceError, final_samples, train
-    from coopnets.trainer.data import load_images
+    """Resolve the config, load the data, then check (--dry-run) or train, sample and export."""
+    from coopnets.trainer.coop import DivergenceError
+
+    config = _resolve_config(dist, flags, config_file, resume)
+    data = _load_data(dist, config)
+    if dry_run:
+        return _dry_run(dist, config, data)
+    lock = None  # rank 0's flock on RUN_DIR/.lock, held until the bundle is written
+    try:
+        lock = _claim_run_dir(dist, Path(config.out), resume)
+        try:
+            run = _train_logged(dist, config, data, resume)
+        except DivergenceError as e:  # not bad input: the run itself failed (exit 1, the checkpoint is kept)
+            print(f"coop-train: error: {e}", file=sys.stderr)
+            return 1
+        if dist.is_main:  # rank 0 alone writes the final samples and the bundle
+            _finish(run, config, data)
+        return 0
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _resolve_config(dist, flags: dict, config_file: str | None, resume: bool) -> TrainConfig:
+    """The run's config on every rank: the file and flags, on resume over the checkpoint's config, which rank
+    0 alone reads (no shared filesystem needed) and broadcasts."""
+    from coopnets.trainer.checkpoint import load_checkpoint
+    from coopnets.trainer.coop import CHECKPOINT
 
     with dist.together():  # bad input on any rank stops every rank
         config = resolve_train_config(flags, config_file)
@@ -107,7 +132,13 @@ def _train_ranks(dist, flags: dict, config_file: str | None, resume: bool, dry_r
                     f"--iterations {config.iterations}: the checkpoint is already at iteration "
                     f"{state['iteration']}; pass a larger total"
                 )
-    config = dist.broadcast_object(config)  # rank 0 read the checkpoint: no shared filesystem needed
+    return dist.broadcast_object(config)
+
+
+def _load_data(dist, config: TrainConfig):
+    """The training images, uint8 (N, C, H, W), on every rank; none at all is bad input."""
+    from coopnets.trainer.data import load_images
+
     with dist.together():
         data = load_images(
             config.dataset,
@@ -118,65 +149,84 @@ def _train_ranks(dist, flags: dict, config_file: str | None, resume: bool, dry_r
         )
         if len(data) == 0:
             raise ValueError(f"--dataset {config.dataset}: no images")
-    if dry_run:
-        from coopnets.trainer.coop import build_run
+    return data
 
-        run = build_run(config, dist)
-        n_params = sum(p.numel() for p in [*run.descriptor.parameters(), *run.generator.parameters()])
-        if dist.is_main:
-            print(json.dumps(config.to_dict(), indent=2))
-            print(
-                f"dry run ok: {len(data)} images {tuple(data.shape[1:])}, arch {config.resolved_arch}, "
-                f"{n_params} parameters, device {run.device}, {dist.world_size} rank(s)"
-            )
-        return 0
-    out = Path(config.out)
-    lock = None  # rank 0's flock on RUN_DIR/.lock, held until the bundle is written
+
+def _dry_run(dist, config: TrainConfig, data) -> int:
+    """Build the nets on the device and print the resolved config: what a run would be, nothing written."""
+    from coopnets.trainer.coop import build_run
+
+    run = build_run(config, dist)
+    n_params = sum(p.numel() for p in [*run.descriptor.parameters(), *run.generator.parameters()])
+    if dist.is_main:
+        print(json.dumps(config.to_dict(), indent=2))
+        print(
+            f"dry run ok: {len(data)} images {tuple(data.shape[1:])}, arch {config.resolved_arch}, "
+            f"{n_params} parameters, device {run.device}, {dist.world_size} rank(s)"
+        )
+    return 0
+
+
+def _claim_run_dir(dist, out: Path, resume: bool) -> int | None:
+    """Rank 0's lock on RUN_DIR (None on other ranks): refused while another coop-train writes there, and a
+    fresh run refused where a run already is, so that nothing is overwritten without --resume."""
+    from coopnets.trainer.checkpoint import lock_run_dir
+    from coopnets.trainer.coop import CHECKPOINT
+
+    lock = None
     try:
         with dist.together():
             if dist.is_main:
-                lock = lock_run_dir(out)  # refuses while another coop-train writes this run directory
+                lock = lock_run_dir(out)
                 if not resume and (out / CHECKPOINT).exists():
                     raise ValueError(
                         f"--out {out} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
                         "choose another --out"
                     )
-        _setup_logging(out, quiet=not dist.is_main)
-        log.info(
-            "training %s on %s (%d images) for %d iterations into %s; %d rank(s), global batch %d, %d chains",
-            config.resolved_arch,
-            config.dataset,
-            len(data),
-            config.iterations,
-            out,
-            dist.world_size,
-            config.batch_size * dist.world_size,
-            config.num_chains * dist.world_size,
-        )
-        started = time.perf_counter()
-        try:
-            run = train(config, data, resume=resume, progress=dist.is_main, dist=dist)
-        except DivergenceError as e:  # not bad input: the run itself failed (exit 1, the checkpoint is kept)
-            print(f"coop-train: error: {e}", file=sys.stderr)
-            return 1
-        if not dist.is_main:  # rank 0 alone writes the final samples and the bundle
-            return 0
-        log.info("trained to iteration %d in %.1f s", run.iteration, time.perf_counter() - started)
-        bn = final_samples(run, out / "samples")
-        log.info("final samples: %s", json.dumps({k: round(v, 4) for k, v in bn.items()}))
-        if config.export:
-            from coopnets.trainer.export import (
-                export_run,  # onnx and onnxruntime load only when a bundle is written
-            )
-
-            source = {"checkpoint": CHECKPOINT, "iteration": run.iteration}
-            bundle = export_run(run.descriptor, run.generator, config, out / "bundle", data, source=source)
-            print(f"bundle: {bundle}")
-        print(f"run directory: {out} (config.json, checkpoint.pt, metrics.jsonl, tb/, samples/)")
-        return 0
-    finally:
+    except BaseException:
         if lock is not None:
             os.close(lock)
+        raise
+    return lock
+
+
+def _train_logged(dist, config: TrainConfig, data, resume: bool):
+    """trainer.coop.train with the log set up (stderr, and RUN_DIR/train.log on rank 0) and timed."""
+    from coopnets.trainer.coop import train
+
+    out = Path(config.out)
+    _setup_logging(out, quiet=not dist.is_main)
+    log.info(
+        "training %s on %s (%d images) for %d iterations into %s; %d rank(s), global batch %d, %d chains",
+        config.resolved_arch,
+        config.dataset,
+        len(data),
+        config.iterations,
+        out,
+        dist.world_size,
+        config.batch_size * dist.world_size,
+        config.num_chains * dist.world_size,
+    )
+    started = time.perf_counter()
+    run = train(config, data, resume=resume, progress=dist.is_main, dist=dist)
+    log.info("trained to iteration %d in %.1f s", run.iteration, time.perf_counter() - started)
+    return run
+
+
+def _finish(run, config: TrainConfig, data) -> None:
+    """Rank 0's end of a run: the final sample grids and, unless --no-export, the bundle."""
+    from coopnets.trainer.coop import CHECKPOINT, final_samples
+
+    out = Path(config.out)
+    bn = final_samples(run, out / "samples")
+    log.info("final samples: %s", json.dumps({k: round(v, 4) for k, v in bn.items()}))
+    if config.export:
+        from coopnets.trainer.export import export_run  # onnx and onnxruntime load only for a bundle
+
+        source = {"checkpoint": CHECKPOINT, "iteration": run.iteration}
+        bundle = export_run(run.descriptor, run.generator, config, out / "bundle", data, source=source)
+        print(f"bundle: {bundle}")
+    print(f"run directory: {out} (config.json, checkpoint.pt, metrics.jsonl, tb/, samples/)")
 
 
 def export_main(argv: list[str] | None = None) -> int:

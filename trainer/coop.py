@@ -7,9 +7,11 @@ One iteration, as in the paper:
     4. descriptor minimise mean f(Ỹ) − mean f(Y_data)          (Adam, β1 = 0.5; Ỹ is a constant)
     5. generator  minimise mean_i ‖Ỹ_i − g(X̂_i)‖² / (2σ²)      (Adam, β1 = 0.5; "MCMC teaching", same X̂)
 
-`cooperative_iteration` is that paragraph in code; `train` is the loop around it (data batches, logging,
-sample grids, checkpoints, the divergence guard). The generator trains with BatchNorm batch statistics
-(running statistics tracked) and is exported in eval mode with the running statistics.
+`cooperative_iteration` is that paragraph in code; `train` is the loop around it, one sentence per
+iteration: take a step (`train_step`: the data batch, the learning rates, the iteration, which also counts
+it), guard against divergence (`check_divergence`), log (`RunLog.record`: metrics, TensorBoard, sample grids)
+and save (`save_run`). Mixed precision lives in trainer/precision.py. The generator trains with BatchNorm
+batch statistics (running statistics tracked) and is exported in eval mode with the running statistics.
 
 Under torchrun (trainer/distributed.py) every rank runs this same loop on its own share of the global batch:
 its own data batch (`batch_indices` by rank), its own M̃ chains from its own RNG stream, and the two
@@ -21,7 +23,6 @@ gradients. Rank 0 alone writes the run directory. One process is the world-size-
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -47,6 +48,7 @@ from coopnets.trainer.config import TrainConfig
 from coopnets.trainer.distributed import Dist, rank_seed
 from coopnets.trainer.langevin import infer_latent, revise, torch_noise
 from coopnets.trainer.nets import Descriptor, Generator, build_nets
+from coopnets.trainer.precision import autocast_nets, cast_once
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -173,55 +175,6 @@ def restore_run(run: Run, state: dict) -> None:
         set_rng_states(ranks[rank], run.rng)
 
 
-class _Autocast(nn.Module):
-    """Runs a net under autocast (CUDA: bf16 or fp16; CPU: bf16) and returns float32, so Langevin arithmetic
-    stays float32.
-
-    The sum over the descriptor's 100 outputs is float32, and under fp16 its last layer too: that is where f
-    grows with training (per-output values of 5.5e4 by iteration 500 and f(data) of 1.25e7 were measured,
-    beyond float16's 65504). bfloat16 has float32's range, so under bf16 the last layer stays in bf16: a
-    float32 copy of it only costs time (docs/training.md, "Mixed precision")."""
-
-    def __init__(self, net: nn.Module, dtype: torch.dtype, device_type: str):
-        super().__init__()
-        self.net, self.dtype, self.device_type = net, dtype, device_type
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.net, Descriptor) and self.dtype == torch.float16:
-            *hidden, last = self.net.body
-            with torch.autocast(self.device_type, dtype=self.dtype):
-                for layer in hidden:
-                    x = layer(x)
-            with torch.autocast(self.device_type, enabled=False):
-                return last(x.float()).flatten(1).sum(1)  # (N, 100) -> (N,), float32
-        if isinstance(self.net, Descriptor):
-            with torch.autocast(self.device_type, dtype=self.dtype):
-                out = self.net.body(x)  # (N, 100, 1, 1) bf16
-            return out.float().flatten(1).sum(1)  # (N,), summed in float32
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            return self.net(x).float()
-
-
-def _nets(run: Run) -> tuple[nn.Module, nn.Module]:
-    if run.config.amp == "none":
-        return run.descriptor, run.generator
-    dtype, kind = _amp_dtype(run), run.device.type
-    return _Autocast(run.descriptor, dtype, kind), _Autocast(run.generator, dtype, kind)
-
-
-def _amp_dtype(run: Run) -> torch.dtype:
-    return torch.bfloat16 if run.config.amp == "bf16" else torch.float16
-
-
-def _cast_once(run: Run):
-    """An autocast region around work that does not change the weights (the Langevin chain): autocast keeps
-    its low-precision copies of the weights until the outermost region exits, so the l steps cast them once,
-    not l times (same numbers; `bench/training.py`'s iteration ~1-2% faster). A no-op without --amp."""
-    if run.config.amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(run.device.type, dtype=_amp_dtype(run))
-
-
 def descriptor_scores(f: nn.Module, y_data: torch.Tensor, y_rev: torch.Tensor):
     """f(Y_data) (N,) and f(Ỹ) (M̃,) from one pass over both: the descriptor has no batch statistics, so each
     image's score is the same, and one batch of N + M̃ runs faster than two."""
@@ -253,9 +206,11 @@ def set_learning_rates(run: Run) -> None:
 
 def cooperative_iteration(run: Run, y_data: torch.Tensor) -> tuple[IterStats, torch.Tensor, torch.Tensor]:
     """One iteration of cooperative learning on a data batch `y_data` (N, C, H, W) in [-1, 1].
-    Returns the stats, the drafts Ŷ and the revised Ỹ (both (M̃, C, H, W), detached)."""
+    Returns the stats, the drafts Ŷ and the revised Ỹ (both (M̃, C, H, W), detached). It does not count
+    itself: the loop that calls it advances `run.iteration` (train_step), so that this stays the paragraph
+    of the paper and nothing else."""
     cfg = run.config
-    f, g = _nets(run)
+    f, g = autocast_nets(run.descriptor, run.generator, cfg.amp, run.device.type)
     noise = torch_noise(run.rng) if cfg.langevin_noise else None
 
     # 1. Draft: X̂ ~ N(0, I), Ŷ = g(X̂); the graph of g(X̂) is kept for the generator update in step 5
@@ -263,7 +218,7 @@ def cooperative_iteration(run: Run, y_data: torch.Tensor) -> tuple[IterStats, to
     y_draft = g(x)  # (M̃, C, H, W)
 
     # 2. Revise: l steps of descriptor Langevin from the drafts, Ỹ
-    with _cast_once(run):
+    with cast_once(cfg.amp, run.device.type):
         y_rev = revise(f, y_draft.detach(), cfg.langevin_steps, cfg.delta, cfg.s, noise)  # (M̃, C, H, W)
 
     # 3. Infer (optional): move X̂ so that g(X̂) explains Ỹ, then re-draw g(X̂) with the new latents
@@ -287,7 +242,6 @@ def cooperative_iteration(run: Run, y_data: torch.Tensor) -> tuple[IterStats, to
     run.dist.average_gradients(run.generator, running_stats=True)  # and BatchNorm's running statistics
     run.scaler.step(run.opt_g)
     run.scaler.update()
-    run.iteration += 1
 
     with torch.no_grad():
         y_draft = y_draft.detach().float()
@@ -391,103 +345,167 @@ def train(
     from coopnets.trainer.data import to_tensor
 
     dist = dist or Dist()
-    out = Path(config.out)
     y_all = to_tensor(data)  # (N_data, C, H, W), kept on CPU; batches move to the device
     scale = reference_energy(y_all, config.s)  # the divergence guard's unit, the same on every rank
+    run = start_run(config, y_all, resume=resume, dist=dist)
+    config = run.config  # --amp resolved
+    with RunLog(run, progress=progress, resume=resume) as run_log:
+        while run.iteration < config.iterations:
+            stats, y_draft, y_rev = train_step(run, y_all)
+            rank_rngs = dist.gather_object(rng_states(run.rng)) if checkpoint_due(run) else None  # on rank 0
+            with dist.together():  # the guard or a failed write on any rank stops every rank, one line
+                check_divergence(stats, config, run.iteration, scale)
+                run_log.record(stats, y_draft, y_rev)
+                if checkpoint_due(run) and dist.is_main:
+                    save_run(run, rank_rngs)
+    return run
+
+
+def start_run(config: TrainConfig, y_all: torch.Tensor, *, resume: bool, dist: Dist) -> Run:
+    """The run every rank trains: built fresh (and broadcast from rank 0, so every rank starts from the same
+    weights even across machines) or restored from RUN_DIR/checkpoint.pt, which rank 0 alone reads. Rank 0
+    also writes RUN_DIR/config.json with `--amp` resolved. An error on any rank (data, checkpoint, run
+    directory) stops every rank."""
+    out = Path(config.out)
     state = None
-    with dist.together():  # an error on any rank (data, checkpoint, run directory) stops every rank
-        if tuple(y_all.shape[1:]) != config.net_spec.image_shape:
-            raise ValueError(
-                f"data images are {tuple(y_all.shape[1:])} but the model needs {config.net_spec.image_shape}"
-            )
-        if dist.world_size > 1 and len(y_all) < config.batch_size * dist.world_size:
-            raise ValueError(
-                f"--batch-size {config.batch_size} on {dist.world_size} ranks is a global batch of "
-                f"{config.batch_size * dist.world_size} images, more than the {len(y_all)} there are"
-            )
+    with dist.together():
+        check_data(config, y_all, dist)
         run = build_run(config, dist)
         if dist.is_main and config.amp == "auto":
             log.info("--amp auto: %s on %s", run.config.amp, run.device)
-        config = run.config  # --amp resolved
         if resume and dist.is_main:
-            state = load_checkpoint(out / CHECKPOINT)
-            if from_dict(TrainConfig, state["config"]).net_spec != config.net_spec:
-                raise ValueError(
-                    f"--resume: {out / CHECKPOINT} holds a {state['spec']} model, not {config.net_spec}"
-                )
+            state = _read_checkpoint(out / CHECKPOINT, run.config)
         if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out / "config.json", config.to_dict())
-            if state is not None:
-                dropped = drop_metrics_after(out / "metrics.jsonl", int(state["iteration"]))
-                if dropped:
-                    log.info("dropped %d metric rows past iteration %d", dropped, state["iteration"])
+            _prepare_run_dir(out, run.config, state)
     if resume:
         restore_run(run, dist.broadcast_object(state))
         if dist.is_main:
             log.info("resumed %s at iteration %d", out / CHECKPOINT, run.iteration)
     else:
         dist.broadcast_parameters(run.descriptor, run.generator)  # identical starts, even across machines
-    main = dist.is_main
-    writer = _summary_writer(out / "tb", purge_step=run.iteration + 1 if resume else None) if main else None
+    return run
 
-    def checkpoint(rank_rngs: list) -> None:
-        save_checkpoint(
-            out / CHECKPOINT,
-            descriptor=run.descriptor,
-            generator=run.generator,
-            opt_d=run.opt_d,
-            opt_g=run.opt_g,
-            config=config,
-            iteration=run.iteration,
-            train_rng=run.rng,
-            scaler=run.scaler,
-            rank_rngs=rank_rngs,
+
+def check_data(config: TrainConfig, y_all: torch.Tensor, dist: Dist) -> None:
+    """Refuse data the nets cannot take, and a global batch larger than the data set (which ranks could not
+    split into disjoint shares)."""
+    if tuple(y_all.shape[1:]) != config.net_spec.image_shape:
+        raise ValueError(
+            f"data images are {tuple(y_all.shape[1:])} but the model needs {config.net_spec.image_shape}"
+        )
+    if dist.world_size > 1 and len(y_all) < config.batch_size * dist.world_size:
+        raise ValueError(
+            f"--batch-size {config.batch_size} on {dist.world_size} ranks is a global batch of "
+            f"{config.batch_size * dist.world_size} images, more than the {len(y_all)} there are"
         )
 
-    bar = _progress(run.iteration, config.iterations, progress and main)
-    start = time.perf_counter()
-    metrics = (out / "metrics.jsonl").open("a") if main else None
-    try:
-        while run.iteration < config.iterations:
-            idx = batch_indices(
-                run.iteration, len(y_all), config.batch_size, config.seed, dist.rank, dist.world_size
+
+def _read_checkpoint(path: Path, config: TrainConfig) -> dict:
+    """The checkpoint to resume, refused if it holds another model than `config` builds."""
+    state = load_checkpoint(path)
+    if from_dict(TrainConfig, state["config"]).net_spec != config.net_spec:
+        raise ValueError(f"--resume: {path} holds a {state['spec']} model, not {config.net_spec}")
+    return state
+
+
+def _prepare_run_dir(out: Path, config: TrainConfig, state: dict | None) -> None:
+    """RUN_DIR with config.json; on resume (`state`), without the metric rows past the checkpoint, which
+    the resumed run logs again."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", config.to_dict())
+    if state is not None:
+        dropped = drop_metrics_after(out / "metrics.jsonl", int(state["iteration"]))
+        if dropped:
+            log.info("dropped %d metric rows past iteration %d", dropped, state["iteration"])
+
+
+def train_step(run: Run, y_all: torch.Tensor) -> tuple[IterStats, torch.Tensor, torch.Tensor]:
+    """The next iteration on this rank's share of the global batch; advances `run.iteration`. Returns the
+    global batch's stats (the same on every rank) and this rank's drafts and revised images."""
+    cfg, dist = run.config, run.dist
+    idx = batch_indices(run.iteration, len(y_all), cfg.batch_size, cfg.seed, dist.rank, dist.world_size)
+    y_data = y_all[idx].to(run.device)  # (N, C, H, W), this rank's share of the global batch
+    set_learning_rates(run)
+    stats, y_draft, y_rev = cooperative_iteration(run, y_data)
+    run.iteration += 1
+    return global_stats(dist, stats), y_draft, y_rev
+
+
+def _due(run: Run, every: int) -> bool:
+    """Whether the iteration just completed is one of every `every`, or the last: the last is always kept."""
+    return run.iteration % every == 0 or run.iteration == run.config.iterations
+
+
+def checkpoint_due(run: Run) -> bool:
+    return _due(run, run.config.ckpt_every)
+
+
+def save_run(run: Run, rank_rngs: list | None) -> Path:
+    """RUN_DIR/checkpoint.pt of the run as it stands; `rank_rngs`: every rank's RNG states (rank 0's
+    gather), None for one process."""
+    return save_checkpoint(
+        Path(run.config.out) / CHECKPOINT,
+        descriptor=run.descriptor,
+        generator=run.generator,
+        opt_d=run.opt_d,
+        opt_g=run.opt_g,
+        config=run.config,
+        iteration=run.iteration,
+        train_rng=run.rng,
+        scaler=run.scaler,
+        rank_rngs=rank_rngs,
+    )
+
+
+class RunLog:
+    """Rank 0's record of a run: the progress bar, metrics.jsonl, TensorBoard scalars and sample grids. On
+    the other ranks it records nothing (rank 0 speaks for the job). A context manager, so that the files
+    close however the loop ends (a divergence, Ctrl-C)."""
+
+    def __init__(self, run: Run, *, progress: bool, resume: bool):
+        self.run, self.main = run, run.dist.is_main
+        out = Path(run.config.out)
+        self.out = out
+        purge = run.iteration + 1 if resume else None  # TensorBoard events a killed run logged past it
+        self.writer = _summary_writer(out / "tb", purge_step=purge) if self.main else None
+        self.bar = _progress(run.iteration, run.config.iterations, progress and self.main)
+        self.start = time.perf_counter()
+        self.metrics = (out / "metrics.jsonl").open("a") if self.main else None
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def record(self, stats: IterStats, y_draft: torch.Tensor, y_rev: torch.Tensor) -> None:
+        """The iteration just completed: a bar tick; its stats every --log-every iterations and its drafts
+        and revised images (M̃, C, H, W) every --sample-every, both at the last iteration too."""
+        if not self.main:
+            return
+        it = self.run.iteration
+        self.bar.update(1)
+        if _due(self.run, self.run.config.log_every):
+            self.bar.set_postfix(loss_d=f"{stats.loss_d:.3g}", loss_g=f"{stats.loss_g:.3g}")
+            self._scalars(it, stats)
+        if _due(self.run, self.run.config.sample_every):
+            n = min(GRID_IMAGES, len(y_rev))  # rank 0's chains
+            save_side_by_side(
+                [y_draft[:n].cpu().numpy(), y_rev[:n].cpu().numpy()],
+                self.out / "samples" / f"iter_{it:06d}.png",
             )
-            y_data = y_all[idx].to(run.device)  # (N, C, H, W), this rank's share of the global batch
-            set_learning_rates(run)
-            stats, y_draft, y_rev = cooperative_iteration(run, y_data)
-            stats = global_stats(dist, stats)  # the global batch's, the same on every rank
-            it = run.iteration
-            last = it == config.iterations
-            due_ckpt = it % config.ckpt_every == 0 or last
-            rank_rngs = dist.gather_object(rng_states(run.rng)) if due_ckpt else None  # on rank 0
-            with dist.together():  # the guard or a failed write on any rank stops every rank, one line
-                check_divergence(stats, config, it, scale)
-                if main:
-                    bar.update(1)
-                    if it % config.log_every == 0 or last:
-                        bar.set_postfix(loss_d=f"{stats.loss_d:.3g}", loss_g=f"{stats.loss_g:.3g}")
-                        record = {"iteration": it, "seconds": round(time.perf_counter() - start, 2)}
-                        metrics.write(json.dumps({**record, **asdict(stats)}) + "\n")
-                        metrics.flush()
-                        if writer is not None:
-                            for key, value in asdict(stats).items():
-                                writer.add_scalar(f"train/{key}", value, it)
-                    if it % config.sample_every == 0 or last:
-                        n = min(GRID_IMAGES, len(y_rev))  # rank 0's chains
-                        save_side_by_side(
-                            [y_draft[:n].cpu().numpy(), y_rev[:n].cpu().numpy()],
-                            out / "samples" / f"iter_{it:06d}.png",
-                        )
-                    if due_ckpt:
-                        checkpoint(rank_rngs)
-    finally:
-        bar.close()
-        if metrics is not None:
-            metrics.close()
-        if writer is not None:
-            writer.close()
-    return run
+
+    def _scalars(self, it: int, stats: IterStats) -> None:
+        record = {"iteration": it, "seconds": round(time.perf_counter() - self.start, 2)}
+        self.metrics.write(json.dumps({**record, **asdict(stats)}) + "\n")
+        self.metrics.flush()
+        if self.writer is not None:
+            for key, value in asdict(stats).items():
+                self.writer.add_scalar(f"train/{key}", value, it)
 
 
 def final_samples(run: Run, out_dir: Path, n: int = GRID_IMAGES) -> dict[str, float]:

@@ -187,8 +187,41 @@ def export_bundle(
     source:     where the weights come from ({"checkpoint": name, "iteration": N}), stored as the
                 manifest's `source`
     """
+    _check_arguments(descriptor, generator, langevin, weights, exporter)
+    descriptor, generator = frozen_copy(descriptor), frozen_copy(generator)
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    graphs, ood = _graphs(descriptor, generator, calibration)
+    tmp = make_temp_dir(out_dir)
+    try:
+        graph_io = _write_graphs(tmp, graphs, descriptor, generator, langevin, exporter, weights)
+        bundle.write_manifest(
+            tmp,
+            net=dataclasses.asdict(descriptor.spec),
+            image_shape=descriptor.spec.image_shape,
+            latent_dim=descriptor.spec.latent_dim,
+            langevin=langevin,
+            completion=bundle.CompletionDefaults(**(completion or {})),  # missing keys: the defaults
+            graph_io=graph_io,
+            training=training,
+            ood=ood,
+            weights={"storage": weights},
+            writer=_writer(source, exporter),
+        )
+        bundle.read_bundle(tmp)  # the reader's verification, before anything is replaced
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported bundle %s (%s, %d graphs)", out_dir, descriptor.spec.arch, len(graphs))
+    return out_dir
+
+
+def _check_arguments(descriptor, generator, langevin: dict, weights: str, exporter: str) -> None:
+    """Refuse what export_bundle cannot write, before the minutes of export (write_manifest would refuse
+    missing Langevin settings too, but only after them)."""
     missing = [k for k in bundle.LANGEVIN_KEYS if k not in langevin]
-    if missing:  # checked before the minutes of export that need them, not only by write_manifest after
+    if missing:
         raise bundle.BundleError(
             f"langevin settings lack {', '.join(missing)}: give {', '.join(bundle.LANGEVIN_KEYS)}"
         )
@@ -196,76 +229,77 @@ def export_bundle(
         raise ValueError(f"weight storage {weights!r}: use one of {', '.join(bundle.STORAGE)}")
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}: use one of {', '.join(EXPORTERS)}")
-    spec = descriptor.spec
-    if generator.spec != spec:
-        raise ValueError(f"descriptor and generator disagree: {spec} vs {generator.spec}")
-    descriptor, generator = frozen_copy(descriptor), frozen_copy(generator)
-    out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
+    if generator.spec != descriptor.spec:
+        raise ValueError(f"descriptor and generator disagree: {descriptor.spec} vs {generator.spec}")
 
+
+def _graphs(descriptor, generator, calibration: torch.Tensor | None) -> tuple[list[_Graph], dict | None]:
+    """The bundle's graphs (the contract's four, and typicality when `calibration` images are given) and the
+    manifest's OOD section (None without calibration)."""
     graphs = [
         _Graph("generator", Generate(generator).eval()),
         _Graph("descriptor", DescriptorWithGrad(descriptor).eval()),
         _Graph("langevin_step", LangevinStep(descriptor).eval()),
         _Graph("generator_grad", GeneratorGrad(generator).eval()),
     ]
-    ood = None
-    if calibration is not None:
-        from coopnets.trainer.ood import calibrate
+    if calibration is None:
+        return graphs, None
+    from coopnets.trainer.ood import calibrate
 
-        typicality, ood = calibrate(descriptor, calibration.float().cpu())
-        graphs.append(_Graph("typicality", typicality))
-    tmp = make_temp_dir(out_dir)
-    try:
-        rng = torch.Generator().manual_seed(0)
-        checks = {g.name: _check_case(g, descriptor, generator, langevin, rng) for g in graphs}
-        graph_io = {}
-        for graph in graphs:
-            path = tmp / graph.file
-            trace_args = _inputs(graph.inputs, spec, langevin, TRACE_BATCH, rng)
-            _export(graph, trace_args, path, exporter)
-            onnx.checker.check_model(str(path), full_check=True)
-            graph_io[graph.name] = io = _graph_io(path)
-            bundle.check_graph_io(
-                str(path),
-                graph.name,
-                [(v["name"], v["shape"]) for v in io["inputs"]],
-                [(v["name"], v["shape"]) for v in io["outputs"]],
-                spec.image_shape,
-                spec.latent_dim,
-            )
-            if weights != "float32":  # the exact math first; a float32 packing is checked at RTOL below
-                _compare(graph, path, *checks[graph.name])
-        packed = pack_bundle(tmp, [g.name for g in graphs], weights)
-        for graph in graphs:
-            _compare(graph, tmp / graph.file, *checks[graph.name], rtol=PACK_RTOL[weights], packed=weights)
-        log.info("weights.bin: %.1f MB (%s)", packed[bundle.WEIGHTS] / 1e6, weights)
-        bundle.write_manifest(
-            tmp,
-            net=dataclasses.asdict(spec),
-            image_shape=spec.image_shape,
-            latent_dim=spec.latent_dim,
-            langevin=langevin,
-            completion=bundle.CompletionDefaults(**(completion or {})),  # missing keys: the defaults
-            graph_io=graph_io,
-            training=training,
-            ood=ood,
-            weights={"storage": weights},
-            writer={
-                **({"source": dict(source)} if source else {}),
-                "exporter": exporter,
-                "versions": bundle.versions(
-                    torch=torch.__version__, onnx=onnx.__version__, onnxruntime=ort.__version__
-                ),
-            },
+    typicality, ood = calibrate(descriptor, calibration.float().cpu())
+    return [*graphs, _Graph("typicality", typicality)], ood
+
+
+def _write_graphs(
+    tmp: Path, graphs: list[_Graph], descriptor, generator, langevin: dict, exporter: str, weights: str
+) -> dict:
+    """Export every graph into `tmp` and pack their weights, each graph checked against PyTorch on inputs
+    drawn before any was traced (and before packing too when the weights are rounded); returns their inputs
+    and outputs as the manifest records them."""
+    spec = descriptor.spec
+    rng = torch.Generator().manual_seed(0)
+    checks = {g.name: _check_case(g, descriptor, generator, langevin, rng) for g in graphs}
+    graph_io = {}
+    for graph in graphs:
+        path = tmp / graph.file
+        graph_io[graph.name] = _export_checked(
+            graph, _inputs(graph.inputs, spec, langevin, TRACE_BATCH, rng), path, spec, exporter
         )
-        bundle.read_bundle(tmp)  # the reader's verification, before anything is replaced
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("exported bundle %s (%s, %d graphs)", out_dir, spec.arch, len(graphs))
-    return out_dir
+        if weights != "float32":  # the exact math first; a float32 packing is checked at RTOL below
+            _compare(graph, path, *checks[graph.name])
+    packed = pack_bundle(tmp, [g.name for g in graphs], weights)
+    for graph in graphs:
+        _compare(graph, tmp / graph.file, *checks[graph.name], rtol=PACK_RTOL[weights], packed=weights)
+    log.info("weights.bin: %.1f MB (%s)", packed[bundle.WEIGHTS] / 1e6, weights)
+    return graph_io
+
+
+def _export_checked(graph: _Graph, trace_args: tuple, path: Path, spec, exporter: str) -> dict:
+    """One graph traced on `trace_args` into `path`, passed by onnx.checker and held to the contract's inputs
+    and outputs; returns them as read back from the file."""
+    _export(graph, trace_args, path, exporter)
+    onnx.checker.check_model(str(path), full_check=True)
+    io = _graph_io(path)
+    bundle.check_graph_io(
+        str(path),
+        graph.name,
+        [(v["name"], v["shape"]) for v in io["inputs"]],
+        [(v["name"], v["shape"]) for v in io["outputs"]],
+        spec.image_shape,
+        spec.latent_dim,
+    )
+    return io
+
+
+def _writer(source: dict | None, exporter: str) -> dict:
+    """The manifest's record of what wrote the bundle: the weights' source, the exporter, the versions."""
+    return {
+        **({"source": dict(source)} if source else {}),
+        "exporter": exporter,
+        "versions": bundle.versions(
+            torch=torch.__version__, onnx=onnx.__version__, onnxruntime=ort.__version__
+        ),
+    }
 
 
 # --- building blocks ---------------------------------------------------------------------------------------

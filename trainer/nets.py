@@ -137,7 +137,21 @@ class Descriptor(nn.Module):
         init_weights(self)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.body(y).flatten(1).sum(1)  # (N, 100) -> (N,)
+        return self.head(self.hidden(y))  # (N, C, H, W) -> (N,)
+
+    def hidden(self, y: torch.Tensor) -> torch.Tensor:
+        """Every layer but the last: split from `head` so that mixed precision (trainer.precision) can run
+        the two in different precisions."""
+        *layers, _ = self.body
+        for layer in layers:
+            y = layer(y)
+        return y  # (N, C_k, H_k, W_k), the last layer's input
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """The last layer and the sum of its 100 outputs, summed in float32 whatever precision the layer ran
+        in: f grows with training beyond what a low-precision sum keeps (docs/training.md, "Mixed
+        precision"). The only definition of the head: forward and the autocast wrapper both call it."""
+        return self.body[-1](h).float().flatten(1).sum(1)  # (N, 100, 1, 1) or (N, 100) -> (N,)
 
 
 class Generator(nn.Module):
