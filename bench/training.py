@@ -53,6 +53,8 @@ SETTINGS = {
     "tpami": TrainConfig(arch="cifar32", channels=3, image_size=32, batch_size=100, chains=144,
                          langevin_steps=15, delta=0.001, lr_descriptor=0.003, device="cpu", amp="none"),
     "default": TrainConfig(device="cpu", amp="none"),
+    "cifar10": TrainConfig(preset="cifar10", image_size=32, channels=3, lr_warmup=500, device="cpu",
+                           amp="none"),
 }  # fmt: skip
 SETTINGS["tpami4x"] = dataclasses.replace(SETTINGS["tpami"], chains=4 * 144)  # the GPU check's larger load
 
