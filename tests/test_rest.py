@@ -289,9 +289,9 @@ def test_over_the_size_limit_is_413(serving_bundle):
 
     server = local_server(serving_bundle, http_port=0, max_receive_mb=1)
     try:
-        # The server answers on the declared length, before the body: a client that read nothing until it
-        # had sent 2 MB could meet a closed socket (EPIPE) instead of the answer, so this one sends the headers
-        # and reads the answer first, as curl does with Expect: 100-continue.
+        # The server answers on the declared length, before the body: a client that read nothing until
+        # it had sent 2 MB could meet a closed socket (EPIPE) instead of the answer, so this one sends the
+        # headers and reads the answer first, as curl does with Expect: 100-continue.
         conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
         conn.putrequest("POST", "/v2/models/coopnets-energy/infer")
         conn.putheader("Content-Type", "application/json")
