@@ -244,7 +244,14 @@ def measure(
     return row, g.median / e.median
 
 
-def main(argv: list[str] | None = None) -> int:
+HEADERS = [
+    "net", "count", "engine ms (p10–p90)", "one part ms", "chain ms", "eager ms", "compile ms",
+    "one part/engine", "chain/engine", "eager/engine", "compile/engine", "engine GFLOP/s (peak)",
+    "eager GFLOP/s (peak)", "cpu/wall (cases in order)", "max |Δ|",
+]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
@@ -259,7 +266,65 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also print ONNX Runtime's per-op profile of one step at the largest count",
     )
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def open_paths(name: str, tmp: Path, params: SynthesisParams, args) -> tuple[Path, dict]:
+    """The bundle exported from the seeded `name` nets into `tmp`, and every case of the table on it, keyed by
+    the table's names; the torch cases run the very nets the bundle was exported from."""
+    descriptor, generator = seeded_nets(NETS[name])
+    langevin = {"s": S, "delta": DELTA, "steps": params.steps, "sigma": SIGMA, "noise": True}
+    bundle = export_bundle(descriptor, generator, tmp / name, langevin=langevin)
+    paths = {
+        "engine": Engine.open(bundle, device=args.device, threads=args.threads),
+        "one part": Engine.open(bundle, device=args.device, threads=args.threads, shards=1),
+        "chain": ChainPath(bundle, tmp / f"{name}-triton", args.threads, args.device),
+        "eager": TorchBackend(descriptor, generator, s=S, sigma=SIGMA, device=args.device),
+    }
+    if args.compile:
+        paths["compile"] = CompiledBackend(descriptor, generator, s=S, sigma=SIGMA, device=args.device)
+    return bundle, paths
+
+
+def profile_part(bundle: Path, eager: TorchBackend, counts: list[int], ratio: float, args) -> tuple:
+    """The profile of one part of the largest batch, as the engine runs it (serving.sessions): its per-op
+    rows, the part's count and threads, how many parts run at once, the GFLOP/s of its arithmetic kernels,
+    their share of the step, eager/engine at that count and how parts at once scale (None for one part)."""
+    parts = min(args.threads, max(counts) // MIN_PER_SHARD) if args.threads > 1 else 1
+    n_part, t_part = max(counts) // parts, (1 if parts > 1 else args.threads)
+    rows_p, arith_ms, step_ms = ort_profile(bundle, n_part, t_part)
+    rate = flops_per_step(eager) * n_part / (arith_ms / 1e3)  # FLOP/s of those kernels
+    scaling = part_scaling(bundle, n_part, parts) if parts > 1 else None
+    return rows_p, n_part, t_part, parts, rate, arith_ms / step_ms, ratio, scaling
+
+
+def print_profile(name: str, profile: tuple, counts: list[int], peak: float) -> None:
+    """One net's profile (from profile_part) and what it bounds: how fast the engine could be were
+    every non-arithmetic op gone."""
+    prof, n_part, t_part, parts, rate, share, ratio, scaling = profile
+    core_peak = peak / usable_cores()  # fp32_peak counts the cores this process may use
+    print(
+        f"\nONNX Runtime profile, {name}, a Langevin step of one part: count {n_part} on {t_part} "
+        f"thread(s) ({parts} such parts run at once at count {max(counts)})"
+    )
+    print(table(["op type", "ms per step", "share", "nodes"], prof))
+    print(
+        f"{' + '.join(ARITHMETIC_OPS)}: {rate / 1e9:.0f} GFLOP/s on {t_part} thread(s) "
+        f"({rate / (core_peak * t_part):.0%} of {t_part} core(s)' fp32 peak), {share:.0%} of the step. "
+        f"With every other op gone the engine would be at most {ratio / share:.2f}x eager at count "
+        f"{max(counts)} (eager/engine {ratio:.2f} / that share)."
+    )
+    if scaling:
+        alone, together, mm = scaling
+        print(
+            f"One part's step alone {alone:.1f} ms, {parts} parts at once {together:.1f} ms "
+            f"({alone / together:.0%} parallel efficiency); a 2048² matmul on {parts} threads: {mm:.2f}x "
+            "one thread."
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
     torch.set_num_threads(args.threads)
     params = SynthesisParams(steps=args.steps, delta=DELTA, noise=True)
@@ -273,77 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     rows, ratios, profiles = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.nets.split(","):
-            descriptor, generator = seeded_nets(NETS[name])
-            langevin = {"s": S, "delta": DELTA, "steps": params.steps, "sigma": SIGMA, "noise": True}
-            bundle = export_bundle(descriptor, generator, Path(tmp) / name, langevin=langevin)
-            paths = {
-                "engine": Engine.open(bundle, device=args.device, threads=args.threads),
-                "one part": Engine.open(bundle, device=args.device, threads=args.threads, shards=1),
-                "chain": ChainPath(bundle, Path(tmp) / f"{name}-triton", args.threads, args.device),
-                "eager": TorchBackend(descriptor, generator, s=S, sigma=SIGMA, device=args.device),
-            }
-            if args.compile:
-                paths["compile"] = CompiledBackend(
-                    descriptor, generator, s=S, sigma=SIGMA, device=args.device
-                )
-            eager = paths["eager"]
-            flops = flops_per_image(eager, params)
+            bundle, paths = open_paths(name, Path(tmp), params, args)
+            flops = flops_per_image(paths["eager"], params)
             eager_over_engine = {}
             for n in counts:
                 row, eager_over_engine[n] = measure(name, n, paths, flops, params, args, peak)
                 rows.append(row)
             ratios += eager_over_engine.values()
-            if args.profile:  # one part of the largest batch, as the engine runs it (serving.sessions)
-                parts = min(args.threads, max(counts) // MIN_PER_SHARD) if args.threads > 1 else 1
-                n_part, t_part = max(counts) // parts, (1 if parts > 1 else args.threads)
-                rows_p, arith_ms, step_ms = ort_profile(bundle, n_part, t_part)
-                rate = flops_per_step(eager) * n_part / (arith_ms / 1e3)  # FLOP/s of those kernels
-                share, ratio = arith_ms / step_ms, eager_over_engine[max(counts)]
-                scaling = part_scaling(bundle, n_part, parts) if parts > 1 else None
-                profiles[name] = (rows_p, n_part, t_part, parts, rate, share, ratio, scaling)
+            if args.profile:
+                ratio = eager_over_engine[max(counts)]
+                profiles[name] = profile_part(bundle, paths["eager"], counts, ratio, args)
     print()
-    print(
-        table(
-            [
-                "net",
-                "count",
-                "engine ms (p10–p90)",
-                "one part ms",
-                "chain ms",
-                "eager ms",
-                "compile ms",
-                "one part/engine",
-                "chain/engine",
-                "eager/engine",
-                "compile/engine",
-                "engine GFLOP/s (peak)",
-                "eager GFLOP/s (peak)",
-                "cpu/wall (cases in order)",
-                "max |Δ|",
-            ],  # fmt: skip
-            rows,
-        )  # fmt: skip
-    )
-    core_peak = peak / usable_cores()  # fp32_peak counts the cores this process may use
-    for name, (prof, n_part, t_part, parts, rate, share, ratio, scaling) in profiles.items():
-        print(
-            f"\nONNX Runtime profile, {name}, a Langevin step of one part: count {n_part} on {t_part} "
-            f"thread(s) ({parts} such parts run at once at count {max(counts)})"
-        )
-        print(table(["op type", "ms per step", "share", "nodes"], prof))
-        print(
-            f"{' + '.join(ARITHMETIC_OPS)}: {rate / 1e9:.0f} GFLOP/s on {t_part} thread(s) "
-            f"({rate / (core_peak * t_part):.0%} of {t_part} core(s)' fp32 peak), {share:.0%} of the step. "
-            f"With every other op gone the engine would be at most {ratio / share:.2f}x eager at count "
-            f"{max(counts)} (eager/engine {ratio:.2f} / that share)."
-        )
-        if scaling:
-            alone, together, mm = scaling
-            print(
-                f"One part's step alone {alone:.1f} ms, {parts} parts at once {together:.1f} ms "
-                f"({alone / together:.0%} parallel efficiency); a 2048² matmul on {parts} threads: {mm:.2f}x "
-                "one thread."
-            )
+    print(table(HEADERS, rows))
+    for name, profile in profiles.items():
+        print_profile(name, profile, counts, peak)
     print(f"synth_speedup_vs_eager_min={min(ratios):.2f}")
     return 0
 
