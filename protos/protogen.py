@@ -122,105 +122,117 @@ def compiled(out_dir: Path, proto: str | Proto = PROTO):
     return file
 
 
-def proto_source(file, header: str = "") -> str:
-    """.proto text that protoc compiles back to the FileDescriptorProto `file` (no comments, no source info):
-    proto3 messages, nested messages and enums, maps, oneofs and services; anything else raises ValueError."""
-    from google.protobuf import descriptor_pb2 as d
+SCALARS = (
+    "double", "float", "int64", "uint64", "int32", "fixed64", "fixed32", "bool", "string", "bytes", "uint32",
+    "sfixed32", "sfixed64", "sint32", "sint64",
+)  # fmt: skip
 
-    F = d.FieldDescriptorProto
-    scalars = {
-        getattr(F, "TYPE_" + n.upper()): n
-        for n in (
-            "double",
-            "float",
-            "int64",
-            "uint64",
-            "int32",
-            "fixed64",
-            "fixed32",
-            "bool",
-            "string",
-            "bytes",
-            "uint32",
-            "sfixed32",
-            "sfixed64",
-            "sint32",
-            "sint64",
-        )
-    }
-    if file.syntax != "proto3" or file.HasField("options"):
-        raise ValueError(f"{file.name}: only plain proto3 files can be printed")
-    out = [header, 'syntax = "proto3";', "", f"package {file.package};", ""]
-    out += [f'import "{dep}";' for dep in file.dependency] + ([""] if file.dependency else [])
 
-    def type_name(f) -> str:
-        return scalars[f.type] if f.type in scalars else f.type_name
+class _Printer:
+    """Prints a FileDescriptorProto's definitions as .proto lines into `out`, in the order protoc registered
+    them, so that compiling the text gives back the same descriptor (no comments, no source info)."""
 
-    def enum(e, ind):
+    def __init__(self) -> None:
+        from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
+
+        self.repeated = F.LABEL_REPEATED
+        self.scalars = {getattr(F, "TYPE_" + n.upper()): n for n in SCALARS}
+        self.out: list[str] = []
+
+    def type_name(self, f) -> str:
+        return self.scalars[f.type] if f.type in self.scalars else f.type_name
+
+    def enum(self, e, ind: str) -> None:
         if e.HasField("options"):
             raise ValueError(f"enum {e.name} has options")
-        out.append(f"{ind}enum {e.name} {{")
-        out.extend(f"{ind}  {v.name} = {v.number};" for v in e.value)
-        out.append(f"{ind}}}")
+        self.out.append(f"{ind}enum {e.name} {{")
+        self.out.extend(f"{ind}  {v.name} = {v.number};" for v in e.value)
+        self.out.append(f"{ind}}}")
 
-    def message(msg, ind):
+    def message(self, msg, ind: str) -> None:
+        """A message with its enums, fields (maps and oneofs folded back) and nested messages. protoc keeps a
+        map's entry as a nested message at the map field's place: nested messages before it are printed
+        before the field, the rest after every field."""
         if msg.HasField("options"):
             raise ValueError(f"message {msg.name} has options")
-        out.append(f"{ind}message {msg.name} {{")
+        self.out.append(f"{ind}message {msg.name} {{")
         entries = {n.name: n for n in msg.nested_type if n.options.map_entry}
         pending = list(msg.nested_type)
         for e in msg.enum_type:
-            enum(e, ind + "  ")
+            self.enum(e, ind + "  ")
         open_oneof = None
         for f in msg.field:
             if f.HasField("options") or f.proto3_optional:
                 raise ValueError(f"field {msg.name}.{f.name}: options/optional are not printed")
-            entry = entries.get(f.type_name.rsplit(".", 1)[-1]) if f.label == F.LABEL_REPEATED else None
+            entry = entries.get(f.type_name.rsplit(".", 1)[-1]) if f.label == self.repeated else None
             oneof = msg.oneof_decl[f.oneof_index].name if f.HasField("oneof_index") else None
-            # nested messages defined before this map's entry come first, as they did in the source
-            while entry is not None and pending and pending[0] is not entry:
-                n = pending.pop(0)
-                if n.options.map_entry:
-                    raise ValueError(f"{msg.name}: map entries out of order")
-                if open_oneof:
-                    raise ValueError(f"{msg.name}: a nested message inside oneof {open_oneof}")
-                message(n, ind + "  ")
             if entry is not None:
-                pending.pop(0)
-            if oneof != open_oneof:
-                if open_oneof:
-                    out.append(f"{ind}  }}")
-                if oneof:
-                    out.append(f"{ind}  oneof {oneof} {{")
-                open_oneof = oneof
-            pad = ind + ("    " if oneof else "  ")
-            if entry is not None:
-                k, v = entry.field
-                out.append(f"{pad}map<{type_name(k)}, {type_name(v)}> {f.name} = {f.number};")
-            else:
-                rep = "repeated " if f.label == F.LABEL_REPEATED else ""
-                out.append(f"{pad}{rep}{type_name(f)} {f.name} = {f.number};")
+                self.nested_until(msg, pending, entry, open_oneof, ind)
+            open_oneof = self.switch_oneof(open_oneof, oneof, ind)
+            self.field(f, entry, ind + ("    " if oneof else "  "))
         if open_oneof:
-            out.append(f"{ind}  }}")
+            self.out.append(f"{ind}  }}")
         for n in pending:
             if n.options.map_entry:
                 raise ValueError(f"{msg.name}: a map entry without its field")
-            message(n, ind + "  ")
-        out.append(f"{ind}}}")
+            self.message(n, ind + "  ")
+        self.out.append(f"{ind}}}")
 
-    for e in file.enum_type:
-        enum(e, "")
-        out.append("")
-    for msg in file.message_type:
-        message(msg, "")
-        out.append("")
-    for svc in file.service:
-        out.append(f"service {svc.name} {{")
+    def nested_until(self, msg, pending: list, entry, open_oneof: str | None, ind: str) -> None:
+        """Prints the nested messages defined before the map entry `entry` (as they stood in the source),
+        then drops the entry itself from `pending`."""
+        while pending and pending[0] is not entry:
+            n = pending.pop(0)
+            if n.options.map_entry:
+                raise ValueError(f"{msg.name}: map entries out of order")
+            if open_oneof:
+                raise ValueError(f"{msg.name}: a nested message inside oneof {open_oneof}")
+            self.message(n, ind + "  ")
+        pending.pop(0)
+
+    def switch_oneof(self, open_oneof: str | None, oneof: str | None, ind: str) -> str | None:
+        """Closes the open oneof block and opens the next field's, where they differ; returns the open one."""
+        if oneof != open_oneof:
+            if open_oneof:
+                self.out.append(f"{ind}  }}")
+            if oneof:
+                self.out.append(f"{ind}  oneof {oneof} {{")
+        return oneof
+
+    def field(self, f, entry, pad: str) -> None:
+        if entry is not None:
+            k, v = entry.field
+            self.out.append(f"{pad}map<{self.type_name(k)}, {self.type_name(v)}> {f.name} = {f.number};")
+        else:
+            rep = "repeated " if f.label == self.repeated else ""
+            self.out.append(f"{pad}{rep}{self.type_name(f)} {f.name} = {f.number};")
+
+    def service(self, svc) -> None:
+        self.out.append(f"service {svc.name} {{")
         for m in svc.method:
             cs = "stream " if m.client_streaming else ""
             ss = "stream " if m.server_streaming else ""
-            out.append(f"  rpc {m.name}({cs}{m.input_type}) returns ({ss}{m.output_type}) {{}}")
-        out.append("}")
+            self.out.append(f"  rpc {m.name}({cs}{m.input_type}) returns ({ss}{m.output_type}) {{}}")
+        self.out.append("}")
+
+
+def proto_source(file, header: str = "") -> str:
+    """.proto text that protoc compiles back to the FileDescriptorProto `file` (no comments, no source info):
+    proto3 messages, nested messages and enums, maps, oneofs and services; anything else raises ValueError."""
+    if file.syntax != "proto3" or file.HasField("options"):
+        raise ValueError(f"{file.name}: only plain proto3 files can be printed")
+    printer = _Printer()
+    out = printer.out
+    out += [header, 'syntax = "proto3";', "", f"package {file.package};", ""]
+    out += [f'import "{dep}";' for dep in file.dependency] + ([""] if file.dependency else [])
+    for e in file.enum_type:
+        printer.enum(e, "")
+        out.append("")
+    for msg in file.message_type:
+        printer.message(msg, "")
+        out.append("")
+    for svc in file.service:
+        printer.service(svc)
         out.append("")
     return "\n".join(out)
 
