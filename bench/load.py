@@ -10,6 +10,9 @@ RPC, the server's resident memory (VmRSS) after warm-up and a first round of req
 Phase 2 (overload): a second server with `--max-queue Q --max-batch 1` gets a burst of `--burst` concurrent
 heavy Synthesize calls at once: the requests beyond the bound must come back RESOURCE_EXHAUSTED, and fast
 (their p99 is printed next to the served ones').
+Phase 3 (priority): `--saturate` clients send only Complete (the heaviest kind) while one probe client loops
+Energy (one image), ModelInfo and one-image Synthesize at the bundle's default steps: the probe's p50/p99 say
+whether cheap work still answers fast while completions saturate the server (`--saturate 0` skips it).
 
 Each server is a coop-serve subprocess on a free 127.0.0.1 port (never another host). Exit status 1 when an
 error other than RESOURCE_EXHAUSTED was seen or when the burst got no RESOURCE_EXHAUSTED.
@@ -52,8 +55,11 @@ HELP = {
     "burst": "overload phase: concurrent heavy requests ...",
     "burst_queue": "... against this queue bound",
     "workers": "coop-serve --workers; 0 = its default",
+    "saturate": "priority phase: clients sending only Complete (0 = skip the phase)",
+    "priority_seconds": "length of the priority phase",
     "json": "also write the results here",
 }
+PROBES = ("Energy", "ModelInfo", "Synthesize")  # the priority phase's cheap calls, in turn
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class LoadConfig:
     burst_queue: int = 4  # ... against this queue bound
     seed: int = 0
     workers: int = 0  # coop-serve --workers; 0 = its default
+    saturate: int = 16  # priority phase: Complete-only clients ...
+    priority_seconds: float = 30.0  # ... for this long, beside one probe client
     json: str = ""  # also write the results here
 
 
@@ -255,6 +263,83 @@ def overload_phase(cfg: LoadConfig, workdir: Path) -> dict:
     return {**rec.summary(), "burst": cfg.burst, "max_queue": cfg.burst_queue, "server_exit": code}
 
 
+def probe_call(c: CoopNetsClient, rpc: str, image: np.ndarray) -> None:
+    """One cheap call of the priority phase: one image, the bundle's defaults."""
+    if rpc == "Energy":
+        c.energy(image[None])
+    elif rpc == "ModelInfo":
+        c.info()
+    else:
+        c.synthesize(count=1, seed=0)
+
+
+def probe_loop(address: str, until: float, rec: Recorder, image: np.ndarray) -> None:
+    """Energy, ModelInfo and one-image Synthesize in turn, one at a time, until the time is up."""
+    with CoopNetsClient(address, timeout=120, retries=1) as c:
+        turn = 0
+        while time.monotonic() < until:
+            rpc = PROBES[turn % len(PROBES)]
+            turn += 1
+            start = time.perf_counter()
+            try:
+                probe_call(c, rpc, image)
+                code = "OK"
+            except grpc.RpcError as e:
+                code = e.code().name
+            rec.add(f"probe {rpc}", code, time.perf_counter() - start)
+
+
+def priority_phase(cfg: LoadConfig, workdir: Path) -> dict:
+    """Complete-only clients saturate the server while one probe client measures the cheap kinds."""
+    steps = str(max(1000, cfg.latent_steps, cfg.refine_steps))
+    server = start_server(
+        cfg.bundle,
+        workdir,
+        "--threads",
+        str(cfg.threads),
+        "--max-queue",
+        str(cfg.max_queue),
+        "--max-steps",
+        steps,
+    )
+    try:
+        with CoopNetsClient(server.address, timeout=60) as c:
+            image = c.synthesize(count=1, seed=0, steps=cfg.steps).images[0]
+        rec, until = Recorder(), time.monotonic() + cfg.priority_seconds
+        threads = [
+            threading.Thread(target=complete_loop, args=(server.address, cfg, i, until, rec, image))
+            for i in range(cfg.saturate)
+        ]
+        threads.append(threading.Thread(target=probe_loop, args=(server.address, until, rec, image)))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        code = server.stop()
+    return {**rec.summary(), "saturate": cfg.saturate, "server_exit": code}
+
+
+def complete_loop(
+    address: str, cfg: LoadConfig, index: int, until: float, rec: Recorder, image: np.ndarray
+) -> None:
+    """Complete after Complete (the mix's random occlusions) until the time is up."""
+    rng = random.Random(cfg.seed * 1000 + index)
+    with CoopNetsClient(address, timeout=300, retries=1) as c:
+        while time.monotonic() < until:
+            start = time.perf_counter()
+            try:
+                one_call(c, "Complete", rng, cfg, image)
+                code = "OK"
+            except grpc.RpcError as e:
+                code = e.code().name
+            rec.add("Complete", code, time.perf_counter() - start)
+
+
+def latency_rows(latency: dict) -> list[str]:
+    return [f"     {k:<32} {v['n']:>6} {v['p50_ms']:>9.1f} {v['p99_ms']:>9.1f}" for k, v in latency.items()]
+
+
 def report(result: dict) -> str:
     mix, over = result["mix"], result["overload"]
     lines = [
@@ -264,17 +349,16 @@ def report(result: dict) -> str:
         "the end",
         f"     {'rpc code':<32} {'n':>6} {'p50 ms':>9} {'p99 ms':>9}",
     ]
-    lines += [
-        f"     {k:<32} {v['n']:>6} {v['p50_ms']:>9.1f} {v['p99_ms']:>9.1f}" for k, v in mix["latency"].items()
-    ]
+    lines += latency_rows(mix["latency"])
     lines.append(
         f"overload: {over['burst']} concurrent heavy Synthesize, --max-queue {over['max_queue']}: "
         f"codes {over['codes']}"
     )
-    lines += [
-        f"     {k:<32} {v['n']:>6} {v['p50_ms']:>9.1f} {v['p99_ms']:>9.1f}"
-        for k, v in over["latency"].items()
-    ]
+    lines += latency_rows(over["latency"])
+    if "priority" in result:
+        prio = result["priority"]
+        lines.append(f"priority: {prio['saturate']} Complete-only clients + one probe: codes {prio['codes']}")
+        lines += latency_rows(prio["latency"])
     return "\n".join(lines)
 
 
@@ -300,10 +384,13 @@ def load_test(cfg: LoadConfig) -> int:
             "mix": mix_phase(cfg, Path(tmp) / "mix"),
             "overload": overload_phase(cfg, Path(tmp) / "overload"),
         }
+        if cfg.saturate:
+            (Path(tmp) / "priority").mkdir()
+            result["priority"] = priority_phase(cfg, Path(tmp) / "priority")
     print(report(result))
     if cfg.json:
         atomic_write_json(cfg.json, result)
-    unexpected = set(result["mix"]["codes"]) - EXPECTED
+    unexpected = set(result["mix"]["codes"]).union(result.get("priority", {}).get("codes", ())) - EXPECTED
     refused = result["overload"]["codes"].get("RESOURCE_EXHAUSTED", 0)
     return 1 if unexpected or not refused else 0
 

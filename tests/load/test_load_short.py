@@ -1,8 +1,10 @@
-"""The CI variant of bench/load.py: 16 clients mixing every RPC for 3 seconds, then a burst of 24 heavy calls
-against a queue bound of 2. The long run (64 clients, minutes) is documented in docs/production.md.
+"""The CI variant of bench/load.py: 16 clients mixing every RPC for 3 seconds, a burst of 24 heavy calls
+against a queue bound of 2, then 2 Complete-only clients beside a probe for 2 seconds. The long run (64
+clients, minutes) is documented in docs/production.md.
 
 Asserts what must hold at any speed: no status but OK and RESOURCE_EXHAUSTED under the mix, the burst beyond
-the bound refused with RESOURCE_EXHAUSTED (before waiting behind the served ones), both servers exit 0.
+the bound refused with RESOURCE_EXHAUSTED (before waiting behind the served ones), the priority phase's probe
+answered on every cheap kind beside saturating completions, all servers exit 0.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def test_short_load_and_overload(serving_bundle, tmp_path):
             "2",
             "--steps",
             "4",
+            "--saturate",
+            "2",
+            "--priority-seconds",
+            "2",
             "--json",
             str(out),
         ],
@@ -56,7 +62,15 @@ def test_short_load_and_overload(serving_bundle, tmp_path):
         "Energy",
         "ModelInfo",
     }
-    assert mix["server_exit"] == over["server_exit"] == 0
+    prio = result["priority"]
+    assert set(prio["codes"]) == {"OK"}, prio["codes"]
+    assert {key.rsplit(" ", 1)[0] for key in prio["latency"]} == {
+        "Complete",
+        "probe Energy",
+        "probe ModelInfo",
+        "probe Synthesize",
+    }
+    assert mix["server_exit"] == over["server_exit"] == prio["server_exit"] == 0
     assert mix["rss_end_mib"] < 2 * mix["rss_start_mib"]  # a leak guard only; the figures are in the report
     assert set(over["codes"]) == {"OK", "RESOURCE_EXHAUSTED"}, over["codes"]
     refused, served = over["latency"]["Synthesize RESOURCE_EXHAUSTED"], over["latency"]["Synthesize OK"]
