@@ -46,26 +46,24 @@ def ema_fn(decay: float):
     return update
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="folder for the checkpoints")
-    p.add_argument("--decays", default="0.99,0.995,0.999", help="comma-separated EMA decays")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    args, rest = p.parse_known_args(argv)
-    decays = [float(d) for d in args.decays.split(",")]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+def train_config(args: argparse.Namespace, rest: list[str]):
+    """The TrainConfig that coop-train would resolve from the same flags (export off: the checkpoints are the
+    output)."""
     from coopnets.contract.flags import Parser, add_flags
-    from coopnets.trainer.checkpoint import save_checkpoint
     from coopnets.trainer.config import HELP, TrainConfig, resolve_train_config
-    from coopnets.trainer.coop import build_run, check_divergence, reference_energy, train_step
-    from coopnets.trainer.data import load_images, to_tensor
 
     tp = Parser(prog="ema_sweep.py")
     add_flags(tp, TrainConfig, HELP)
     flags = {k: v for k, v in vars(tp.parse_args(rest)).items() if v is not None}
-    config = resolve_train_config({**flags, "out": args.out, "export": False})
+    return resolve_train_config({**flags, "out": args.out, "export": False})
+
+
+def train_with_emas(config, decays: list[float]):
+    """coop-train's loop, every net's EMA at every decay updated after each iteration; returns the run and
+    the EMAs keyed by (net, decay)."""
+    from coopnets.trainer.coop import build_run, check_divergence, reference_energy, train_step
+    from coopnets.trainer.data import load_images, to_tensor
+
     data = load_images(
         config.dataset,
         size=config.image_size,
@@ -95,8 +93,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"gap {stats.loss_d:.3g}",
                 flush=True,
             )
+    return run, emas
 
-    out = Path(args.out)
+
+def write_checkpoints(out: Path, run, emas: dict, decays: list[float]) -> None:
+    """raw.pt, and g{d}.pt and gd{d}.pt for every decay (the module docstring's table), each with the run's
+    optimizers, config and position, so that coop-eval reads them as it reads coop-train's."""
+    from coopnets.trainer.checkpoint import save_checkpoint
+
     out.mkdir(parents=True, exist_ok=True)
     raw_g, raw_d = run.generator, run.descriptor
 
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             generator=generator,
             opt_d=run.opt_d,
             opt_g=run.opt_g,
-            config=config,
+            config=run.config,
             iteration=run.iteration,
             train_rng=run.rng,
         )
@@ -119,6 +123,19 @@ def main(argv: list[str] | None = None) -> int:
         d_ema = copy.deepcopy(emas["descriptor", d].module)
         write(f"g{d:g}", g_ema, raw_d)
         write(f"gd{d:g}", g_ema, d_ema)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="folder for the checkpoints")
+    p.add_argument("--decays", default="0.99,0.995,0.999", help="comma-separated EMA decays")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args, rest = p.parse_known_args(argv)
+    decays = [float(d) for d in args.decays.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run, emas = train_with_emas(train_config(args, rest), decays)
+    write_checkpoints(Path(args.out), run, emas, decays)
     return 0
 
 
