@@ -122,25 +122,11 @@ def _prefixed(bundle: Bundle, graph: str, prefix: str) -> onnx.GraphProto:
     return compose.add_prefix(model, prefix).graph
 
 
-def chain_model(bundle: Bundle) -> onnx.ModelProto:
-    """The whole-chain synthesis graph (module docstring), made of the bundle's own graphs."""
-    c, h, w = bundle.image_shape
-    s, delta = bundle.langevin.s, bundle.langevin.delta
-    gen, step, desc = (
-        _prefixed(bundle, g, p)
-        for g, p in (("generator", "g/"), ("langevin_step", "l/"), ("descriptor", "d/"))
-    )
-    scalar = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
-    nodes = [
-        helper.make_node("Identity", ["z"], ["g/z"]),
-        *gen.node,
-        # the constant inputs of every step, seen by the Loop body from the outer scope
-        helper.make_node("Shape", ["g/y"], ["y_shape"]),
-        helper.make_node(
-            "ConstantOfShape", ["y_shape"], ["l/mask"], value=numpy_helper.from_array(np.ones(1, np.float32))
-        ),
-    ]
-    body = helper.make_graph(
+def _loop_body(step: onnx.GraphProto, shape: tuple[int, int, int]) -> onnx.GraphProto:
+    """The Loop body: one Langevin step on y with the noise of iteration t (mask, δ and s come from the outer
+    scope); carries y (N, C, H, W) and the loop condition."""
+    c, h, w = shape
+    return helper.make_graph(
         [
             helper.make_node("Gather", ["noise", "t"], ["l/noise"], axis=0),  # noise[t]: (N, C, H, W)
             *step.node,
@@ -157,26 +143,22 @@ def chain_model(bundle: Bundle) -> onnx.ModelProto:
             helper.make_tensor_value_info("l/y_next", TensorProto.FLOAT, ["N", c, h, w]),
         ],
     )
-    nodes += [
-        helper.make_node("Loop", ["steps", "", "g/y"], ["images"], body=body),
-        helper.make_node("Identity", ["images"], ["d/y"]),
-        *desc.node,
-        # E(Y) = sum(Y²) / (2 s²) - f(Y)
+
+
+def _energy_nodes() -> list[onnx.NodeProto]:
+    """E(Y) = sum(Y²) / (2 s²) - f(Y), from the descriptor's f (d/f) of the final images: (N,)."""
+    return [
         helper.make_node("Mul", ["images", "images"], ["y2"]),
         helper.make_node("ReduceSum", ["y2", "axes_chw"], ["sum_y2"], keepdims=0),
         helper.make_node("Div", ["sum_y2", "two_s2"], ["prior"]),
         helper.make_node("Sub", ["prior", "d/f"], ["energy"]),
     ]
-    initializers = [
-        *gen.initializer,
-        *step.initializer,
-        *desc.initializer,
-        scalar("l/delta", delta),
-        scalar("l/s", s),
-        scalar("two_s2", 2 * s * s),
-        numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes_chw"),
-    ]
-    graph = helper.make_graph(
+
+
+def _chain_graph(bundle: Bundle, nodes: list, initializers: list) -> onnx.GraphProto:
+    """The chain's graph with its inputs z (N, latent), noise (K, N, C, H, W), steps, and its outputs."""
+    c, h, w = bundle.image_shape
+    return helper.make_graph(
         nodes,
         CHAIN,
         [
@@ -190,6 +172,40 @@ def chain_model(bundle: Bundle) -> onnx.ModelProto:
         ],
         initializers,
     )
+
+
+def chain_model(bundle: Bundle) -> onnx.ModelProto:
+    """The whole-chain synthesis graph (module docstring), made of the bundle's own graphs: the generator's
+    draft, a Loop over the Langevin step, the descriptor on its result for the energy."""
+    s, delta = bundle.langevin.s, bundle.langevin.delta
+    gen, step, desc = (
+        _prefixed(bundle, g, p)
+        for g, p in (("generator", "g/"), ("langevin_step", "l/"), ("descriptor", "d/"))
+    )
+    scalar = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
+    nodes = [
+        helper.make_node("Identity", ["z"], ["g/z"]),
+        *gen.node,
+        # the constant inputs of every step, seen by the Loop body from the outer scope
+        helper.make_node("Shape", ["g/y"], ["y_shape"]),
+        helper.make_node(
+            "ConstantOfShape", ["y_shape"], ["l/mask"], value=numpy_helper.from_array(np.ones(1, np.float32))
+        ),
+        helper.make_node("Loop", ["steps", "", "g/y"], ["images"], body=_loop_body(step, bundle.image_shape)),
+        helper.make_node("Identity", ["images"], ["d/y"]),
+        *desc.node,
+        *_energy_nodes(),
+    ]
+    initializers = [
+        *gen.initializer,
+        *step.initializer,
+        *desc.initializer,
+        scalar("l/delta", delta),
+        scalar("l/s", s),
+        scalar("two_s2", 2 * s * s),
+        numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes_chw"),
+    ]
+    graph = _chain_graph(bundle, nodes, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="coopnets")
     model.ir_version = onnx.load(
         str(bundle.graph_files["langevin_step"]), load_external_data=False
