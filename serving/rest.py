@@ -16,6 +16,19 @@ clients send (binary tensors as `raw_input_contents`), and its answer is encoded
     POST /v2/models/{m}[/versions/1]/infer    JSON tensors, or the binary tensor data extension
     POST /v2/repository/index                 [{"name", "version", "state", "reason"}] (read-only)
 
+The page at `/` (serving/page: plain HTML, CSS and JavaScript, no build step) tries the model in a browser.
+It calls coopnets.v1 in protobuf's JSON mapping (field names as in the .proto, int64 as strings, bytes such
+as PNGs in base64), through the very CoopNetsService methods gRPC calls (labelled "http/..."):
+
+    GET  /                                    the page; GET /page/{file}: its CSS and JavaScript (no token)
+    GET  /page/examples/{file}.png            held-out example images for the served bundle (no token)
+    GET  /api/info                            {"name", "info": ModelInfoResponse, "examples", "occlusions"}
+    POST /api/synthesize | complete | energy  a SynthesizeRequest | CompleteRequest | EnergyRequest
+    POST /api/synthesize/stream               a SynthesizeStreamRequest, answered as server-sent events:
+                                              `snapshot` and `image` (a SynthesizeEvent each), then `end`;
+                                              `error` if it fails after the first event. Closing the
+                                              stream cancels the synthesis, as a gRPC cancel does.
+
 Binary tensor data: with a header `Inference-Header-Content-Length: N` the body's first N bytes are the JSON
 request and the rest are the inputs whose `parameters.binary_data_size` says so, in order. Outputs come
 back binary where `outputs[i].parameters.binary_data` or the request's `parameters.binary_data_output` asks,
@@ -40,22 +53,29 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from importlib.resources import files
+from pathlib import Path
 
 import anyio
 import grpc
 import numpy as np
 import uvicorn
+from coopnets.contract.bundle import SHIPPED, SHIPPED_NAMES
 from coopnets.contract.codec import FieldError
+from coopnets.contract.occlusions import DEFAULT_OCCLUSIONS, PAPER_OCCLUSIONS, parse_occlusion
 from coopnets.oip import grpc_service_pb2 as oip
 from coopnets.serving.oip import DTYPES, InferenceService
 from coopnets.serving.service import CoopNetsService
+from coopnets.v1 import coopnets_pb2 as pb
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
+from PIL import Image as PILImage
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -111,6 +131,10 @@ class Context:
             self._ended, callbacks, self._callbacks = True, self._callbacks, []
         for callback in callbacks:
             callback()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -340,6 +364,175 @@ def _model_config_json(response: oip.ModelConfigResponse) -> dict:
     return config
 
 
+# ---- the page: its files, its examples, and coopnets.v1 in protobuf's JSON mapping ----------------------
+
+PAGE = files("coopnets.serving") / "page"  # index.html, page.css, page.js: package data, no build step
+EXAMPLES = SHIPPED / "examples"  # models/examples/<bundle>/*.png (models/examples/README.md)
+PAGE_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".png": "image/png",
+}
+# The page loads nothing from elsewhere and runs no inline script: a token typed into it stays on this server
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one plain name: no path, no dot-files
+
+
+def page_file(folder, name: str) -> Response:
+    """A file of `folder` (the page's, or an examples folder) by its plain name; 404 for anything else,
+    so that no request reaches outside the folder."""
+    kind = PAGE_TYPES.get(Path(name).suffix)
+    path = folder / name if kind and FILE_NAME.fullmatch(name) else None
+    if path is None or not path.is_file():
+        return error(404, f"no file {name!r} here: the page is at /")
+    return Response(path.read_bytes(), media_type=kind, headers=PAGE_HEADERS)
+
+
+def _image_shape(png: Path) -> tuple[int, int, int] | None:
+    with PILImage.open(png) as image:  # reads the header only
+        channels = {"L": 1, "RGB": 3}.get(image.mode)
+        return None if channels is None else (channels, image.height, image.width)
+
+
+def shipped_as(bundle_path: Path) -> str | None:
+    """The shipped name of the bundle at `bundle_path` (reference, cifar10), or None."""
+    here = bundle_path.resolve()
+    return next((n for n in SHIPPED_NAMES if here == (SHIPPED / n).resolve()), None)
+
+
+def examples_folder(bundle_path: Path, shape: tuple[int, int, int]) -> Path | None:
+    """The held-out examples for the bundle: a shipped bundle's own, else the first folder whose images have
+    the bundle's shape (a Fashion-MNIST run of `make demo` gets the reference's), else None."""
+    if not EXAMPLES.is_dir():
+        return None
+    own = shipped_as(bundle_path)
+    folders = sorted(EXAMPLES.iterdir(), key=lambda f: (f.name != own, f.name))
+    for folder in folders:
+        pngs = sorted(folder.glob("*.png")) if folder.is_dir() else []
+        if pngs and _image_shape(pngs[0]) == tuple(shape):
+            return folder
+    return None
+
+
+def page_occlusions(shape: tuple[int, int, int]) -> list[str]:
+    """The named occlusions (contract.occlusions) the page offers for images of `shape`."""
+    names, (_, h, w) = dict.fromkeys((*DEFAULT_OCCLUSIONS, *PAPER_OCCLUSIONS)), shape
+    ok = []
+    for name in names:
+        with contextlib.suppress(ValueError):
+            parse_occlusion(name, h, w)
+            ok.append(name)
+    return ok
+
+
+def to_json(message) -> dict:
+    """A coopnets.v1 message in protobuf's JSON mapping, fields named as in the .proto and zeros written
+    (the page reads `steps: 0` and `noise: false` rather than guessing defaults)."""
+    try:
+        return json_format.MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+    except TypeError:  # protobuf < 5.26 names the option differently
+        return json_format.MessageToDict(
+            message, preserving_proto_field_name=True, including_default_value_fields=True
+        )
+
+
+def _parse_error_field(message: str) -> str:
+    """The field path a json_format.ParseError names: "Failed to parse langevin field: Failed to parse
+    steps field: ..." is langevin.steps; 'has no field named "x"' adds x."""
+    names = re.findall(r"Failed to parse (\w+) field", message)
+    unknown = re.search(r'has no field named "([^"]+)"', message)
+    return ".".join([*names, *([unknown.group(1)] if unknown else [])]) or "body"
+
+
+def from_json(body: bytes, cls):
+    """The body as a `cls` message (protobuf's JSON mapping); FieldError naming the field otherwise, so
+    that a bad body answers 400 as a bad gRPC request does."""
+    try:
+        doc = json.loads(body) if body.strip() else {}
+    except (ValueError, RecursionError) as e:
+        raise FieldError("body", f"not a JSON request ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(doc, dict):
+        raise FieldError(
+            "body", f"must be a JSON object: a {cls.DESCRIPTOR.full_name} in protobuf's JSON form"
+        )
+    try:
+        return json_format.ParseDict(doc, cls())
+    except (json_format.ParseError, ValueError, TypeError) as e:
+        text = str(e).split("\n")[0][:300]
+        raise FieldError(_parse_error_field(text), text) from None
+
+
+def sse(event: str, data: dict) -> bytes:
+    """One server-sent event."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class EventStream(Response):
+    """A SynthesizeStream as server-sent events, its events pulled one at a time in the handler pool. The
+    client's hang-up (the page's Stop button aborts its fetch) ends `ctx`, which stops the sampler before its
+    next Langevin step, or closes the stream between two events: either way the service counts a cancel, as
+    for gRPC. `done` runs once at the end (it frees the handler slot)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, first, events: Iterator, ctx: Context, pool, done: Callable[[], None]):
+        self.status_code, self.background = 200, None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.first, self.events, self.ctx, self.pool, self.done = first, events, ctx, pool, done
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    self.ctx.end()
+
+                tg.start_soon(watch)
+                try:
+                    await self._pump(send)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self.ctx.end()
+            with anyio.CancelScope(shield=True):  # a stream the client left: GeneratorExit into the service's
+                await anyio.to_thread.run_sync(self.events.close)
+            self.done()
+
+    async def _pump(self, send) -> None:
+        event = self.first
+        while event is not None and not self.ctx.ended:
+            await send({"type": "http.response.body", "body": self._encode(event), "more_body": True})
+            if self.ctx.ended:
+                return
+            try:
+                event = await anyio.to_thread.run_sync(next, self.events, None, limiter=self.pool)
+            except Aborted as e:
+                doc = json.loads(_aborted(e).body)
+                data = sse("error", {**doc, "status": HTTP_STATUS.get(e.status.code, 500)})
+                await send({"type": "http.response.body", "body": data, "more_body": False})
+                return
+        body = b"" if self.ctx.ended else sse("end", {})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    @staticmethod
+    def _encode(event: pb.SynthesizeEvent) -> bytes:
+        return sse("image" if event.final else "snapshot", to_json(event))
+
+
 # ---- the ASGI application ---------------------------------------------------------------------------------
 
 
@@ -359,6 +552,12 @@ class RestApp:
             Route("/v2/health/ready", self.ready),
             Route("/v2", self.server_metadata),
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/", self.page),
+            Route("/page/examples/{name}", self.example),
+            Route("/page/{name}", self.page),
+            Route("/api/info", self.api_info),
+            Route("/api/synthesize/stream", self.api_stream, methods=["POST"]),
+            Route("/api/{method:str}", self.api_unary, methods=["POST"]),
         ]
         for p in paths:
             routes += [
@@ -416,23 +615,32 @@ class RestApp:
             return refused
         ctx = Context()
         try:
-            async with anyio.create_task_group() as tg:
-
-                async def watch() -> None:
-                    while (await request.receive())["type"] != "http.disconnect":
-                        pass
-                    ctx.end()
-
-                tg.start_soon(watch)
-                try:
-                    return await anyio.to_thread.run_sync(work, ctx, limiter=self._pool)
-                except Aborted as e:
-                    return _aborted(e)
-                finally:
-                    tg.cancel_scope.cancel()
+            return await self._run(request, rpc, ctx, work)
         finally:
             self._limiter.release()
             ctx.end()
+
+    async def _run(self, request: Request, rpc: str, ctx: Context, work: Callable[[Context], object]):
+        """What `work(ctx)` returns, run in the pool while a watcher ends `ctx` if the client hangs up; an
+        Aborted, or a FieldError raised before `handling` (a page body that is not a message), becomes its
+        HTTP error response."""
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                ctx.end()
+
+            tg.start_soon(watch)
+            try:
+                return await anyio.to_thread.run_sync(work, ctx, limiter=self._pool)
+            except Aborted as e:
+                return _aborted(e)
+            except FieldError as e:
+                self.service.metrics.observe(LABEL + rpc, grpc.StatusCode.INVALID_ARGUMENT.name, 0.0)
+                return error(400, str(e), e.field)
+            finally:
+                tg.cancel_scope.cancel()
 
     async def _unary(self, request: Request, rpc: str, call: Callable[[Context], object], answer) -> Response:
         return await self._call(request, rpc, lambda ctx: answer(call(ctx)))
@@ -519,20 +727,9 @@ class RestApp:
 
     async def infer(self, request: Request) -> Response:
         name, version = self._names(request)
-        limit = self.service.limits.max_receive_message_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return self._too_large(declared, limit)
-        if request.headers.get("content-encoding", "identity").lower() != "identity":
-            self.service.metrics.observe(LABEL + "ModelInfer", "INVALID_ARGUMENT", 0.0)
-            return error(415, "compressed request bodies are not accepted: send Content-Encoding identity")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return self._too_large(f"more than {size}", limit)
-            chunks.append(chunk)
-        body = b"".join(chunks)
+        body = await self._body(request, "ModelInfer")
+        if isinstance(body, Response):
+            return body
         header_length = request.headers.get(HEADER_LENGTH)
 
         def work(ctx: Context) -> Response:
@@ -553,9 +750,113 @@ class RestApp:
 
         return await self._call(request, "ModelInfer", work)
 
-    def _too_large(self, size: str, limit: int) -> JSONResponse:
-        self.service.metrics.observe(LABEL + "ModelInfer", "RESOURCE_EXHAUSTED", 0.0)
+    async def _body(self, request: Request, rpc: str) -> bytes | Response:
+        """The request's body, or the 413 (over --max-receive-mb, before reading it where the length is
+        declared) or 415 (compressed) that answers it."""
+        limit = self.service.limits.max_receive_message_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return self._too_large(rpc, declared, limit)
+        if request.headers.get("content-encoding", "identity").lower() != "identity":
+            self.service.metrics.observe(LABEL + rpc, "INVALID_ARGUMENT", 0.0)
+            return error(415, "compressed request bodies are not accepted: send Content-Encoding identity")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return self._too_large(rpc, f"more than {size}", limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, rpc: str, size: str, limit: int) -> JSONResponse:
+        self.service.metrics.observe(LABEL + rpc, "RESOURCE_EXHAUSTED", 0.0)
         return error(413, f"the request body ({size} bytes) exceeds --max-receive-mb ({limit} bytes)")
+
+    # ---- the page at / and its JSON API ------------------------------------------------------------------
+
+    async def page(self, request: Request) -> Response:
+        """The page and its files: open without the token (as health is), since the page is where a user
+        types it; they hold no model data."""
+        return page_file(PAGE, request.path_params.get("name", "index.html"))
+
+    async def example(self, request: Request) -> Response:
+        """A held-out example image for the served bundle (models/examples): open as the page is; 503 until
+        a bundle is served."""
+        engine = self.service.lifecycle.engine
+        if engine is None:
+            return error(503, "no bundle is served yet: retry after warm-up", retry=True)
+        folder = examples_folder(engine.bundle.path, engine.bundle.image_shape)
+        return page_file(folder, request.path_params["name"]) if folder else error(404, "no examples here")
+
+    async def api_info(self, request: Request) -> Response:
+        """ModelInfo, with what the page shows besides: the bundle's name, its example images (URLs) and the
+        named occlusions that fit its images."""
+
+        def work(ctx: Context) -> Response:
+            info = self.service.ModelInfo(pb.ModelInfoRequest(), ctx, rpc=LABEL + "ModelInfo")
+            bundle = self.service.lifecycle.engine.bundle
+            name = shipped_as(bundle.path) or "/".join(bundle.path.resolve().parts[-2:])
+            folder = examples_folder(bundle.path, bundle.image_shape)
+            examples = [
+                {"name": f.stem, "url": f"/page/examples/{f.name}"}
+                for f in (sorted(folder.glob("*.png")) if folder else [])
+            ]
+            occlusions = page_occlusions(bundle.image_shape)
+            return JSONResponse(
+                {"name": name, "info": to_json(info), "examples": examples, "occlusions": occlusions}
+            )
+
+        return await self._call(request, "ModelInfo", work)
+
+    async def api_unary(self, request: Request) -> Response:
+        """POST /api/synthesize | complete | energy: the coopnets.v1 request in protobuf's JSON mapping,
+        through the servicer's own method (admission, limits, batcher, errors); the answer likewise."""
+        method = {"synthesize": "Synthesize", "complete": "Complete", "energy": "Energy"}.get(
+            request.path_params["method"]
+        )
+        if method is None:
+            return error(404, f"no endpoint POST {request.url.path}: see /api/info and docs/serving.md")
+        body = await self._body(request, method)
+        if isinstance(body, Response):
+            return body
+        cls = getattr(pb, f"{method}Request")
+
+        def work(ctx: Context) -> Response:
+            answer = getattr(self.service, method)(from_json(body, cls), ctx, rpc=LABEL + method)
+            return JSONResponse(to_json(answer))
+
+        return await self._call(request, method, work)
+
+    async def api_stream(self, request: Request) -> Response:
+        """POST /api/synthesize/stream: SynthesizeStream as server-sent events (EventStream). The first event
+        is pulled before answering, so that a refused request answers its HTTP status, not a stream."""
+        rpc = "SynthesizeStream"
+        body = await self._body(request, rpc)
+        if isinstance(body, Response):
+            return body
+        refused = self._refused(request, rpc)
+        if refused is not None:
+            return refused
+        ctx, opened = Context(), []
+
+        def start(ctx: Context):
+            request_ = from_json(body, pb.SynthesizeStreamRequest)
+            opened.append(self.service.SynthesizeStream(request_, ctx, rpc=LABEL + rpc))
+            return next(opened[0], None)
+
+        def done() -> None:
+            self._limiter.release()
+            ctx.end()
+
+        try:
+            first = await self._run(request, rpc, ctx, start)
+        except BaseException:
+            done()
+            raise
+        if isinstance(first, Response):
+            done()
+            return first
+        return EventStream(first, opened[0], ctx, self._pool, done)
 
 
 # ---- uvicorn in a thread ----------------------------------------------------------------------------------

@@ -156,27 +156,29 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
         its rows of the result."""
         return self.batcher.submit(job, _stop_event(context), rpc).result()
 
-    # ---- RPCs -----------------------------------------------------------------------------------------
+    # ---- RPCs (`rpc`: the name in metrics and logs; the REST binding's page passes "http/...") ----------
 
-    def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
-        with self.handling("Synthesize", context):
+    def Synthesize(self, request: pb.SynthesizeRequest, context, rpc="Synthesize") -> pb.SynthesizeResponse:
+        with self.handling(rpc, context):
             ask = requests.synthesis(request, self.lifecycle.engine, self.limits)
-            out = self.submit("Synthesize", ask.job, context)
+            out = self.submit(rpc, ask.job, context)
             images = [
                 _generated(i, s, out.images[i], ask.png, out.energy[i]) for i, s in enumerate(ask.job.seeds)
             ]
             return pb.SynthesizeResponse(images=images)
 
-    def SynthesizeStream(self, request: pb.SynthesizeStreamRequest, context) -> Iterator[pb.SynthesizeEvent]:
+    def SynthesizeStream(
+        self, request: pb.SynthesizeStreamRequest, context, rpc="SynthesizeStream"
+    ) -> Iterator[pb.SynthesizeEvent]:
         """Runs outside the batcher: it drives the sampler in this RPC's thread, so that it can send
         snapshots as they happen and stop between any two steps."""
-        with self.handling("SynthesizeStream", context):
+        with self.handling(rpc, context):
             engine = self.lifecycle.engine
             ask = requests.stream(request, engine, self.limits)
-            yield from self._stream(engine, ask, _stop_event(context))
+            yield from self._stream(engine, ask, _stop_event(context), rpc)
 
     def _stream(
-        self, engine: Engine, ask: requests.Stream, stop: threading.Event
+        self, engine: Engine, ask: requests.Stream, stop: threading.Event, rpc: str
     ) -> Iterator[pb.SynthesizeEvent]:
         """Snapshots after Langevin steps k, 2k, ... < K (k = snapshot_every), then the final images."""
         s, k = ask.synthesis, ask.snapshot_every
@@ -195,20 +197,20 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
         try:
             out = yield from stepped(engine.synthesis_steps(job.seeds, job.params), stop.is_set, snapshots)
         except Cancelled:
-            self.metrics.cancelled.labels("SynthesizeStream", "running").inc()
+            self.metrics.cancelled.labels(rpc, "running").inc()
             raise
         except GeneratorExit:
-            self.metrics.cancelled.labels("SynthesizeStream", "running").inc()
-            log.info("SynthesizeStream stopped after %d Langevin steps: the client went away", done)
+            self.metrics.cancelled.labels(rpc, "running").inc()
+            log.info("%s stopped after %d Langevin steps: the client went away", rpc, done)
             raise
         for i, seed in enumerate(job.seeds):
             image = _generated(i, seed, out.images[i], s.png, out.energy[i])
             yield pb.SynthesizeEvent(step=job.params.steps, final=True, image=image)
 
-    def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:
-        with self.handling("Complete", context):
+    def Complete(self, request: pb.CompleteRequest, context, rpc="Complete") -> pb.CompleteResponse:
+        with self.handling(rpc, context):
             ask = requests.completion(request, self.lifecycle.engine, self.limits)
-            out = self.submit("Complete", ask.job, context)
+            out = self.submit(rpc, ask.job, context)
             image, mask = ask.job.images[0], ask.job.masks[0]  # (C, H, W) each
             shown_mask = mask * 2 - 1 if ask.png else mask  # as a picture, white = missing
             return pb.CompleteResponse(
@@ -218,18 +220,18 @@ class CoopNetsService(pb_grpc.CoopNetsServicer):
                 energy=float(out.energy[0]),
             )
 
-    def Energy(self, request: pb.EnergyRequest, context) -> pb.EnergyResponse:
-        with self.handling("Energy", context):
+    def Energy(self, request: pb.EnergyRequest, context, rpc="Energy") -> pb.EnergyResponse:
+        with self.handling(rpc, context):
             job = requests.energy(request, self.lifecycle.engine, self.limits)
-            out = self.submit("Energy", job, context)
+            out = self.submit(rpc, job, context)
             return pb.EnergyResponse(
                 energy=out.energy.tolist(),
                 score=out.score.tolist(),
                 ood=[] if out.ood is None else out.ood.tolist(),
             )
 
-    def ModelInfo(self, request: pb.ModelInfoRequest, context) -> pb.ModelInfoResponse:
-        with self.handling("ModelInfo", context):
+    def ModelInfo(self, request: pb.ModelInfoRequest, context, rpc="ModelInfo") -> pb.ModelInfoResponse:
+        with self.handling(rpc, context):
             engine = self.lifecycle.engine
             b, lim = engine.bundle, self.limits
             lv, cp = b.langevin, b.completion
