@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from coopnets.contract.bundle import STORAGE
 from coopnets.trainer.nets import ARCH_FOR_SIZE, ARCHS, NetSpec, arch_for_size, image_size
 
 LR_SCHEDULES = ("constant", "cosine")
 DATASET_KINDS = ("fashion-mnist", "digits", "cifar10:PATH", "folder:PATH", "npz:PATH")
+# the numeric fields TrainConfig.validate bounds
+MUST_BE_POSITIVE = ("delta", "s", "sigma", "lr_descriptor", "lr_generator", "latent_step_size")
+MUST_BE_AT_LEAST_ONE = (
+    "iterations", "batch_size", "channels", "latent_dim", "log_every", "sample_every", "ckpt_every",
+)  # fmt: skip
+MUST_BE_NON_NEGATIVE = (
+    "chains", "langevin_steps", "latent_steps", "max_images", "bn_recalibrate", "lr_decay_iters", "lr_warmup",
+)  # fmt: skip
 
 HELP = {
     "preset": "named hyperparameters (trainer/presets.py: paper-mnist, paper-scene, port-cifar, cifar10, "
@@ -131,78 +139,75 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     # ---- validation ----------------------------------------------------------------------------------------
+    # Checked in a fixed order (numbers, then choices, then the schedule and the guards): the first bad field
+    # is the one named, so that one run of a bad command line always says the same thing.
     def validate(self) -> TrainConfig:
         """ValueError naming the field and how to fix it; returns self so it chains."""
+        self._validate_numbers()
+        self._validate_choices()
+        self._validate_schedule_and_guards()
+        return self
 
-        def bad(name: str, why: str) -> None:
-            raise ValueError(f"--{name.replace('_', '-')}: {why}")
-
-        for name in ("delta", "s", "sigma", "lr_descriptor", "lr_generator", "latent_step_size"):
+    def _validate_numbers(self) -> None:
+        for name in MUST_BE_POSITIVE:
             if not getattr(self, name) > 0:
-                bad(name, f"must be > 0, got {getattr(self, name)}")
-        for name in (
-            "iterations",
-            "batch_size",
-            "channels",
-            "latent_dim",
-            "log_every",
-            "sample_every",
-            "ckpt_every",
-        ):
+                _bad(name, f"must be > 0, got {getattr(self, name)}")
+        for name in MUST_BE_AT_LEAST_ONE:
             if getattr(self, name) < 1:
-                bad(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "chains",
-            "langevin_steps",
-            "latent_steps",
-            "max_images",
-            "bn_recalibrate",
-            "lr_decay_iters",
-            "lr_warmup",
-        ):
+                _bad(name, f"must be >= 1, got {getattr(self, name)}")
+        for name in MUST_BE_NON_NEGATIVE:
             if getattr(self, name) < 0:
-                bad(name, f"must be >= 0, got {getattr(self, name)}")
+                _bad(name, f"must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.beta1 < 1:
-            bad("beta1", f"must be in [0, 1), got {self.beta1}")
+            _bad("beta1", f"must be in [0, 1), got {self.beta1}")
+
+    def _validate_choices(self) -> None:
+        """The fields that name one of a set: storage, image size and architecture, dataset, device, amp."""
         if self.weights not in STORAGE:
-            bad("weights", f"{self.weights!r} is not one of {', '.join(STORAGE)}")
+            _bad("weights", f"{self.weights!r} is not one of {', '.join(STORAGE)}")
         if self.image_size not in ARCH_FOR_SIZE:
-            bad("image_size", f"{self.image_size} is not supported: use one of {sorted(ARCH_FOR_SIZE)}")
+            _bad("image_size", f"{self.image_size} is not supported: use one of {sorted(ARCH_FOR_SIZE)}")
         if self.arch != "auto":
             if self.arch not in ARCHS:
-                bad("arch", f"unknown architecture {self.arch!r}: use auto or one of {', '.join(ARCHS)}")
+                _bad("arch", f"unknown architecture {self.arch!r}: use auto or one of {', '.join(ARCHS)}")
             if image_size(self.arch) != self.image_size:
-                bad(
+                _bad(
                     "arch",
                     f"{self.arch} makes {image_size(self.arch)}px images but --image-size is "
                     f"{self.image_size}: use --arch auto",
                 )
         kind, _, path = self.dataset.partition(":")
         if self.dataset not in ("fashion-mnist", "digits") and kind not in ("folder", "npz", "cifar10"):
-            bad("dataset", f"unknown dataset {self.dataset!r}: use one of {', '.join(DATASET_KINDS)}")
+            _bad("dataset", f"unknown dataset {self.dataset!r}: use one of {', '.join(DATASET_KINDS)}")
         if kind in ("folder", "npz", "cifar10") and not path:
-            bad("dataset", f"{kind}: needs a path, e.g. {kind}:/data/images")
+            _bad("dataset", f"{kind}: needs a path, e.g. {kind}:/data/images")
         if self.device not in ("auto", "cpu", "cuda"):
-            bad("device", f"unknown device {self.device!r}: use auto, cpu or cuda")
+            _bad("device", f"unknown device {self.device!r}: use auto, cpu or cuda")
         if self.amp not in ("auto", "none", "bf16", "fp16"):
-            bad("amp", f"unknown autocast mode {self.amp!r}: use auto, none, bf16 or fp16")
+            _bad("amp", f"unknown autocast mode {self.amp!r}: use auto, none, bf16 or fp16")
+
+    def _validate_schedule_and_guards(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
-            bad("lr_schedule", f"unknown schedule {self.lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
+            _bad("lr_schedule", f"unknown schedule {self.lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
         if not 0 < self.lr_floor <= 1:
-            bad("lr_floor", f"must be in (0, 1], got {self.lr_floor}")
+            _bad("lr_floor", f"must be in (0, 1], got {self.lr_floor}")
         if not self.dist_timeout > 0:
-            bad("dist_timeout", f"must be > 0 seconds, got {self.dist_timeout}")
+            _bad("dist_timeout", f"must be > 0 seconds, got {self.dist_timeout}")
         if self.preset:
             from coopnets.trainer.presets import preset_values
 
             preset_values(self.preset)  # ValueError naming --preset for an unknown name
         if self.guard_max_abs <= 1:
-            bad("guard_max_abs", f"must be > 1 (the data's pixels are in [-1, 1]), got {self.guard_max_abs}")
+            _bad("guard_max_abs", f"must be > 1 (the data's pixels are in [-1, 1]), got {self.guard_max_abs}")
         if self.guard_energy_gap < 0:
-            bad("guard_energy_gap", f"must be >= 0 (0 = off), got {self.guard_energy_gap}")
+            _bad("guard_energy_gap", f"must be >= 0 (0 = off), got {self.guard_energy_gap}")
         if not self.guard_gap_ratio > 0:
-            bad("guard_gap_ratio", f"must be > 0, got {self.guard_gap_ratio}")
-        return self
+            _bad("guard_gap_ratio", f"must be > 0, got {self.guard_gap_ratio}")
+
+
+def _bad(name: str, why: str) -> NoReturn:
+    """The one-line error of a bad field, in its flag's spelling."""
+    raise ValueError(f"--{name.replace('_', '-')}: {why}")
 
 
 # Fields that runs saved before they existed, with the value such a run trained with (not today's default): a
