@@ -146,44 +146,8 @@ def open_sessions(
     per thread of the main sessions, 1 = never cut). Raises BundleError."""
     if device not in DEVICES:
         raise BundleError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
-    want_cuda = device in ("auto", "cuda") and CUDA in ort.get_available_providers()
-    if device == "cuda" and not want_cuda:
-        raise BundleError(
-            "--device cuda: this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu "
-            "or use --device auto|cpu"
-        )
     opts = session_options(threads, spin)
-    providers = [CPU]
-    if want_cuda and hasattr(ort, "preload_dlls"):
-        # onnxruntime-gpu >= 1.21 finds the CUDA/cuDNN libraries of pip's nvidia-* packages (torch's) only
-        # after this; with system-wide CUDA it is harmless
-        try:
-            ort.preload_dlls()
-        except Exception as e:  # a partial CUDA install: the probe below decides, with one line
-            log.debug("onnxruntime.preload_dlls failed: %s", e)
-    if want_cuda:
-        # Probe with one session, ORT's own error lines silenced: when CUDA cannot load, every session would
-        # log the same two lines; we log one instead.
-        ort.set_default_logger_severity(4)
-        try:
-            probe = _session(bundle.graph_files["generator"], opts, [CUDA, CPU])
-        finally:
-            ort.set_default_logger_severity(2)
-        if probe.get_providers()[0] == CUDA:
-            providers = [CUDA, CPU]
-        elif device == "cuda":
-            raise BundleError(
-                "--device cuda: ONNX Runtime could not load CUDA (no GPU, or the CUDA/cuDNN "
-                "libraries it needs are missing); use --device auto or cpu"
-            )
-        else:
-            log.warning(
-                "--device auto: CUDA not usable by ONNX Runtime here, falling back to CPUExecutionProvider"
-            )
-    sessions = {name: _session(path, opts, providers) for name, path in bundle.graph_files.items()}
-    for name, sess in sessions.items():
-        io = [[(v.name, v.shape) for v in values] for values in (sess.get_inputs(), sess.get_outputs())]
-        check_graph_io(str(bundle.graph_files[name]), name, *io, bundle.image_shape, bundle.latent_dim)
+    sessions = _checked_sessions(bundle, opts, _providers(bundle, device, opts))
     on_cuda = all(s.get_providers()[0] == CUDA for s in sessions.values())
     if device == "cuda" and not on_cuda:
         raise BundleError(
@@ -191,13 +155,7 @@ def open_sessions(
         )
     result = Sessions(sessions=sessions, device="cuda" if on_cuda else "cpu")
     if not on_cuda:
-        result.shards = shards or (threads or usable_cores())
-        if result.shards > 1:
-            pool = ThreadPoolExecutor(result.shards - 1, thread_name_prefix="ort-shard")
-            result.sessions = {
-                name: ShardedSession(sess, bundle.graph_files[name], result.shards, pool)
-                for name, sess in sessions.items()
-            }
+        _shard(result, bundle, shards or (threads or usable_cores()))
     log.info(
         "ONNX Runtime %s sessions on %s: %s (large batches in %d parts)",
         ort.__version__,
@@ -206,6 +164,65 @@ def open_sessions(
         result.shards,
     )
     return result
+
+
+def _providers(bundle: Bundle, device: str, opts: ort.SessionOptions) -> list[str]:
+    """The execution providers every session gets: CUDA first where `device` allows it and a probe session
+    really runs on it, else CPU alone (device policy of the module docstring; BundleError for --device cuda
+    where CUDA does not work)."""
+    want_cuda = device in ("auto", "cuda") and CUDA in ort.get_available_providers()
+    if device == "cuda" and not want_cuda:
+        raise BundleError(
+            "--device cuda: this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu "
+            "or use --device auto|cpu"
+        )
+    if not want_cuda:
+        return [CPU]
+    if hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu >= 1.21 finds the CUDA/cuDNN libraries of pip's nvidia-* packages (torch's) only
+        # after this; with system-wide CUDA it is harmless
+        try:
+            ort.preload_dlls()
+        except Exception as e:  # a partial CUDA install: the probe below decides, with one line
+            log.debug("onnxruntime.preload_dlls failed: %s", e)
+    # Probe with one session, ORT's own error lines silenced: when CUDA cannot load, every session would
+    # log the same two lines; we log one instead.
+    ort.set_default_logger_severity(4)
+    try:
+        probe = _session(bundle.graph_files["generator"], opts, [CUDA, CPU])
+    finally:
+        ort.set_default_logger_severity(2)
+    if probe.get_providers()[0] == CUDA:
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise BundleError(
+            "--device cuda: ONNX Runtime could not load CUDA (no GPU, or the CUDA/cuDNN "
+            "libraries it needs are missing); use --device auto or cpu"
+        )
+    log.warning("--device auto: CUDA not usable by ONNX Runtime here, falling back to CPUExecutionProvider")
+    return [CPU]
+
+
+def _checked_sessions(bundle: Bundle, opts: ort.SessionOptions, providers: list[str]) -> dict:
+    """A session per graph, each one's inputs and outputs checked against the contract for the manifest's
+    image shape and latent size, so that a manifest which does not describe its graphs fails at start."""
+    sessions = {name: _session(path, opts, providers) for name, path in bundle.graph_files.items()}
+    for name, sess in sessions.items():
+        io = [[(v.name, v.shape) for v in values] for values in (sess.get_inputs(), sess.get_outputs())]
+        check_graph_io(str(bundle.graph_files[name]), name, *io, bundle.image_shape, bundle.latent_dim)
+    return sessions
+
+
+def _shard(result: Sessions, bundle: Bundle, shards: int) -> None:
+    """Makes every CPU session of `result` a ShardedSession of `shards` parts (module docstring), the parts
+    beyond the first run on one shared pool; one part leaves the sessions as they are."""
+    result.shards = shards
+    if result.shards > 1:
+        pool = ThreadPoolExecutor(result.shards - 1, thread_name_prefix="ort-shard")
+        result.sessions = {
+            name: ShardedSession(sess, bundle.graph_files[name], result.shards, pool)
+            for name, sess in result.sessions.items()
+        }
 
 
 def _session(path: Path, opts: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
