@@ -180,7 +180,13 @@ def measure(name: str, config: TrainConfig, variants: list[str], repeats: int, w
     return stats, share
 
 
-def main(argv: list[str] | None = None) -> int:
+HEADERS = [
+    "setting", "case", "s/iteration (p10–p90)", "iterations/s", "vs naive", "Langevin share",
+    "ms per Langevin step", "step GFLOP/s (of peak)", "iteration GFLOP/s (of peak)", "cpu/wall",
+]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -188,62 +194,67 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="channels-last,before,bf16", help="extra variants ('' = none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    return p.parse_args(argv)
+
+
+def cases(args: argparse.Namespace) -> tuple[list[str], str]:
+    """The variants to measure beside trainer and naive, and the case coop-train runs here by default (with
+    --amp auto: bf16 on a CPU with native bfloat16), which is always among them so the last line is it."""
     variants = [v for v in args.variants.split(",") if v]
     if "bf16" in variants and args.device == "cpu" and not coop.cpu_has_bf16():
         variants.remove("bf16")
         print("bf16 case skipped: this CPU has no native bfloat16 (coop-train refuses --amp bf16 here)")
-    peak, how = fp32_peak()
-    peak16, how16 = bf16_peak() or (0.0, "none (no native bfloat16)")
     default = "bf16" if coop.resolve_amp("auto", torch.device(args.device)) == "bf16" else "trainer"
     if default not in ["trainer", *variants]:
         variants.append(default)  # the last line is always what coop-train runs here
+    return variants, default
+
+
+def setting_rows(name: str, config: TrainConfig, stats: dict, share: dict, fl: dict, peaks: dict) -> list:
+    """The table's rows of one setting: per case its time, speed-up over naive, Langevin share, and GFLOP/s
+    of one Langevin step and of the iteration against the peak of its precision (`peaks` by case)."""
+    rows, base = [], stats["naive"].median
+    for v, st in stats.items():
+        f = fl["naive" if v == "naive" else "trainer"]
+        step_ms = share[v] * st.median / config.langevin_steps * 1e3
+        step_f = fl["step_naive" if v == "naive" else "step"] / step_ms * 1e3
+        of = peaks[v]
+        rows.append([
+            name, v, f"{st.median:.3f} ({st.p10:.3f}–{st.p90:.3f})", f"{1 / st.median:.2f}",
+            f"{base / st.median:.2f}", f"{share[v]:.0%}",
+            f"{step_ms:.1f}", f"{step_f / 1e9:.0f} ({step_f / of:.0%})",
+            f"{f / st.median / 1e9:.0f} ({f / st.median / of:.0%})",
+            f"{st.cpu_per_wall:.2f}",
+        ])  # fmt: skip
+        print(f"  {name} {v}: {st.median:.3f} s/iteration", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    variants, default = cases(args)
+    peak, how = fp32_peak()
+    peak16, how16 = bf16_peak() or (0.0, "none (no native bfloat16)")
     print(f"machine: {machine()}")
     print(f"threads: torch {torch.get_num_threads()} (intra-op), torch {torch.__version__}")
     print(f"fp32 peak: {how}")
     print(f"bf16 peak: {how16}")
     print(f"coop-train's default here (--amp auto): the {default} case")
     print(f"{args.repeats} iterations per case after {args.warmup} warm-up, interleaved")
+    # bf16 rows against the bf16 peak, and before too where it runs in bf16 (coop-train's default here)
+    peaks = {v: peak16 if v == "bf16" or (v == "before" and default == "bf16") else peak
+             for v in ["trainer", "naive", *variants]}  # fmt: skip
     rows, speedup = [], None
     for name in args.settings.split(","):
         config = dataclasses.replace(SETTINGS[name], device=args.device)
         fl = flops(config)
         stats, share = measure(name, config, variants, args.repeats, args.warmup, default)
-        base = stats["naive"].median
-        for v, st in stats.items():
-            f = fl["naive" if v == "naive" else "trainer"]
-            step_ms = share[v] * st.median / config.langevin_steps * 1e3
-            step_f = fl["step_naive" if v == "naive" else "step"] / step_ms * 1e3
-            of = peak16 if v == "bf16" or (v == "before" and default == "bf16") else peak
-            rows.append([
-                name, v, f"{st.median:.3f} ({st.p10:.3f}–{st.p90:.3f})", f"{1 / st.median:.2f}",
-                f"{base / st.median:.2f}", f"{share[v]:.0%}",
-                f"{step_ms:.1f}", f"{step_f / 1e9:.0f} ({step_f / of:.0%})",
-                f"{f / st.median / 1e9:.0f} ({f / st.median / of:.0%})",
-                f"{st.cpu_per_wall:.2f}",
-            ])  # fmt: skip
-            print(f"  {name} {v}: {st.median:.3f} s/iteration", flush=True)
+        rows += setting_rows(name, config, stats, share, fl, peaks)
         if name == "tpami":
-            speedup = base / stats[default].median
+            speedup = stats["naive"].median / stats[default].median
     print()
-    print(
-        table(
-            [
-                "setting",
-                "case",
-                "s/iteration (p10–p90)",
-                "iterations/s",
-                "vs naive",
-                "Langevin share",
-                "ms per Langevin step",
-                "step GFLOP/s (of peak)",
-                "iteration GFLOP/s (of peak)",
-                "cpu/wall",
-            ],
-            rows,
-        )  # fmt: skip
-    )
+    print(table(HEADERS, rows))
     if speedup is not None:
         print(f"train_speedup_vs_naive={speedup:.2f}")
     return 0
