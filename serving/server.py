@@ -246,20 +246,8 @@ def create_server(config: ServeConfig, engine: Engine | None = None) -> Server:
     or later through `server.lifecycle.start(engine)`. Raises ValueError for files or an address it cannot
     use."""
     metrics = Metrics()
-    interceptors = [TokenInterceptor(_token(config.token_file), metrics)] if config.token_file else []
-    interceptors.append(DecodeErrorInterceptor(metrics))  # inside the token check: its refusal decodes too
+    grpc_server = _grpc_server(config, metrics)  # reads the token file: its error comes before TLS files'
     creds = _credentials(config)
-    limits = config.limits
-    grpc_server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
-        interceptors=interceptors,
-        maximum_concurrent_rpcs=config.workers,  # no unbounded wait for a thread: overload is refused at once
-        options=[
-            ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
-            ("grpc.max_send_message_length", limits.max_send_message_bytes),
-            ("grpc.so_reuseport", int(config.reuse_port)),
-        ],
-    )
     health_servicer = HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     lifecycle = Lifecycle(
@@ -272,13 +260,45 @@ def create_server(config: ServeConfig, engine: Engine | None = None) -> Server:
         max_batch=config.max_batch,
         max_steps=config.max_steps,
     )
-    service = CoopNetsService(lifecycle, limits, metrics)
+    service = CoopNetsService(lifecycle, config.limits, metrics)
     pb_grpc.add_CoopNetsServicer_to_server(service, grpc_server)
     oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(service), grpc_server)
     if config.reflection:
         reflection.enable_server_reflection(
             (SERVICE_NAME, OIP_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
         )
+    port = _bind(grpc_server, config, creds, service)
+    http = _http_server(config, service) if config.http_port >= 0 else None
+    grpc_server.start()
+    metrics_port = metrics.serve(config.metrics_port, config.host) if config.metrics_port >= 0 else None
+    server = Server(grpc_server, port, metrics_port, lifecycle, service, metrics, creds is not None, http)
+    log.info("live on %s:%d, health NOT_SERVING until warm-up is done", config.host, port)
+    if engine is not None:
+        lifecycle.start(engine)
+    return server
+
+
+def _grpc_server(config: ServeConfig, metrics: Metrics) -> grpc.Server:
+    """The gRPC server, not yet bound: the token check (where a token file is given) then the decode-error
+    interceptor, a worker per concurrent RPC and the message size limits."""
+    interceptors = [TokenInterceptor(_token(config.token_file), metrics)] if config.token_file else []
+    interceptors.append(DecodeErrorInterceptor(metrics))  # inside the token check: its refusal decodes too
+    limits = config.limits
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=config.workers,  # no unbounded wait for a thread: overload is refused at once
+        options=[
+            ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
+            ("grpc.max_send_message_length", limits.max_send_message_bytes),
+            ("grpc.so_reuseport", int(config.reuse_port)),
+        ],
+    )
+
+
+def _bind(grpc_server: grpc.Server, config: ServeConfig, creds, service: CoopNetsService) -> int:
+    """Binds config.host:config.port (TLS where `creds`); returns the port. A port that cannot be bound closes
+    the service and raises ValueError in one line."""
     address = f"{config.host}:{config.port}"
     try:
         port = (
@@ -291,24 +311,21 @@ def create_server(config: ServeConfig, engine: Engine | None = None) -> Server:
     if port == 0:
         service.close()
         raise ValueError(f"cannot bind {address}{why}: choose another --port or --host")
-    http = None
-    if config.http_port >= 0:
-        from coopnets.serving import rest  # starlette and uvicorn load only where HTTP is asked for
+    return port
 
-        app = rest.RestApp(service, _token(config.token_file) if config.token_file else None, config.workers)
-        tls = rest.tls_options(config.tls_cert, config.tls_key, config.tls_client_ca)
-        try:
-            http = rest.RestServer(app, config.host, config.http_port, tls)
-        except ValueError:
-            service.close()
-            raise
-    grpc_server.start()
-    metrics_port = metrics.serve(config.metrics_port, config.host) if config.metrics_port >= 0 else None
-    server = Server(grpc_server, port, metrics_port, lifecycle, service, metrics, creds is not None, http)
-    log.info("live on %s:%d, health NOT_SERVING until warm-up is done", config.host, port)
-    if engine is not None:
-        lifecycle.start(engine)
-    return server
+
+def _http_server(config: ServeConfig, service: CoopNetsService):
+    """The REST binding on config.http_port, through the same service, token and workers as gRPC; closes the
+    service when it cannot start (ValueError)."""
+    from coopnets.serving import rest  # starlette and uvicorn load only where HTTP is asked for
+
+    app = rest.RestApp(service, _token(config.token_file) if config.token_file else None, config.workers)
+    tls = rest.tls_options(config.tls_cert, config.tls_key, config.tls_client_ca)
+    try:
+        return rest.RestServer(app, config.host, config.http_port, tls)
+    except ValueError:
+        service.close()
+        raise
 
 
 def serve(config: ServeConfig) -> int:
