@@ -116,7 +116,13 @@ def clients_load(address: str, clients: int, seconds: float) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+LATENCY_HEADERS = [
+    "count", "engine ms (p10–p90)", "gRPC ms (p10–p90)", "gRPC overhead", "HTTP ms (p10–p90)",
+    "HTTP overhead", "engine cpu/wall",
+]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", default="")
     p.add_argument("--repeats", type=int, default=9)
@@ -126,51 +132,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--delay-ms", type=int, default=5, help="--max-delay-ms of the batching server")
-    args = p.parse_args(argv)
-    counts = [int(c) for c in args.counts.split(",")]
-    print(f"machine: {machine()}")
-    print(f"threads: ONNX Runtime intra-op {args.threads} in the engine and in coop-serve")
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle = Path(args.bundle) if args.bundle else default_bundle(Path(tmp))
-        engine = Engine.open(bundle, device="cpu", threads=args.threads)
-        print(f"bundle: {bundle} ({engine.bundle.arch}), {engine.synthesis_defaults.steps} Langevin steps")
-        common = ["--device", "cpu", "--threads", str(args.threads), "--max-count", "64",
-                  "--max-queue", "256", "--workers", "320", "--log-level", "warning"]  # fmt: skip
-        batching = ["--max-batch", "64", "--max-delay-ms", str(args.delay_ms)]
-        batched = spawn(bundle, Path(tmp) / "batched", *common, *batching, "--http-port", "0")
-        wait_serving(batched.address)
-        try:
-            rows = latency(engine, batched.address, batched.http_port, counts, args.repeats, args.warmup)
-            seeds = list(range(64))
-            best = interleave({"engine": lambda: engine.synthesize(seeds)}, args.repeats, args.warmup)[
-                "engine"
-            ]
-            best_rate = 64 / best.median
-            on = clients_load(batched.address, args.clients, args.seconds)
-        finally:
-            batched.stop()
-        single = spawn(bundle, Path(tmp) / "single", *common, "--max-batch", "1", "--max-delay-ms", "0")
-        wait_serving(single.address)
-        try:
-            off = clients_load(single.address, args.clients, args.seconds)
-        finally:
-            single.stop()
-    print()
-    print(
-        table(
-            [
-                "count",
-                "engine ms (p10–p90)",
-                "gRPC ms (p10–p90)",
-                "gRPC overhead",
-                "HTTP ms (p10–p90)",
-                "HTTP overhead",
-                "engine cpu/wall",
-            ],
-            rows,
-        )  # fmt: skip
-    )
-    print()
+    return p.parse_args(argv)
+
+
+def with_batching(engine: Engine, bundle: Path, tmp: Path, common: list[str], counts: list[int], args):
+    """Parts 1 and 2 against the batching server (HTTP on too): the latency rows, the engine's best
+    images/s (count 64 called directly, measured while the server idles) and the clients' load."""
+    batching = ["--max-batch", "64", "--max-delay-ms", str(args.delay_ms)]
+    batched = spawn(bundle, tmp / "batched", *common, *batching, "--http-port", "0")
+    wait_serving(batched.address)
+    try:
+        rows = latency(engine, batched.address, batched.http_port, counts, args.repeats, args.warmup)
+        seeds = list(range(64))
+        best = interleave({"engine": lambda: engine.synthesize(seeds)}, args.repeats, args.warmup)["engine"]
+        return rows, 64 / best.median, clients_load(batched.address, args.clients, args.seconds)
+    finally:
+        batched.stop()
+
+
+def without_batching(bundle: Path, tmp: Path, common: list[str], args) -> dict:
+    """Part 2 against a server that runs every request alone (--max-batch 1)."""
+    single = spawn(bundle, tmp / "single", *common, "--max-batch", "1", "--max-delay-ms", "0")
+    wait_serving(single.address)
+    try:
+        return clients_load(single.address, args.clients, args.seconds)
+    finally:
+        single.stop()
+
+
+def print_load(on: dict, off: dict, best_rate: float, args) -> None:
     load_rows = [
         [name, f"{r['images_per_s']:.1f}", f"{r['images_per_s'] / best_rate:.0%}", f"{r['p50']:.0f}",
          f"{r['p99']:.0f}", f"{r['p99'] / r['p50']:.2f}", str(r["n"])]
@@ -180,6 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     print(
         table(["server", "images/s", "of engine best", "p50 ms", "p99 ms", "p99/p50", "requests"], load_rows)
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    counts = [int(c) for c in args.counts.split(",")]
+    print(f"machine: {machine()}")
+    print(f"threads: ONNX Runtime intra-op {args.threads} in the engine and in coop-serve")
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(args.bundle) if args.bundle else default_bundle(Path(tmp))
+        engine = Engine.open(bundle, device="cpu", threads=args.threads)
+        print(f"bundle: {bundle} ({engine.bundle.arch}), {engine.synthesis_defaults.steps} Langevin steps")
+        common = ["--device", "cpu", "--threads", str(args.threads), "--max-count", "64",
+                  "--max-queue", "256", "--workers", "320", "--log-level", "warning"]  # fmt: skip
+        rows, best_rate, on = with_batching(engine, bundle, Path(tmp), common, counts, args)
+        off = without_batching(bundle, Path(tmp), common, args)
+    print()
+    print(table(LATENCY_HEADERS, rows))
+    print()
+    print_load(on, off, best_rate, args)
     overhead = float(rows[0][3].rstrip("%")) / 100
     http_overhead = float(rows[0][5].rstrip("%")) / 100
     print(f"service_overhead_count1={overhead:.3f}")
