@@ -7,6 +7,7 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const TOKEN_KEY = "coopnets-token";
+  const DIFF_GAIN = 4; // the difference view's brightness per grey level of |recovered − original|
   const state = {
     token: sessionStorage.getItem(TOKEN_KEY) || "",
     info: null, // ModelInfoResponse
@@ -457,7 +458,7 @@
     let outside = 0, observed = 0, inside = 0;
     for (let i = 0; i < w * h; i++) {
       const d = Math.max(...[0, 1, 2].map((k) => Math.abs(a[4 * i + k] - b[4 * i + k])));
-      out.data.fill(d, 4 * i, 4 * i + 3);
+      out.data.fill(Math.min(255, DIFF_GAIN * d), 4 * i, 4 * i + 3);
       out.data[4 * i + 3] = 255;
       if (state.mask[i]) inside = Math.max(inside, d);
       else [outside, observed] = [Math.max(outside, d), observed + 1];
