@@ -1,6 +1,7 @@
 """Helpers shared by the tests (imported as `from support import ...`; fixtures stay in conftest.py).
 
-- ROOT, TOKEN and the tiny bundle's sampling settings (LANGEVIN, COMPLETION);
+- ROOT, TOKEN and the tiny bundle's sampling settings (LANGEVIN, COMPLETION); `load_script` (a tool of
+  protos/ or bench/ as a module), `tracked_text_files` (what git tracks, binaries left out);
 - `local_server`: serving.server.create_server in this process on a free loopback port (`LocalServer`), for
   every test that needs no signal and no torch blocker: it starts in milliseconds;
 - `start_server`: a real coop-serve subprocess (torch and the trainer blocked) on a free loopback port, for
@@ -43,6 +44,20 @@ def load_script(rel: str):
         sys.modules[name] = module  # dataclasses look their module up while the file runs
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def tracked_text_files() -> list[Path]:
+    """The files git tracks, less the binary kinds (graphs, weights, images, archives)."""
+    import subprocess
+
+    names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    out = []
+    for name in names:
+        path = ROOT / name
+        if path.suffix in {".onnx", ".bin", ".png", ".gz", ".npz", ".pt"} or not path.is_file():
+            continue
+        out.append(path)
+    return out
 
 
 _spawn = load_script("bench/spawn.py")  # coop-serve in a child process, shared with the benchmarks

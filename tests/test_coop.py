@@ -52,7 +52,26 @@ def test_one_iteration_matches_hand_computation():
 
     stats, y_draft, y_rev = cooperative_iteration(run, y_data)
 
-    # by hand: the same latents and noise, the Langevin update written out
+    x, y = langevin_by_hand(cfg, f0, g0, rng, y_draft, y_rev)
+    grads_d, f_data0, f_rev0 = check_descriptor_gradient(run, f0, y_data, y_rev, stats)
+    check_logged_statistics(cfg, stats, (y_data, f_data0), (y_rev, f_rev0), y_draft)
+    # ... and the update moved f(data) up relative to f(revised)
+    with torch.no_grad():
+        gap_before = (f0(y_data).mean() - f0(y).mean()).item()
+        gap_after = (run.descriptor(y_data).mean() - run.descriptor(y).mean()).item()
+    assert gap_after > gap_before
+    check_generator_gradient(cfg, run, g0, x, y, y_rev, stats)
+
+    # Adam's first step with β1 = 0.5 is lr · sign(gradient) (up to eps) for every weight
+    first = next(run.descriptor.parameters())
+    step = next(f0.parameters()).detach() - first.detach()
+    mask = grads_d[0].abs() > 1e-3
+    torch.testing.assert_close(step[mask], cfg.lr_descriptor * grads_d[0].sign()[mask], rtol=1e-3, atol=1e-6)
+
+
+def langevin_by_hand(cfg, f0, g0, rng, y_draft, y_rev):
+    """The same latents and noise as the iteration, the Langevin update written out: checks the draft and
+    the revised images; returns the latents X (M, d) and the revised images by hand (M, C, H, W)."""
     x = torch.randn(4, 100, generator=rng)  # (M, d)
     y = g0(x).detach()
     torch.testing.assert_close(y, y_draft, rtol=0, atol=0)
@@ -62,42 +81,50 @@ def test_one_iteration_matches_hand_computation():
         u = torch.randn(y.shape, generator=rng)
         y = (y - 0.5 * cfg.delta**2 * (y / cfg.s**2 - grad_f) + cfg.delta * u).detach()
     torch.testing.assert_close(y, y_rev)
+    return x, y
 
-    # descriptor: the gradient of mean f(Ỹ) − mean f(Y) with respect to α, at the trainer's Ỹ. A parameter's
-    # gradient is a sum over the batch and the layers of float32 products; scored in another batching (two
-    # batches of 4, not the trainer's one of 8) it is added in another order, off by float32 rounding that
-    # no fraction of the gradient bounds where an element is near 0, and that changes with the CPU's
-    # kernels. Scored as the trainer scores them (descriptor_scores), both run the same float32 operations
-    # on the same inputs, and equal bits are the bound.
+
+def check_descriptor_gradient(run, f0, y_data, y_rev, stats):
+    """The descriptor's gradient is that of mean f(Ỹ) − mean f(Y) with respect to α, at the trainer's Ỹ;
+    returns it and the scores f(Y) (N,), f(Ỹ) (M̃,) under the nets before the update.
+
+    A parameter's gradient is a sum over the batch and the layers of float32 products; scored in another
+    batching (two batches of 4, not the trainer's one of 8) it is added in another order, off by float32
+    rounding that no fraction of the gradient bounds where an element is near 0, and that changes with the
+    CPU's kernels. Scored as the trainer scores them (descriptor_scores), both run the same float32
+    operations on the same inputs, and equal bits are the bound."""
     f_data0, f_rev0 = descriptor_scores(f0, y_data, y_rev)  # (N,), (M̃,)
     loss_d = f_rev0.mean() - f_data0.mean()
     grads_d = torch.autograd.grad(loss_d, list(f0.parameters()))
     for p, g in zip(run.descriptor.parameters(), grads_d, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
     assert stats.loss_d == loss_d.item()  # a difference of means, near 0 for the official init
-    # the logged statistics: E(Y) = ‖Y‖²/(2s²) − f(Y) under the nets before the update, and Langevin's mean
-    # move ‖Ỹ − Ŷ‖, here in float64 from the same float32 Y and f. The trainer's float32 value is, per image,
-    # a sum of CHW squares, two scalings and the subtraction of f (or a difference and a square root, which
-    # halves a relative error), then a mean over the batch: at most CHW + 8 roundings touch each term, so
-    # |error| ≤ γ_{CHW+8} · Σ|terms| with u = 2^-24 (Higham, Eq. 3.5), whatever order the CPU sums in.
+    return grads_d, f_data0, f_rev0
+
+
+def check_logged_statistics(cfg, stats, data, revised, y_draft) -> None:
+    """The logged statistics: E(Y) = ‖Y‖²/(2s²) − f(Y) under the nets before the update (`data` and
+    `revised` are (images, f) pairs), and Langevin's mean move ‖Ỹ − Ŷ‖, here in float64 from the same
+    float32 Y and f. The trainer's float32 value is, per image, a sum of CHW squares, two scalings and the
+    subtraction of f (or a difference and a square root, which halves a relative error), then a mean over
+    the batch: at most CHW + 8 roundings touch each term, so |error| ≤ γ_{CHW+8} · Σ|terms| with u = 2^-24
+    (Higham, Eq. 3.5), whatever order the CPU sums in."""
+    (y_data, _), (y_rev, _) = data, revised
     chw = y_data[0].numel()
     gamma = (chw + 8) * 2.0**-24 / (1 - (chw + 8) * 2.0**-24)
-    for logged, y_, f_ in ((stats.energy_data, y_data, f_data0), (stats.energy_revised, y_rev, f_rev0)):
+    for logged, (y_, f_) in ((stats.energy_data, data), (stats.energy_revised, revised)):
         half_sq = y_.double().pow(2).sum((1, 2, 3)) / (2 * cfg.s**2)  # (N,)
         want = (half_sq - f_.detach().double()).mean().item()
         assert abs(logged - want) <= gamma * (half_sq + f_.detach().double().abs()).mean().item()
     moved = (y_rev.double() - y_draft.double()).flatten(1).norm(dim=1).mean().item()
     assert abs(stats.displacement - moved) <= gamma * moved
-    # ... and the update moved f(data) up relative to f(revised)
-    with torch.no_grad():
-        gap_before = (f0(y_data).mean() - f0(y).mean()).item()
-        gap_after = (run.descriptor(y_data).mean() - run.descriptor(y).mean()).item()
-    assert gap_after > gap_before
 
-    # generator: ∂/∂β of mean ‖Ỹ − g(X̂)‖²/(2σ²), train-mode BN as in the iteration. The loss is written
-    # as the trainer writes it, so the two backward passes run the same float32 operations and agree bit
-    # for bit. (The biases before BatchNorm have a zero gradient in exact arithmetic: rounding noise, which
-    # any other order of the same sums changes.)
+
+def check_generator_gradient(cfg, run, g0, x, y, y_rev, stats) -> None:
+    """The generator's gradient: ∂/∂β of mean ‖Ỹ − g(X̂)‖²/(2σ²), train-mode BN as in the iteration. The
+    loss is written as the trainer writes it, so the two backward passes run the same float32 operations
+    and agree bit for bit. (The biases before BatchNorm have a zero gradient in exact arithmetic: rounding
+    noise, which any other order of the same sums changes.)"""
     g_out = g0(x)  # (M, C, H, W)
     loss_g = (y_rev - g_out).pow(2).flatten(1).sum(1).mean() / (2 * cfg.sigma**2)
     (grad_out, *grads_g) = torch.autograd.grad(loss_g, [g_out, *g0.parameters()])
@@ -120,12 +147,6 @@ def test_one_iteration_matches_hand_computation():
         for q, p in zip(probe.parameters(), run.generator.parameters(), strict=True):
             q -= eps * p.grad
         assert (y - probe(x)).pow(2).sum() < 0.995 * resid.pow(2).sum()
-
-    # Adam's first step with β1 = 0.5 is lr · sign(gradient) (up to eps) for every weight
-    first = next(run.descriptor.parameters())
-    step = next(f0.parameters()).detach() - first.detach()
-    mask = grads_d[0].abs() > 1e-3
-    torch.testing.assert_close(step[mask], cfg.lr_descriptor * grads_d[0].sign()[mask], rtol=1e-3, atol=1e-6)
 
 
 def test_batch_indices_are_an_epoch_without_replacement():

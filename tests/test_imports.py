@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from support import ROOT
+from support import ROOT, tracked_text_files
 
 PACKAGES = ("contract", "trainer", "serving", "clients", "evaluation")
 FORBIDDEN = {
@@ -177,19 +177,6 @@ def test_the_checker_sees_each_kind_of_violation(tmp_path):
     ):
         assert expected in found, found
     assert "contract/a.py" not in found
-
-
-def tracked_text_files() -> list[Path]:
-    import subprocess
-
-    names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
-    out = []
-    for name in names:
-        path = ROOT / name
-        if path.suffix in {".onnx", ".bin", ".png", ".gz", ".npz", ".pt"} or not path.is_file():
-            continue
-        out.append(path)
-    return out
 
 
 def test_nothing_edits_sys_path_and_nothing_points_outside_the_repository():

@@ -244,6 +244,17 @@ def test_complete_takes_the_papers_occlusions(client, occlusion):
     assert np.array_equal(rec.recovered[rec.mask == 0], image[rec.mask == 0])
 
 
+def completed_with(client, engine, image, occlusion: str, mask, **setting) -> np.ndarray:
+    """The service's completion of `image` at seed 9 with one completion setting sent, checked equal (to
+    1e-6) to the engine's with the bundle's defaults but that setting: the setting travelled."""
+    recovered = client.complete(image, occlusion=occlusion, seed=9, **setting).recovered
+    chosen = dataclasses.replace(engine.completion_defaults, **setting)
+    np.testing.assert_allclose(
+        recovered, engine.complete(image[None], mask[None], [9], chosen).images[0], rtol=0, atol=1e-6
+    )
+    return recovered
+
+
 def test_complete_keeps_observed_pixels_and_equals_the_engine(client, engine):
     image = engine.draft([5])[0]  # (C, H, W)
     rec = client.complete(image, occlusion="center:14", seed=9)
@@ -259,50 +270,34 @@ def test_complete_keeps_observed_pixels_and_equals_the_engine(client, engine):
     by_png = client.complete(image, mask=png, seed=9)
     assert np.array_equal(by_png.recovered, rec.recovered)
     # restarts travel to the engine (0 / unset = the bundle's default)
-    one = client.complete(image, occlusion="center:14", seed=9, restarts=1)
-    single = dataclasses.replace(engine.completion_defaults, restarts=1)
-    np.testing.assert_allclose(
-        one.recovered, engine.complete(image[None], mask[None], [9], single).images[0], rtol=0, atol=1e-6
-    )
-    assert not np.array_equal(one.recovered, rec.recovered)  # the default is not one chain
+    one = completed_with(client, engine, image, "center:14", mask, restarts=1)
+    assert not np.array_equal(one, rec.recovered)  # the default is not one chain
     restarts = engine.completion_defaults.restarts
     default = client.complete(image, occlusion="center:14", seed=9, restarts=restarts)
     assert np.array_equal(default.recovered, rec.recovered)
     # residual_fill travels too (unset = the bundle's default, on for bundles from coopnets 0.3)
     assert engine.completion_defaults.residual_fill and client.info().completion.residual_fill
-    plain = client.complete(image, occlusion="center:14", seed=9, residual_fill=False)
-    no_residual = dataclasses.replace(engine.completion_defaults, residual_fill=False)
-    np.testing.assert_allclose(
-        plain.recovered,
-        engine.complete(image[None], mask[None], [9], no_residual).images[0],
-        rtol=0,
-        atol=1e-6,
-    )
-    assert not np.array_equal(plain.recovered, rec.recovered)
+    plain = completed_with(client, engine, image, "center:14", mask, residual_fill=False)
+    assert not np.array_equal(plain, rec.recovered)
     # and average_restarts (unset = the bundle's default: off before coopnets 0.4)
     assert client.info().completion.average_restarts == engine.completion_defaults.average_restarts
     flip = not engine.completion_defaults.average_restarts
-    other = client.complete(image, occlusion="center:14", seed=9, average_restarts=flip)
-    averaged = dataclasses.replace(engine.completion_defaults, average_restarts=flip)
-    np.testing.assert_allclose(
-        other.recovered, engine.complete(image[None], mask[None], [9], averaged).images[0], rtol=0, atol=1e-6
-    )
-    assert not np.array_equal(other.recovered, rec.recovered)
-    # and residual_interpolant ("auto" for bundles from coopnets 0.5); a random mask is where it matters
+    other = completed_with(client, engine, image, "center:14", mask, average_restarts=flip)
+    assert not np.array_equal(other, rec.recovered)
+
+
+def test_complete_takes_the_residual_interpolant(client, engine):
+    """residual_interpolant ("auto" for bundles from coopnets 0.5) travels to the engine; a random mask is
+    where the two interpolants differ. An unknown one is INVALID_ARGUMENT naming the field."""
+    image = engine.draft([5])[0]  # (C, H, W)
     assert client.info().completion.residual_interpolant == engine.completion_defaults.residual_interpolant
     random_mask = occlusion_mask("random:0.5", engine.image_shape, 9)  # (C, H, W)
-    answers = {}
-    for interpolant in ("harmonic", "biharmonic"):
-        answers[interpolant] = client.complete(
-            image, occlusion="random:0.5", seed=9, residual_interpolant=interpolant
-        ).recovered
-        chosen = dataclasses.replace(engine.completion_defaults, residual_interpolant=interpolant)
-        np.testing.assert_allclose(
-            answers[interpolant],
-            engine.complete(image[None], random_mask[None], [9], chosen).images[0],
-            rtol=0,
-            atol=1e-6,
+    answers = {
+        interpolant: completed_with(
+            client, engine, image, "random:0.5", random_mask, residual_interpolant=interpolant
         )
+        for interpolant in ("harmonic", "biharmonic")
+    }
     assert not np.array_equal(answers["harmonic"], answers["biharmonic"])
     with pytest.raises(grpc.RpcError) as err:
         client.complete(image, occlusion="center:14", seed=9, residual_interpolant="cubic")
