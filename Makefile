@@ -23,8 +23,10 @@ data:
 	  { echo "installing dataset-fashion-mnist (Debian package)"; \
 	    $$( [ "$$(id -u)" = 0 ] || echo sudo ) sh -c 'apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist'; }
 
+# The demo ends by printing how to open the page at / of coop-serve --http-port; `make demo SERVE=1` (or
+# SERVE=1 make demo) then keeps that server up, the page at http://127.0.0.1:8000/, until Ctrl-C.
 demo: setup data
-	bash scripts/demo.sh
+	SERVE="$(SERVE)" bash scripts/demo.sh
 
 test: setup
 	$(PY) -m pytest -q

@@ -4,9 +4,12 @@
 # grids (generator drafts | descriptor-revised) in runs/demo/samples.
 #   DEMO_ITERATIONS=N   override the number of iterations (default: coop-train's default)
 #   DEMO_RUN=DIR        run directory (default runs/demo; a previous demo run there is replaced)
+#   SERVE=1             at the end, keep coop-serve up with the page at http://127.0.0.1:$PAGE_PORT/ until Ctrl-C
+#   PAGE_PORT=N         the page's HTTP port with SERVE=1 (default 8000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
+KEEP_SERVING="${SERVE:-}"  # read now: $SERVE names the serving folder below
 RUN="${DEMO_RUN:-runs/demo}"
 ARGS=(--dataset fashion-mnist --out "$RUN")
 if [[ -n "${DEMO_ITERATIONS:-}" ]]; then ARGS+=(--iterations "$DEMO_ITERATIONS"); fi
@@ -32,7 +35,7 @@ SERVE="$RUN/serve"
 mkdir -p "$SERVE"
 rm -f "$SERVE/port.json"
 "$BIN/coop-serve" --bundle "$RUN/bundle" --port 0 --port-file "$SERVE/port.json" --metrics-port 0 \
-  >"$SERVE/stdout.log" 2>"$SERVE/server.log" &
+  --http-port 0 >"$SERVE/stdout.log" 2>"$SERVE/server.log" &
 SERVER_PID=$!
 trap 'kill -TERM "$SERVER_PID" 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do
@@ -58,6 +61,14 @@ for i in range(4):
     Image.fromarray(images[i]).save(out / f"test{i}.png")
 PY
 "$BIN/coop-complete" "$RUN"/completion_inputs/test*.png --occlude center:14 --server "$ADDR" --out "$RUN/completed"
+# the page at / of the HTTP port answers, and its API names the bundle (serving/rest.py)
+"$BIN/python" - "$SERVE/port.json" <<'PY'
+import json, sys, urllib.request
+base = f"http://127.0.0.1:{json.load(open(sys.argv[1]))['http_port']}"
+assert b"coopnets" in urllib.request.urlopen(base + "/", timeout=30).read()
+info = json.load(urllib.request.urlopen(base + "/api/info", timeout=30))
+print(f"the page answers at {base}/ (bundle {info['name']}, {len(info['examples'])} example images)")
+PY
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID"
 trap - EXIT
@@ -65,3 +76,14 @@ echo "served through gRPC:"
 echo "  synthesized          $RUN/served/grid.png, $RUN/served/seed_*.png"
 echo "  completed            $RUN/completed/test*_strip.png (original | occluded | recovered)"
 echo "  server log           $SERVE/server.log"
+
+PAGE_PORT="${PAGE_PORT:-8000}"
+echo
+echo "try the model in a browser (Sample, Complete, Energy): start the server with its page,"
+echo "  $BIN/coop-serve --bundle $RUN/bundle --http-port $PAGE_PORT"
+echo "then open http://127.0.0.1:$PAGE_PORT/ (or run SERVE=1 make demo, which ends by doing so)"
+if [[ -n "$KEEP_SERVING" && "$KEEP_SERVING" != 0 ]]; then
+  echo
+  echo "SERVE=$KEEP_SERVING: serving $RUN/bundle, the page at http://127.0.0.1:$PAGE_PORT/ (Ctrl-C stops it)"
+  exec "$BIN/coop-serve" --bundle "$RUN/bundle" --http-port "$PAGE_PORT"
+fi
