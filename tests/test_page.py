@@ -18,14 +18,17 @@ import re
 import shutil
 import urllib.error
 import urllib.request
+from collections import Counter
 
 import numpy as np
 import pytest
 from coopnets.contract.bundle import SHIPPED
 from coopnets.contract.codec import to_uint8
 from coopnets.contract.occlusions import occlusion_mask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
-from support import TOKEN, start_server, wait_for
+from support import TOKEN, local_server, start_server, wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -145,6 +148,69 @@ def test_the_stream_is_server_sent_events_of_grpcs_stream(coop_server, client):
             png_pixels(base64.b64decode(d["image"]["image"]["png"])), to_uint8(g.image)[0]
         )
     assert coop_server.metric("coopnets_requests_total", rpc="http/SynthesizeStream", code="OK") >= 1
+
+
+# Bodies of any JSON shape, with the requests' own field names among the keys, so that many reach the checks
+# behind the JSON mapping; small limits keep those that pass cheap
+FIELDS = ["count", "seed", "langevin", "steps", "step_size", "noise", "format", "request", "snapshot_every",
+          "image", "images", "png", "tensor", "shape", "data", "mask", "occlusion", "restarts",
+          "latent_steps", "residual_interpolant", "x"]  # fmt: skip
+SCALARS = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12)
+BODIES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6),
+                                                                 inner, max_size=5),
+    max_leaves=12,
+)  # fmt: skip
+EXAMPLE = (SHIPPED / "examples/reference/t10k-0000-ankle-boot.png").read_bytes()
+PNGS = st.just(base64.b64encode(EXAMPLE).decode()) | st.sampled_from(
+    [base64.b64encode(EXAMPLE[:60]).decode(), "!"]
+)
+INTS = st.integers(-2, 10) | st.sampled_from([2**31, 2**63, -(2**63)]) | st.text("0123456789-", max_size=20)
+LANGEVIN = st.fixed_dictionaries(
+    {}, optional={"steps": st.integers(0, 9) | INTS, "step_size": st.floats(), "noise": SCALARS}
+)
+SYNTHESIZE = st.fixed_dictionaries(
+    {"count": st.integers(1, 4) | INTS},
+    optional={"seed": INTS, "langevin": LANGEVIN, "format": st.sampled_from([0, 1, 2, 9, "x"])},
+)
+OCCLUSIONS = st.sampled_from(["center:12", "m40", "blocks", "random:0.5", "random:2", "center:99", "", "?"])
+COMPLETE = st.fixed_dictionaries(
+    {"image": st.fixed_dictionaries({"png": PNGS})},
+    optional={"occlusion": OCCLUSIONS, "mask": st.fixed_dictionaries({"png": PNGS}), "seed": INTS,
+              "latent_steps": INTS, "refine_steps": INTS, "restarts": INTS, "residual_interpolant": SCALARS},
+)  # fmt: skip
+ENERGY = st.fixed_dictionaries({"images": st.lists(st.fixed_dictionaries({"png": PNGS}), max_size=6)})
+STREAM = st.fixed_dictionaries({"request": SYNTHESIZE}, optional={"snapshot_every": INTS})
+SHAPED = {"/api/synthesize": SYNTHESIZE, "/api/complete": COMPLETE, "/api/energy": ENERGY,
+          "/api/synthesize/stream": STREAM}  # fmt: skip
+STATUSES: Counter = Counter()
+
+
+@pytest.fixture(scope="module")
+def small_server(serving_bundle, serving_engine):
+    server = local_server(serving_bundle, engine=serving_engine, http_port=0, max_count=4, max_steps=8)
+    yield server
+    print(f"\nfuzz: the page's API answered {dict(sorted(STATUSES.items()))}")
+    assert server.stop(), server.log()
+    assert "Traceback" not in server.log() and " failed" not in server.log(), server.log()
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(case=st.sampled_from(list(SHAPED)).flatmap(lambda p: st.tuples(st.just(p), SHAPED[p] | BODIES)))
+def test_fuzzed_bodies_are_answered_never_500(small_server, case):
+    path, body = case
+    status, headers, answer = call(small_server.http_url + path, json.dumps(body).encode())
+    STATUSES[status] += 1
+    assert status in (200, 400), (status, answer)
+    if status == 400:
+        assert json.loads(answer)["field"]
+    elif path.endswith("stream"):
+        assert events(answer)[-1][0] == "end"
+    else:
+        json.loads(answer)
 
 
 # ---- in a browser ------------------------------------------------------------------------------------------
