@@ -163,7 +163,7 @@ class CompletionDefaults:
             latent_step_size=self.latent_step_size,
             latent_noise=self.latent_noise,
             refine_steps=self.refine_steps,
-            refine_step_size=langevin.delta,
+            delta=langevin.delta,
             noise=langevin.noise,
             restarts=self.restarts,
             residual_fill=self.residual_fill,

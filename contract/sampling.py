@@ -8,6 +8,10 @@ U(X) = ‖(1 − M) ⊙ (Y − g(X))‖²/(2σ²) + ‖X‖²/2 the latent energ
 **One rng per image**: image i draws its latent, then every noise tensor in step order, from its own
 `numpy.random.default_rng(seed_i)`, so it is the same whatever batch it runs in.
 
+In code δ is `delta` and η `latent_step_size`, the names of the bundle manifest and of coop-train's flags;
+only the request messages, which cannot be renamed, say `step_size` and `refine_step_size` for δ
+(serving.requests translates them).
+
 Synthesis of image i, K steps of size δ:
     X ~ N(0, I_d) from rng_i;  Ŷ = g(X);  K times: Y ← Y − (δ²/2)(Y/s² − ∂f/∂Y) + δ·U_t, U_t from rng_i (or 0)
 Completion of Y_obs with mask M, R restarts, L latent steps of size η, K refinement steps:
@@ -27,7 +31,9 @@ stops a cancelled request between steps) and return the `Samples`; `run` drives 
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -80,13 +86,14 @@ class SynthesisParams:
 class CompletionParams:
     """R latent chains of L steps of size η (noise on/off), the lowest U kept (or the mean of their fills),
     then K descriptor refinement steps of size δ on the missing pixels. Keyword-only: ten fields, several of
-    one type, are read by name, never by position."""
+    one type, are read by name, never by position. `refine_step_size`, the name of `delta` before, is still
+    taken and read, with a DeprecationWarning."""
 
     latent_steps: int
-    latent_step_size: float
+    latent_step_size: float  # η
     latent_noise: bool
     refine_steps: int
-    refine_step_size: float
+    delta: float  # δ
     noise: bool
     restarts: int
     residual_fill: bool = False  # the hole gets g(X) plus the observed pixels' residual, interpolated
@@ -99,13 +106,38 @@ class CompletionParams:
             if v < 0 or (max_steps is not None and v > max_steps):
                 raise ParamError(name, f"{v} is not between 0 and max_steps = {max_steps}")
         _check_size("latent_step_size", self.latent_step_size)
-        _check_size("refine_step_size", self.refine_step_size)
+        _check_size("refine_step_size", self.delta)  # the request's name for it
         _check_interpolant(self.residual_interpolant)
         if not 1 <= self.restarts <= MAX_RESTARTS:
             raise ParamError(
                 "restarts", f"{self.restarts} is not between 1 and {MAX_RESTARTS} chains per image"
             )
         return self
+
+
+# The deprecated spelling of CompletionParams.delta, taken and read. Wrapped around the dataclass rather than
+# a field of it, so that fields() and dataclasses.replace know only `delta`.
+_RENAMED = "CompletionParams.refine_step_size is deprecated: use delta"
+_completion_params_init = CompletionParams.__init__
+
+
+@functools.wraps(_completion_params_init)
+def _init_with_old_name(self, *args, refine_step_size: float | None = None, **kwargs) -> None:
+    if refine_step_size is not None:
+        if "delta" in kwargs:
+            raise TypeError("CompletionParams: give delta only (refine_step_size is its old name)")
+        warnings.warn(_RENAMED, DeprecationWarning, stacklevel=2)
+        kwargs["delta"] = refine_step_size
+    _completion_params_init(self, *args, **kwargs)
+
+
+def _refine_step_size(self: CompletionParams) -> float:
+    warnings.warn(_RENAMED, DeprecationWarning, stacklevel=2)
+    return self.delta
+
+
+CompletionParams.__init__ = _init_with_old_name  # type: ignore[method-assign]
+CompletionParams.refine_step_size = property(_refine_step_size)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -167,9 +199,10 @@ def energy(y, f, s: float):
     return (y**2).reshape(y.shape[0], -1).sum(1) / (2 * s * s) - f
 
 
-def latent_step(x, grad_u, noise, eta: float):
-    """One latent Langevin step X − (η²/2) ∂U/∂X + η·noise (numpy arrays or torch tensors)."""
-    return x - 0.5 * eta**2 * grad_u + eta * noise
+def latent_step(x, grad_u, noise, latent_step_size: float):
+    """One latent Langevin step X − (η²/2) ∂U/∂X + η·noise, η = latent_step_size (numpy arrays or torch
+    tensors)."""
+    return x - 0.5 * latent_step_size**2 * grad_u + latent_step_size * noise
 
 
 def rngs_for(seeds: Sequence[int]) -> list[np.random.Generator]:
@@ -324,9 +357,7 @@ def completion_steps(
         g = g + interpolate_residual(y_obs - g, mask, params.residual_interpolant)
     y = np.where(mask > 0.5, g, y_obs).astype(np.float32)  # (N, C, H, W)
     # 3. descriptor Langevin on the missing pixels, the observed ones clamped
-    y = yield from langevin_steps(
-        backend, y, mask, rngs, params.refine_steps, params.refine_step_size, params.noise
-    )
+    y = yield from langevin_steps(backend, y, mask, rngs, params.refine_steps, params.delta, params.noise)
     return Samples(y, *measure(backend, y))
 
 

@@ -85,7 +85,7 @@ def model_runners(engine: Engine, langevin_only_steps: int) -> dict[tuple[str, .
         start = np.where(masks > 0.5, noise, images).astype(np.float32)  # (N, C, H, W) hole = noise
         d = engine.completion_defaults
         steps = sampling.langevin_steps(
-            engine.backend, start, masks, rngs, langevin_only_steps, d.refine_step_size, d.noise
+            engine.backend, start, masks, rngs, langevin_only_steps, d.delta, d.noise
         )
         return {"langevin-only": sampling.run(steps)}
 

@@ -203,7 +203,7 @@ def candidate_scores(engine, images: np.ndarray, seed: int) -> dict[str, np.ndar
         latent_step_size=LATENT_STEP_SIZE,
         latent_noise=False,
         refine_steps=0,
-        refine_step_size=engine.bundle.langevin.delta,
+        delta=engine.bundle.langevin.delta,
         noise=False,
         restarts=1,
     )

@@ -90,15 +90,16 @@ def completion_table(checkpoint: str, n_images: int, sigma: float, data_dir: str
     lengths = (25, 50, 100, 200)
     print("| η | " + " | ".join(f"L={n} obs / hole (dB)" for n in lengths) + " |")
     print("|---|" + "---:|" * len(lengths))
-    for eta in (0.02, 0.05, 0.1, 0.2):
+    for latent_step_size in (0.02, 0.05, 0.1, 0.2):  # η
         z, cells = z0.clone(), []
         for step in range(1, max(lengths) + 1):
-            z = latent_step(z, latent_energy_grad(generator, z, y, mask, sigma), 0.0, eta)  # (N, d), no noise
+            grad = latent_energy_grad(generator, z, y, mask, sigma)  # (N, d)
+            z = latent_step(z, grad, 0.0, latent_step_size)  # (N, d), no noise
             if step in lengths:
                 with torch.no_grad():
                     y_gen = generator(z)
                 cells.append(f"{psnr(y_gen, y, keep):.2f} / {psnr(y_gen, y, mask):.2f}")
-        print(f"| {eta} | " + " | ".join(cells) + " |", flush=True)
+        print(f"| {latent_step_size} | " + " | ".join(cells) + " |", flush=True)
     mean_fill = psnr(y.mean(0, keepdim=True).expand_as(y), y, mask)
     print(f"baseline, hole filled with the mean test image: {mean_fill:.2f} dB")
 

@@ -2,7 +2,8 @@
 
 Reproduces the table of docs/training.md, "Latent inference step".
 
-    .venv/bin/python experiments/latent_step.py runs/demo/checkpoint.pt --etas 0.1,0.05,0.02,0.01,0.005
+    .venv/bin/python experiments/latent_step.py runs/demo/checkpoint.pt \
+        --latent-step-sizes 0.1,0.05,0.02,0.01,0.005
 
 What it measures is what step 3 of `cooperative_iteration` does: fresh drafts g(X̂) of M̃ chains (the
 generator in training mode, batch statistics, as in training), l descriptor Langevin steps to Ỹ, then
@@ -27,7 +28,12 @@ from coopnets.trainer.langevin import infer_latent_chain, latent_energy, revise,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
-    p.add_argument("--etas", default="0.1,0.05,0.02,0.01,0.005")
+    p.add_argument(
+        "--latent-step-sizes",
+        "--etas",
+        default="0.1,0.05,0.02,0.01,0.005",
+        help="values of η (--etas: its name before)",
+    )
     p.add_argument("--steps", type=int, default=0, help="latent steps (0 = the run's --latent-steps)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -47,16 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| η | {' | '.join(f'U step {t}' for t in range(steps + 1))} |")
     print("|---|" + "---:|" * (steps + 1))
     best = None
-    for eta in [float(e) for e in args.etas.split(",")]:
+    for latent_step_size in [float(e) for e in args.latent_step_sizes.split(",")]:
         noise = torch_noise(torch.Generator().manual_seed(args.seed + 1))
         us = [latent_energy(g, x0, y_rev, None, config.sigma).mean().item()]
         with torch.no_grad():
-            for x in infer_latent_chain(g, x0, y_rev, None, steps, eta, config.sigma, noise):
+            for x in infer_latent_chain(g, x0, y_rev, None, steps, latent_step_size, config.sigma, noise):
                 us.append(latent_energy(g, x, y_rev, None, config.sigma).mean().item())
-        print(f"| {eta:g} | {' | '.join(f'{u:.1f}' for u in us)} |")
+        print(f"| {latent_step_size:g} | {' | '.join(f'{u:.1f}' for u in us)} |")
         stable = max(us[1:]) <= us[0]  # never above the start (the chain noise makes single steps jitter)
         if stable and (best is None or us[-1] < best[1]):
-            best = (eta, us[-1])
+            best = (latent_step_size, us[-1])
     print(f"latent_step_best={best[0] if best else 'none'}")
     return 0
 

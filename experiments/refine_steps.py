@@ -34,7 +34,7 @@ def main() -> int:
     base = engine.completion_defaults
     scales = [float(s) for s in args.scales.split(",")]
     print(f"{args.bundle}: N = {len(images)}, PSNR (dB) of the missing region; bundle default "
-          f"K = {base.refine_steps}, δ = {base.refine_step_size}")  # fmt: skip
+          f"K = {base.refine_steps}, δ = {base.delta}")  # fmt: skip
     print("| occlusion | step size | " + " | ".join(f"K = {k}" for k in CHECKPOINTS) + " |")
     print("|---|---|" + "---|" * len(CHECKPOINTS))
     for occlusion in args.occlusions.split(","):
@@ -46,7 +46,7 @@ def main() -> int:
             psnr = {}
             refine = sampling.langevin_steps(
                 engine.backend, fill, masks, sampling.rngs_for(seeds), max(CHECKPOINTS),
-                scale * base.refine_step_size, base.noise,
+                scale * base.delta, base.noise,
             )  # fmt: skip
             for progress in refine:
                 if progress.step in CHECKPOINTS:

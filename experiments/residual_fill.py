@@ -83,7 +83,7 @@ def main() -> int:
             )
             y = np.where(masks > 0.5, fill, observed).astype(np.float32)
             refine = sampling.langevin_steps(
-                backend, y, masks, copy.deepcopy(rngs), base.refine_steps, base.refine_step_size, base.noise
+                backend, y, masks, copy.deepcopy(rngs), base.refine_steps, base.delta, base.noise
             )
             cells.append(sampling.run(refine))  # (N, C, H, W)
         cells.append(biharmonic(observed, masks))

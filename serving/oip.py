@@ -367,7 +367,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
         return {"energy": out.energy, "score": out.score, **({} if out.ood is None else {"ood": out.ood})}
 
 
-COMPLETION_INPUTS = {  # coopnets-complete's optional [1] inputs that are CompletionParams fields, and types
+COMPLETION_INPUTS = {  # coopnets-complete's optional [1] inputs (requests.REQUEST_NAMES) and their types
     "latent_steps": int,
     "latent_step_size": float,
     "refine_steps": int,

@@ -78,12 +78,17 @@ def synthesis_params(
     ).checked(max_steps, prefix=prefix)
 
 
+# CompletionParams fields that the requests (coopnets.v1's CompleteRequest, OIP's coopnets-complete inputs)
+# name otherwise: a wire name is a contract and stays
+REQUEST_NAMES = {"refine_step_size": "delta"}
+
+
 def completion_params(model: Model, max_steps: int | None, **given) -> CompletionParams:
     """The bundle's completion defaults with the given (not None) fields of CompletionParams replaced, each
-    as its default's type, range-checked."""
+    as its default's type, range-checked. A field may be given by its request name (REQUEST_NAMES)."""
     d = model.completion_defaults
-    fields = {name: type(getattr(d, name))(v) for name, v in given.items() if v is not None}
-    return dataclasses.replace(d, **fields).checked(max_steps)
+    fields = {REQUEST_NAMES.get(k, k): v for k, v in given.items() if v is not None}
+    return dataclasses.replace(d, **{k: type(getattr(d, k))(v) for k, v in fields.items()}).checked(max_steps)
 
 
 def checked_count(count: int, limits: Limits, field: str) -> int:

@@ -1,7 +1,8 @@
 """Helpers shared by the tests (imported as `from support import ...`; fixtures stay in conftest.py).
 
-- ROOT, TOKEN and the tiny bundle's sampling settings (LANGEVIN, COMPLETION); `load_script` (a tool of
-  protos/ or bench/ as a module), `tracked_text_files` (what git tracks, binaries left out);
+- ROOT, TOKEN and the tiny bundle's sampling settings (LANGEVIN, COMPLETION); `completion_params`
+  (CompletionParams that name only what a test changes); `load_script` (a tool of protos/ or bench/ as a
+  module), `tracked_text_files` (what git tracks, binaries left out);
 - `local_server`: serving.server.create_server in this process on a free loopback port (`LocalServer`), for
   every test that needs no signal and no torch blocker: it starts in milliseconds;
 - `start_server`: a real coop-serve subprocess (torch and the trainer blocked) on a free loopback port, for
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from coopnets.contract.sampling import CompletionParams
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,6 +67,16 @@ Spawned, spawn, wait_serving = _spawn.Spawned, _spawn.spawn, _spawn.wait_serving
 TOKEN = "test-token-0123456789"
 LANGEVIN = {"s": 0.016, "delta": 0.002, "steps": 4, "sigma": 0.3, "noise": True}
 COMPLETION = {"latent_steps": 6, "latent_step_size": 0.05, "latent_noise": False, "refine_steps": 3}
+
+
+def completion_params(**fields) -> CompletionParams:
+    """CompletionParams for a test: one latent step of η = 0.05 without noise, one refinement step of the
+    tiny bundle's δ with noise, one chain; `fields` replace any of them, so a test names only what it is
+    about."""
+    base = dict(latent_steps=1, latent_step_size=0.05, latent_noise=False, refine_steps=1,
+                delta=LANGEVIN["delta"], noise=True, restarts=1)  # fmt: skip
+    return CompletionParams(**{**base, **fields})
+
 
 # Run in coop-serve's process before its main (serving.spawn's prelude): any import of torch or the trainer
 # raises ImportError, so a server that needed them would fail its start or its requests.

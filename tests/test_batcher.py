@@ -6,21 +6,14 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from coopnets.contract.sampling import CompletionParams, Samples, SynthesisParams
+from coopnets.contract.sampling import Samples, SynthesisParams
 from coopnets.serving.batcher import Batcher
 from coopnets.serving.jobs import CompletionJob, EnergyJob, SynthesisJob
+from support import completion_params
 
 WINDOW_S = 30.0  # far longer than any test may take: a job that waited it would time out below
 PARAMS = SynthesisParams(steps=1, delta=0.1, noise=False)
-COMPLETION = CompletionParams(
-    latent_steps=1,
-    latent_step_size=0.1,
-    latent_noise=False,
-    refine_steps=1,
-    refine_step_size=0.1,
-    noise=False,
-    restarts=1,
-)
+COMPLETION = completion_params(latent_step_size=0.1, delta=0.1, noise=False)
 
 
 def _job(seed: int) -> SynthesisJob:

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from coopnets.contract import codec, files, flags, inpainting, occlusions, sampling
-from coopnets.contract.sampling import Cancelled, CompletionParams, SynthesisParams
+from coopnets.contract.sampling import Cancelled, SynthesisParams
 from coopnets.serving.engine import Engine
 from coopnets.v1 import coopnets_pb2 as pb
-from support import ROOT
+from support import ROOT, completion_params
 
 LEGACY = ROOT / "tests" / "data" / "legacy" / "bundle"
 
@@ -184,15 +184,7 @@ def test_flag_errors_are_one_line(tmp_path, capsys):
 
 
 def test_progress_comes_after_every_step_in_order(engine):
-    params = CompletionParams(
-        latent_steps=3,
-        latent_step_size=0.05,
-        latent_noise=True,
-        refine_steps=2,
-        refine_step_size=0.002,
-        noise=True,
-        restarts=2,
-    )
+    params = completion_params(latent_steps=3, latent_noise=True, refine_steps=2, restarts=2)
     seen = []
     masks = occlusions.occlusion_masks("center:10", engine.image_shape, [0, 1])
     images = engine.synthesize([5, 6]).images
@@ -236,27 +228,14 @@ def test_params_check_their_ranges_and_name_the_field():
         SynthesisParams(steps=5, delta=2.0, noise=True).checked(max_steps=10, prefix="langevin.")
     assert e.value.field == "langevin.step_size"
     with pytest.raises(sampling.ParamError) as e:
-        CompletionParams(
-            latent_steps=1,
-            latent_step_size=0.05,
-            latent_noise=False,
-            refine_steps=1,
-            refine_step_size=0.002,
-            noise=True,
-            restarts=17,
-        ).checked()
+        completion_params(restarts=17).checked()
     assert e.value.field == "restarts"
     with pytest.raises(sampling.ParamError) as e:
-        CompletionParams(
-            latent_steps=11,
-            latent_step_size=0.05,
-            latent_noise=False,
-            refine_steps=1,
-            refine_step_size=0.002,
-            noise=True,
-            restarts=1,
-        ).checked(max_steps=10)
+        completion_params(latent_steps=11).checked(max_steps=10)
     assert e.value.field == "latent_steps"
+    with pytest.raises(sampling.ParamError) as e:
+        completion_params(delta=2.0).checked()
+    assert e.value.field == "refine_step_size"  # δ of the refinement, by its name in the request
 
 
 def test_residual_fill_is_the_harmonic_interpolation_of_the_observed_residual():
@@ -329,16 +308,7 @@ def test_scattered_fraction_and_auto_pick_the_interpolant_per_image():
     np.testing.assert_array_equal(auto[:2], inpainting.residual_fill(residual[:2], masks[:2]))
     assert np.abs(auto[2] - inpainting.residual_fill(residual, masks)[2]).max() > 1e-2  # they do differ
     with pytest.raises(sampling.ParamError) as e:
-        CompletionParams(
-            latent_steps=1,
-            latent_step_size=0.05,
-            latent_noise=False,
-            refine_steps=1,
-            refine_step_size=0.002,
-            noise=True,
-            restarts=1,
-            residual_interpolant="cubic",
-        ).checked()
+        completion_params(residual_interpolant="cubic").checked()
     assert e.value.field == "residual_interpolant"
 
 
@@ -351,16 +321,7 @@ def test_completion_with_residual_fill_differs_only_in_the_hole_and_starts_close
     masks = occlusions.occlusion_masks("random:0.5", engine.image_shape, [0, 1])
     fills = {}
     for residual in (False, True):
-        params = CompletionParams(
-            latent_steps=3,
-            latent_step_size=0.05,
-            latent_noise=False,
-            refine_steps=0,
-            refine_step_size=0.002,
-            noise=True,
-            restarts=1,
-            residual_fill=residual,
-        )
+        params = completion_params(latent_steps=3, refine_steps=0, residual_fill=residual)
         fills[residual] = engine.complete(images, masks, [0, 1], params).images
     np.testing.assert_array_equal(fills[True][masks < 0.5], fills[False][masks < 0.5])
     assert np.abs(fills[True] - fills[False])[masks > 0.5].max() > 1e-3
@@ -372,15 +333,7 @@ def test_average_restarts_fills_the_hole_with_the_mean_of_the_chains(engine):
     one chain the two choices are the same completion."""
     images = engine.synthesize([5, 6]).images  # (2, C, H, W)
     masks = occlusions.occlusion_masks("center:12", engine.image_shape, [0, 1])
-    base = CompletionParams(
-        latent_steps=4,
-        latent_step_size=0.05,
-        latent_noise=False,
-        refine_steps=0,
-        refine_step_size=0.002,
-        noise=True,
-        restarts=3,
-    )
+    base = completion_params(latent_steps=4, refine_steps=0, restarts=3)
     got = engine.complete(images, masks, [0, 1], dataclasses.replace(base, average_restarts=True)).images
     rep = (np.repeat(images, 3, axis=0), np.repeat(masks, 3, axis=0))  # (N·R, C, H, W)
     x = sampling.run(sampling.latent_chains(engine.backend, *rep, sampling.rngs_for([0, 1]), base))

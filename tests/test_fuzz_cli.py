@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from coopnets.clients.cli import complete_main
 from coopnets.contract.bundle import BundleError, read_bundle
-from coopnets.contract.sampling import CompletionParams, SynthesisParams
+from coopnets.contract.sampling import SynthesisParams
 from coopnets.serving.engine import Engine
 from coopnets.serving.server import main as serve_main
 from coopnets.serving.sessions import open_sessions
@@ -32,6 +32,7 @@ from coopnets.trainer.data import IDX_IMAGES_MAGIC, DataError, load_images, read
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
+from support import completion_params
 
 pytestmark = pytest.mark.slow  # property-based: many examples through the loaders
 
@@ -223,15 +224,7 @@ MANIFEST_PATHS = [
 
 LEGACY = Path(__file__).parent / "data" / "legacy" / "bundle"  # tiny graphs: sessions open in milliseconds
 ONE_STEP = SynthesisParams(steps=1, delta=0.002, noise=True)
-ONE_STEP_COMPLETION = CompletionParams(
-    latent_steps=1,
-    latent_step_size=0.05,
-    latent_noise=False,
-    refine_steps=1,
-    refine_step_size=0.002,
-    noise=True,
-    restarts=2,
-)
+ONE_STEP_COMPLETION = completion_params(restarts=2)
 
 
 def edited_bundle(root: Path, edits=(), raw: bytes | None = None) -> Path:

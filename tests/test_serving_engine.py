@@ -17,7 +17,7 @@ from coopnets.contract import sampling
 from coopnets.contract.bundle import DEFAULT_COMPLETION, BundleError, read_bundle
 from coopnets.contract.sampling import CompletionParams, SynthesisParams
 from coopnets.serving.sessions import open_sessions
-from support import COMPLETION, LANGEVIN
+from support import COMPLETION, LANGEVIN, completion_params
 
 SEEDS = [3, 4, 5]
 DELTA, S, SIGMA = LANGEVIN["delta"], LANGEVIN["s"], LANGEVIN["sigma"]
@@ -73,14 +73,8 @@ def test_synthesis_matches_the_torch_reference(engine, torch_backend):
 def test_completion_matches_the_torch_reference(engine, torch_backend, restarts):
     images = engine.draft([7, 8, 9])
     masks = center_masks(3)
-    params = CompletionParams(
-        latent_steps=4,
-        latent_step_size=0.1,
-        latent_noise=True,
-        refine_steps=3,
-        refine_step_size=DELTA,
-        noise=True,
-        restarts=restarts,
+    params = completion_params(
+        latent_steps=4, latent_step_size=0.1, latent_noise=True, refine_steps=3, restarts=restarts
     )
     out = engine.complete(images, masks, SEEDS, params)
     ref = sampling.complete(torch_backend, images, masks, SEEDS, params)
@@ -159,7 +153,7 @@ def test_defaults_come_from_the_manifest(engine, serving_bundle):
         latent_step_size=COMPLETION["latent_step_size"],
         latent_noise=COMPLETION["latent_noise"],
         refine_steps=COMPLETION["refine_steps"],
-        refine_step_size=DELTA,
+        delta=DELTA,
         noise=LANGEVIN["noise"],
         restarts=manifest["completion"]["restarts"],
         residual_fill=manifest["completion"]["residual_fill"],
@@ -189,7 +183,7 @@ def test_one_restart_is_the_single_chain_replayed_on_the_graphs(engine):
     def draw(shape):
         return np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs])
 
-    eta = 0.1
+    latent_step_size = 0.1  # η
 
     def f32(x):  # a float32 scalar input (shape [])
         return np.asarray(x, dtype=np.float32)
@@ -197,7 +191,7 @@ def test_one_restart_is_the_single_chain_replayed_on_the_graphs(engine):
     z = draw(engine.latent_dim)  # (N, d)
     for _ in range(3):
         (grad,) = run["generator_grad"](["grad_z"], {"z": z, "y": images, "mask": masks, "sigma": f32(SIGMA)})
-        z = z - 0.5 * eta**2 * grad + eta * draw(engine.latent_dim)
+        z = z - 0.5 * latent_step_size**2 * grad + latent_step_size * draw(engine.latent_dim)
     (generated,) = run["generator"](["y"], {"z": z})
     y = np.where(masks > 0.5, generated, images).astype(np.float32)
     for _ in range(2):
@@ -207,14 +201,8 @@ def test_one_restart_is_the_single_chain_replayed_on_the_graphs(engine):
         images,
         masks,
         SEEDS,
-        CompletionParams(
-            latent_steps=3,
-            latent_step_size=eta,
-            latent_noise=True,
-            refine_steps=2,
-            refine_step_size=DELTA,
-            noise=True,
-            restarts=1,
+        completion_params(
+            latent_steps=3, latent_step_size=latent_step_size, latent_noise=True, refine_steps=2
         ),
     )
     assert np.array_equal(out.images, y)
@@ -232,15 +220,7 @@ def test_more_restarts_never_raise_the_chosen_latent_energy(engine):
         return u
 
     def infer(r):
-        params = CompletionParams(
-            latent_steps=5,
-            latent_step_size=0.05,
-            latent_noise=False,
-            refine_steps=0,
-            refine_step_size=DELTA,
-            noise=False,
-            restarts=r,
-        )
+        params = completion_params(latent_steps=5, refine_steps=0, noise=False, restarts=r)
         rngs = sampling.rngs_for(SEEDS)
         return sampling.run(sampling.latent_steps(engine.backend, images, masks, rngs, params))
 

@@ -116,7 +116,7 @@ def infer_latent_chain(
     y: torch.Tensor,
     mask: torch.Tensor | None,
     steps: int,
-    eta: float,
+    latent_step_size: float,
     sigma: float,
     noise: NoiseFn | None,
 ) -> Iterator[torch.Tensor]:
@@ -124,12 +124,12 @@ def infer_latent_chain(
     for t in range(steps):
         grad = latent_energy_grad(generator, x, y, mask, sigma)
         u = noise(t, x) if noise is not None else torch.zeros_like(x)
-        x = latent_step(x, grad, u, eta)
+        x = latent_step(x, grad, u, latent_step_size)
         yield x
 
 
-def infer_latent(generator, x, y, mask, steps, eta, sigma, noise) -> torch.Tensor:
-    for x_t in infer_latent_chain(generator, x, y, mask, steps, eta, sigma, noise):
+def infer_latent(generator, x, y, mask, steps, latent_step_size, sigma, noise) -> torch.Tensor:
+    for x_t in infer_latent_chain(generator, x, y, mask, steps, latent_step_size, sigma, noise):
         x = x_t
     return x.detach()
 
