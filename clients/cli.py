@@ -322,6 +322,17 @@ def client_main(argv: list[str] | None = None) -> int:
 # ---- coop-complete -----------------------------------------------------------------------------------------
 
 
+COMPLETION_SETTINGS = (
+    "latent_steps", "refine_steps", "restarts", "residual_fill", "average_restarts", "residual_interpolant",
+)  # fmt: skip
+
+
+def _completion_settings(config: CompleteConfig) -> dict:
+    """The completion settings coop-complete passes on, the same to a server and to the local engine, by
+    their request names (None = the model's default)."""
+    return {name: getattr(config, name) for name in COMPLETION_SETTINGS}
+
+
 def _complete_remote(config: CompleteConfig, inputs: list[Path]) -> list[Recovered]:
     mask = Path(config.mask).read_bytes() if config.mask else None
     out = []
@@ -332,12 +343,7 @@ def _complete_remote(config: CompleteConfig, inputs: list[Path]) -> list[Recover
                 mask=mask,
                 occlusion=config.occlude or None,
                 seed=config.seed + i,
-                latent_steps=config.latent_steps,
-                refine_steps=config.refine_steps,
-                restarts=config.restarts,
-                residual_fill=config.residual_fill,
-                average_restarts=config.average_restarts,
-                residual_interpolant=config.residual_interpolant,
+                **_completion_settings(config),
             )
             out.append(Recovered(r.recovered, r.occluded))
     return out
@@ -361,16 +367,7 @@ def _complete_local(config: CompleteConfig, inputs: list[Path]) -> list[Recovere
         masks = np.stack([mask] * len(inputs))  # (N, C, H, W)
     else:
         masks = np.stack([occlusion_mask(config.occlude, shape, s) for s in seeds])  # (N, C, H, W)
-    params = completion_params(
-        engine,
-        None,
-        latent_steps=config.latent_steps,
-        refine_steps=config.refine_steps,
-        restarts=config.restarts,
-        residual_fill=config.residual_fill,
-        average_restarts=config.average_restarts,
-        residual_interpolant=config.residual_interpolant,
-    )
+    params = completion_params(engine, None, **_completion_settings(config))
     out = engine.complete(images, masks, seeds, params)
     preview = occluded(images, masks)  # (N, C, H, W)
     return [Recovered(out.images[i], preview[i]) for i in range(len(inputs))]

@@ -5,8 +5,8 @@ so that f(Y) and its gradient are far from zero and the equality tests mean some
 them exported by trainer.export.export_bundle with small default step counts, and `serving_engine` that bundle
 opened on one CPU thread; `rgb_bundle` is the same for color (cifar32 nets, 3×32×32). `coop_server` is ONE
 in-process coop-serve for the whole session (support.local_server), with a bearer token; tests that use it
-compare counters before and after, never absolute counts. `pki` is a throw-away certificate authority
-(support.make_pki).
+compare counters before and after, never absolute counts; `token_file` holds its token. `pki` is a
+throw-away certificate authority (support.make_pki).
 """
 
 from __future__ import annotations
@@ -26,19 +26,25 @@ def _coopnets_cache(tmp_path_factory):
         yield
 
 
-@pytest.fixture(scope="session")
-def tiny_nets():
+def scaled_nets(arch: str, channels: int, latent_dim: int, seed: int):
+    """trainer.nets' nets built after torch.manual_seed(seed), their weights (not biases) scaled up by 4
+    (descriptor) and 8 (generator), in eval mode."""
     import torch
     from coopnets.trainer.nets import NetSpec, build_nets
 
-    torch.manual_seed(0)
-    descriptor, generator = build_nets(NetSpec("mnist28", 1, 100))
+    torch.manual_seed(seed)
+    descriptor, generator = build_nets(NetSpec(arch, channels, latent_dim))
     with torch.no_grad():
         for net, scale in ((descriptor, 4.0), (generator, 8.0)):
             for p in net.parameters():
                 if p.dim() > 1:
                     p.mul_(scale)
     return descriptor.eval(), generator.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_nets():
+    return scaled_nets("mnist28", 1, 100, seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -54,19 +60,19 @@ def serving_bundle(tiny_nets, tmp_path_factory) -> Path:
 def rgb_bundle(tmp_path_factory) -> Path:
     """A tiny color bundle: trainer.nets' cifar32 nets (3×32×32, latent 16) with seeded weights scaled up as
     tiny_nets' are, so that the descriptor moves a hole visibly; exported as serving_bundle is."""
-    import torch
     from coopnets.trainer.export import export_bundle
-    from coopnets.trainer.nets import NetSpec, build_nets
 
-    torch.manual_seed(1)
-    descriptor, generator = build_nets(NetSpec("cifar32", 3, 16))
-    with torch.no_grad():
-        for net, scale in ((descriptor, 4.0), (generator, 8.0)):
-            for p in net.parameters():
-                if p.dim() > 1:
-                    p.mul_(scale)
+    descriptor, generator = scaled_nets("cifar32", 3, 16, seed=1)
     out = tmp_path_factory.mktemp("rgb") / "bundle"
-    return export_bundle(descriptor.eval(), generator.eval(), out, langevin=LANGEVIN, completion=COMPLETION)
+    return export_bundle(descriptor, generator, out, langevin=LANGEVIN, completion=COMPLETION)
+
+
+@pytest.fixture()
+def token_file(tmp_path) -> str:
+    """A file holding the session's bearer token (TOKEN), as the clients' --token-file reads it."""
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,6 @@ import pytest
 from coopnets.clients.cli import client_main, complete_main
 from coopnets.contract.codec import encode_png
 from PIL import Image as PILImage
-from support import TOKEN
-
-
-@pytest.fixture()
-def token_file(tmp_path):
-    path = tmp_path / "token"
-    path.write_text(TOKEN + "\n")
-    return str(path)
 
 
 @pytest.fixture()

@@ -31,13 +31,6 @@ def rgb_client(rgb_server):
 
 
 @pytest.fixture()
-def token_file(tmp_path):
-    path = tmp_path / "token"
-    path.write_text(TOKEN + "\n")
-    return str(path)
-
-
-@pytest.fixture()
 def rgb_inputs(tmp_path, rgb_client):
     """Two 32×32 RGB PNGs (generator drafts) to complete."""
     paths = []
