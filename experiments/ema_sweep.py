@@ -62,16 +62,9 @@ def train_with_emas(config, decays: list[float]):
     """coop-train's loop, every net's EMA at every decay updated after each iteration; returns the run and
     the EMAs keyed by (net, decay)."""
     from coopnets.trainer.coop import build_run, check_divergence, reference_energy, train_step
-    from coopnets.trainer.data import load_images, to_tensor
+    from coopnets.trainer.data import to_tensor, training_images
 
-    data = load_images(
-        config.dataset,
-        size=config.image_size,
-        channels=config.channels,
-        data_dir=config.data_dir,
-        max_images=config.max_images,
-    )
-    y_all = to_tensor(data)  # (N, C, H, W)
+    y_all = to_tensor(training_images(config))  # (N, C, H, W)
     scale = reference_energy(y_all, config.s)  # the divergence guard's unit
     run = build_run(config)
     config = run.config

@@ -137,16 +137,10 @@ def _resolve_config(dist, flags: dict, config_file: str | None, resume: bool) ->
 
 def _load_data(dist, config: TrainConfig):
     """The training images, uint8 (N, C, H, W), on every rank; none at all is bad input."""
-    from coopnets.trainer.data import load_images
+    from coopnets.trainer.data import training_images
 
     with dist.together():
-        data = load_images(
-            config.dataset,
-            size=config.image_size,
-            channels=config.channels,
-            data_dir=config.data_dir,
-            max_images=config.max_images,
-        )
+        data = training_images(config)
         if len(data) == 0:
             raise ValueError(f"--dataset {config.dataset}: no images")
     return data

@@ -96,6 +96,18 @@ def load_images(
     return fit_pixels(pixels, size, channels)
 
 
+def training_images(config) -> np.ndarray:
+    """The images a TrainConfig trains on (its dataset, image size, channels, data folder and max_images),
+    uint8 (N, C, H, W): load_images as coop-train calls it."""
+    return load_images(
+        config.dataset,
+        size=config.image_size,
+        channels=config.channels,
+        data_dir=config.data_dir,
+        max_images=config.max_images,
+    )
+
+
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float32 tensor in [-1, 1] by p / 127.5 - 1 (contract.codec.from_uint8)."""
     return torch.from_numpy(from_uint8(pixels))  # from_uint8 makes a new array: idx arrays are read-only
