@@ -1,4 +1,5 @@
-"""The out-of-distribution score: trainer/ood.py's calibration, its graph in the bundle (typicality.onnx),
+"""The out-of-distribution score: trainer/ood.py's calibration and its three tests (two-sided typicality, the
+negative test, -f), its graph in the bundle (typicality.onnx),
 the Energy RPC's `ood` field and ModelInfo.ood on a real server, bundles without it, and evaluation/ood.py's
 separation metrics. Calibration images are scikit-learn's digits (built in), the nets the tests' tiny ones.
 For color models: the out sets (noise, constant colors, inverted, blends, Fashion-MNIST in RGB or a logged
@@ -15,7 +16,7 @@ from coopnets.contract.codec import from_uint8
 from coopnets.evaluation.ood import out_sets, separation
 from coopnets.serving.engine import Engine
 from coopnets.trainer.data import load_images
-from coopnets.trainer.ood import QUANTILE, calibrate
+from coopnets.trainer.ood import QUANTILE, TESTS, calibrate
 from support import COMPLETION, LANGEVIN, local_server
 
 
@@ -38,19 +39,80 @@ def ood_bundle(tiny_nets, digits, tmp_path_factory):
 
 def test_calibration_puts_the_threshold_at_the_quantile(tiny_nets, digits):
     module, section = calibrate(tiny_nets[0], torch.from_numpy(digits[:1000]))
+    held = torch.from_numpy(digits[1:1000:2])  # the half the medians and quantiles are taken on
     with torch.no_grad():
-        ood = module(torch.from_numpy(digits[1:1000:2])).numpy()  # the half the quantile is taken on
+        ood = module(held).numpy()
+        z = ((module.tests(*module.parts(held)) - module.centre) / module.spread).numpy()  # (500, 3)
+    # torch.quantile interpolates between neighbours: at most one image of 500 (0.002) either side
     assert np.mean(ood <= 1.0) == pytest.approx(QUANTILE, abs=0.003)
+    for k in range(len(TESTS)):  # each test reads 0 at its median and 1 at its 95th percentile
+        assert np.mean(z[:, k] <= 0.0) == pytest.approx(0.5, abs=0.003), TESTS[k]
+        assert np.mean(z[:, k] <= 1.0) == pytest.approx(QUANTILE, abs=0.003), TESTS[k]
     assert section["calibration_images"] == 1000 and section["features"] == 128
+    assert section["tests"] == list(TESTS)
 
 
-def test_bundle_graph_scores_held_out_like_calibration_and_flags_noise(ood_bundle, digits):
+@pytest.mark.parametrize("arch, channels", [("mnist28", 1), ("cifar32", 3)])
+def test_the_graphs_f_is_the_descriptors_from_one_summed_output(arch, channels):
+    from coopnets.trainer.nets import NetSpec, build_nets
+
+    torch.manual_seed(2)
+    descriptor = build_nets(NetSpec(arch, channels, 16))[0].eval()
+    size = 28 if arch == "mnist28" else 32
+    images = torch.rand(300, channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    module, _ = calibrate(descriptor, images[:200])
+    with torch.no_grad():
+        _, f = module.parts(images[200:])
+        want = descriptor(images[200:])
+    # the summed layer adds the same products in another order: float32 rounding, 2^-24 × √(4096..16384)
+    # terms ≈ 8e-6 of the largest |f| at worst; measured 1e-6
+    assert float((f - want).abs().max() / want.abs().max()) < 1e-5
+    last = list(descriptor.body)[-1]
+    assert module.head.weight.shape[0] == 1  # one output, not the last layer's 100
+    kept = sum(p.numel() for p in module.parameters())
+    assert kept == sum(p.numel() for p in descriptor.parameters()) - last.weight[1:].numel() - 99
+
+
+def test_negative_test_tells_digits_from_their_negatives(tiny_nets, digits):
+    module, _ = calibrate(tiny_nets[0], torch.from_numpy(digits[:1000]))
+    held = torch.from_numpy(digits[1000:1300])
+    with torch.no_grad():
+        t = module.tests(*module.parts(held))[:, 1]  # log d(Y) − log d(−Y)
+        t_neg = module.tests(*module.parts(-held))[:, 1]
+    np.testing.assert_allclose(t_neg.numpy(), -t.numpy(), atol=1e-5)  # the same two distances, swapped
+    assert (t < 0).all()  # every digit is more typical than its negative (white strokes on black) ...
+    with torch.no_grad():
+        assert (module(-held) > 1).all()  # ... and every negative is flagged
+
+
+def test_typicality_is_two_sided(tiny_nets, digits):
+    module, _ = calibrate(tiny_nets[0], torch.from_numpy(digits[:1000]))
+    held = torch.from_numpy(digits[1:1000:2])
+    with torch.no_grad():
+        log_d, f = module.parts(held)
+        z1 = (module.tests(log_d, f)[:, 0] - module.centre[0]) / module.spread[0]
+    log_d = log_d[: len(f)]
+    flagged = z1 > 1  # 5% of the calibration images, by the calibration
+    # an image whose statistics sit too close to the training mean is as atypical as one too far from it:
+    # both tails of log d are flagged (one-sided, only the upper tail was)
+    assert (log_d[flagged] < module.log_median).any() and (log_d[flagged] > module.log_median).any()
+
+
+def test_bundle_graph_scores_held_out_like_calibration_and_flags_noise(ood_bundle, tiny_nets, digits):
     engine = Engine.open(ood_bundle, device="cpu", threads=1)
     assert engine.has_ood and read_bundle(ood_bundle).ood["calibration_quantile"] == QUANTILE
     held_out = engine.ood(digits[1000:1500])  # (500,) images the calibration never saw
     noise = engine.ood(np.random.default_rng(0).uniform(-1, 1, (200, 1, 28, 28)).astype(np.float32))
     assert 0.85 < np.mean(held_out <= 1.0) <= 1.0  # about the calibration's 95%
     assert np.all(noise > 1.0)  # uniform noise is far from any image's feature statistics
+    assert read_bundle(ood_bundle).ood["tests"] == list(TESTS)  # the manifest says which score it is
+    # ONNX Runtime computes what the calibrated module does (export checks random noise; these are images
+    # near the threshold): measured 5e-5 at most (float32 through the descriptor's forward and a log); 1e-3
+    # leaves room for other CPUs' kernels and stays far below the threshold's 1
+    module, _ = calibrate(tiny_nets[0], torch.from_numpy(digits[:1000]))
+    with torch.no_grad():
+        want = module(torch.from_numpy(digits[1000:1500])).numpy()
+    np.testing.assert_allclose(held_out, want, rtol=0, atol=1e-3)
 
 
 def test_energy_rpc_returns_ood_and_model_info_describes_it(ood_bundle, digits, tmp_path):
