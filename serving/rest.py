@@ -252,20 +252,8 @@ def decode_infer(
 ) -> tuple[oip.ModelInferRequest, dict[str, bool], float | None]:
     """The body as the ModelInferRequest gRPC clients send, which outputs go back binary (by name; "" = the
     request's default), and the `timeout` parameter in seconds (Triton's, in microseconds) if given."""
-    n = len(body)
-    if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise FieldError(HEADER_LENGTH, f"{header_length[:40]!r} is not a number of bytes") from None
-        if not 0 <= n <= len(body):
-            raise FieldError(HEADER_LENGTH, f"{n} is not between 0 and the body's {len(body)} bytes")
-    try:
-        doc = json.loads(body[:n]) if n else {}
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise FieldError("body", f"not a JSON request ({type(e).__name__}: {str(e)[:120]})") from None
-    if not isinstance(doc, dict):
-        raise FieldError("body", "the request must be a JSON object with `inputs`")
+    n = _json_length(body, header_length)
+    doc = _json_head(body[:n])
     request = oip.ModelInferRequest(model_name=model, model_version=version)
     if "id" in doc:
         if not isinstance(doc["id"], str):
@@ -276,24 +264,43 @@ def decode_infer(
     timeout = params.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0):
         raise FieldError("parameters.timeout", "must be a positive number of microseconds")
-    inputs = doc.get("inputs")
+    _decode_inputs(doc.get("inputs"), memoryview(body)[n:], request)
+    _decode_outputs(doc.get("outputs"), request, binary)
+    return request, binary, None if timeout is None else timeout / 1e6
+
+
+def _json_length(body: bytes, header_length: str | None) -> int:
+    """How many of the body's first bytes are the JSON request: all, or what the binary extension's header
+    says."""
+    if header_length is None:
+        return len(body)
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise FieldError(HEADER_LENGTH, f"{header_length[:40]!r} is not a number of bytes") from None
+    if not 0 <= n <= len(body):
+        raise FieldError(HEADER_LENGTH, f"{n} is not between 0 and the body's {len(body)} bytes")
+    return n
+
+
+def _json_head(text: bytes) -> dict:
+    try:
+        doc = json.loads(text) if text else {}
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise FieldError("body", f"not a JSON request ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(doc, dict):
+        raise FieldError("body", "the request must be a JSON object with `inputs`")
+    return doc
+
+
+def _decode_inputs(inputs, rest: memoryview, request: oip.ModelInferRequest) -> None:
+    """Adds each input's name, datatype, shape and raw bytes (JSON `data`, or its slice of the binary `rest`,
+    taken in order) to `request`; every byte of `rest` must belong to an input."""
     if not isinstance(inputs, list):
         raise FieldError("inputs", "must be a JSON array of tensors")
-    rest, at = memoryview(body)[n:], 0
+    at = 0
     for i, t in enumerate(inputs):
-        if not isinstance(t, dict):
-            raise FieldError(f"inputs[{i}]", "must be a JSON object")
-        name = t.get("name")
-        if not isinstance(name, str) or not name:
-            raise FieldError(f"inputs[{i}].name", "must be a non-empty string")
-        datatype = t.get("datatype")
-        if not isinstance(datatype, str):
-            raise FieldError(name, "datatype must be a string such as INT64 or FP32")
-        shape = t.get("shape")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in shape
-        ):
-            raise FieldError(name, "shape must be a JSON array of sizes >= 0")
+        name, datatype, shape = _tensor_head(t, i)
         size = _dict(t.get("parameters"), f"{name}.parameters").get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -316,18 +323,39 @@ def decode_infer(
         request.raw_input_contents.append(raw)
     if at != len(rest):
         raise FieldError(HEADER_LENGTH, f"{len(rest) - at} bytes after the JSON belong to no input")
-    outputs = doc.get("outputs")
-    if outputs is not None:
-        if not isinstance(outputs, list):
-            raise FieldError("outputs", "must be a JSON array")
-        for i, o in enumerate(outputs):
-            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
-                raise FieldError(f"outputs[{i}]", "must be a JSON object with a name")
-            p = _dict(o.get("parameters"), f"outputs[{i}].parameters")
-            if "binary_data" in p:
-                binary[o["name"]] = _bool(p["binary_data"], f"outputs[{i}].parameters.binary_data")
-            request.outputs.add(name=o["name"])
-    return request, binary, None if timeout is None else timeout / 1e6
+
+
+def _tensor_head(t, i: int) -> tuple[str, str, list]:
+    """An input tensor's name, datatype and shape, each checked for its JSON type."""
+    if not isinstance(t, dict):
+        raise FieldError(f"inputs[{i}]", "must be a JSON object")
+    name = t.get("name")
+    if not isinstance(name, str) or not name:
+        raise FieldError(f"inputs[{i}].name", "must be a non-empty string")
+    datatype = t.get("datatype")
+    if not isinstance(datatype, str):
+        raise FieldError(name, "datatype must be a string such as INT64 or FP32")
+    shape = t.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in shape
+    ):
+        raise FieldError(name, "shape must be a JSON array of sizes >= 0")
+    return name, datatype, shape
+
+
+def _decode_outputs(outputs, request: oip.ModelInferRequest, binary: dict[str, bool]) -> None:
+    """The requested outputs, and which of them go back binary."""
+    if outputs is None:
+        return
+    if not isinstance(outputs, list):
+        raise FieldError("outputs", "must be a JSON array")
+    for i, o in enumerate(outputs):
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise FieldError(f"outputs[{i}]", "must be a JSON object with a name")
+        p = _dict(o.get("parameters"), f"outputs[{i}].parameters")
+        if "binary_data" in p:
+            binary[o["name"]] = _bool(p["binary_data"], f"outputs[{i}].parameters.binary_data")
+        request.outputs.add(name=o["name"])
 
 
 def encode_infer(response: oip.ModelInferResponse, binary: dict[str, bool]) -> Response:
