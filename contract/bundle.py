@@ -12,9 +12,10 @@ Energy without an out-of-distribution score):
 
     typicality.onnx      y (N, C, H, W)                           -> ood (N,)
 
-the out-of-distribution score (trainer/ood.py): the Mahalanobis distance of the descriptor's first-block
-feature statistics from those of training images, scaled so that 95% of the calibration images score
-below 1. The manifest's `ood` section says how it was calibrated.
+the out-of-distribution score (trainer/ood.py), calibrated on training images so that 95% of them score
+below 1. The manifest's `ood` section says which score the graph computes and how it was calibrated: earlier
+bundles ship the Mahalanobis distance of the descriptor's first-block feature statistics, newer ones the sum
+of three calibrated tests (its `tests` list); the graph's inputs and outputs are the same.
 
 From coopnets 0.3 on the graphs keep their large tensors in one shared file, `weights.bin` (ONNX external
 data: each tensor once, though two graphs use it), listed in `files` like a graph; the manifest's `weights`

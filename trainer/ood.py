@@ -16,7 +16,7 @@ rate. μ, Σ come from the even-numbered calibration images, m, cₖ, wₖ and q
 ones (a quantile taken on the images the Gaussian was fitted to is biased low).
 
 Why each test (measured with `python experiments/ood_color.py`, docs/results.md "Out-of-distribution"):
-d alone, one-sided (the score bundles exported before 2026-12-07 ship) flags noise, constant images and
+d alone, one-sided (the score earlier bundles ship, manifest `ood` without `tests`) flags noise, constant images and
 Fashion-MNIST in RGB on the color model, but blends of two test images come out *more* typical than data
 (AUROC 0.10): too little contrast, not too much. Two-sided (t₁) flags those, but no descriptor statistic sees
 textures (0.4–0.5) or photo negatives (0.5–0.65; the negation of an image keeps any zero-mean Gaussian's
