@@ -34,8 +34,8 @@ test: setup
 # The numerical tests again with PyTorch and oneDNN held to AVX2: other kernels add the same sums in other
 # orders, so a tolerance that holds by the luck of one CPU's rounding fails here, not on a user's CPU.
 # (The caps reach torch only; ONNX Runtime's MLAS picks its kernels alone.)
-NUMERICAL_TESTS := tests/test_nets.py tests/test_export.py tests/test_reference.py tests/test_coop.py \
-	tests/test_legacy_bundle.py
+NUMERICAL_TESTS := tests/trainer/test_nets.py tests/trainer/test_export.py tests/trainer/test_coop.py \
+	tests/contract/test_reference.py tests/contract/test_legacy_bundle.py
 test-isa: setup
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q $(NUMERICAL_TESTS)
 

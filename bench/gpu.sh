@@ -12,7 +12,7 @@
 # pip-installed: nothing is downloaded. Without CUDA it says so in
 # one line and exits 3. Steps (each reports and the script goes on if one fails):
 #   1. the card, the driver, torch's and ONNX Runtime's view of CUDA
-#   2. pytest -m gpu tests/test_gpu.py (trainer on cuda fp32/bf16, ORT CUDA + IO binding vs CPU, the service)
+#   2. pytest -m gpu tests/system/test_gpu.py (trainer on cuda fp32/bf16, ORT CUDA + IO binding vs CPU, the service)
 #   3. bench/training.py --device cuda: the TPAMI-like setting and 4x its chains, fp32 and bf16
 #   4. bench/synthesis.py --device cuda: ORT CUDA with IO binding vs PyTorch eager CUDA, counts 1/64/512
 set -uo pipefail
@@ -73,7 +73,7 @@ if [ $? -ne 0 ]; then
 fi
 
 echo "## 2. the CUDA tests"
-"$py" -m pytest -q -m gpu tests/test_gpu.py -rs -p no:cacheprovider || echo "(the CUDA tests failed: see above)"
+"$py" -m pytest -q -m gpu tests/system/test_gpu.py -rs -p no:cacheprovider || echo "(the CUDA tests failed: see above)"
 
 echo "## 3. training on CUDA"
 "$py" bench/training.py --device cuda --settings tpami,tpami4x --variants bf16 --repeats 5 \

@@ -7,8 +7,9 @@
 
 The child binds port 0 and writes its ports to WORKDIR/port.json (coop-serve --port-file); its stdout and
 stderr go to WORKDIR/server.log. `prelude` is Python run before coop-serve's main in the child (the tests
-use it to make torch unimportable). `python` and `cwd` run it from another environment (tests/test_install.py
-runs the base install's interpreter outside the source tree, so that the installed package is what runs).
+use it to make torch unimportable). `python` and `cwd` run it from another environment
+(tests/system/test_install.py runs the base install's interpreter outside the source tree, so that the
+installed package is what runs).
 """
 
 from __future__ import annotations

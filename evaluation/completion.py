@@ -67,7 +67,8 @@ def model_runners(engine: Engine, langevin_only_steps: int) -> dict[tuple[str, .
 
     `coop` and `latent-only` come from ONE completion run (the latent inference, L generator-gradient calls
     per restart, is the expensive part): latent-only is the start of its descriptor phase (the hole filled
-    with g(X)), coop its result. tests/test_eval_completion.py holds them equal to Engine.complete."""
+    with g(X)), coop its result. tests/evaluation/test_eval_completion.py holds them equal to
+    Engine.complete."""
 
     def latent_then_refine(images, masks, seeds):
         filled = []

@@ -6,11 +6,11 @@ because newer generators stamp the code with a runtime check (`ValidateProtobufR
 `GRPC_GENERATED_VERSION`) that refuses every protobuf older than the generator's: stubs from grpcio-tools 1.85
 needed protobuf >= 7.35, and `pip install tritonclient[grpc]` (protobuf < 7) then broke every import of
 coopnets.v1. The old gencode carries no such check and runs on protobuf 4.25 through 7.x (measured:
-tests/test_install.py runs the lowest, the project's venv the newest). `make protogen` runs this file from
-a throw-away venv that holds GENERATOR; run elsewhere, main refuses with one line.
+tests/system/test_install.py runs the lowest, the project's venv the newest). `make protogen` runs this file
+from a throw-away venv that holds GENERATOR; run elsewhere, main refuses with one line.
 
-tests/test_serving_proto.py fails when the committed code is stale, comparing what matters rather than bytes:
-the FileDescriptorProto embedded in each *_pb2 against `compiled` (the .proto compiled now by whatever
+tests/serving/test_serving_proto.py fails when the committed code is stale, comparing what matters rather than
+bytes: the FileDescriptorProto embedded in each *_pb2 against `compiled` (the .proto compiled now by whatever
 grpcio-tools is installed), the methods of the generated stubs against the compiled service, and the absence
 of a runtime version check.
 """
@@ -62,7 +62,7 @@ PROTOS = (
 OIP_HEADER = """// The Open Inference Protocol as Triton defines it ({name}; BSD-3-Clause, NVIDIA).
 // Printed by `python protos/protogen.py --oip-from-tritonclient` from the descriptors that
 // tritonclient {version} ships (its comments are not in them); protoc compiles it back to those
-// descriptors, byte for byte (tests/test_serving_proto.py). Do not edit: regenerate.
+// descriptors, byte for byte (tests/serving/test_serving_proto.py). Do not edit: regenerate.
 """
 
 

@@ -13,7 +13,7 @@ Batch shards (CPU): ONNX Runtime's intra-op pool leaves a core idle between ops 
 the images of a batch are independent. So a graph is a `ShardedSession`: small batches run on one session with
 every thread; a larger batch is cut along its first axis into up to `shards` parts of at least MIN_PER_SHARD
 images, run at once, each on its own single-threaded session (opened on first use), and the outputs joined.
-Each image's answer is the same either way (tests/test_serving_engine.py).
+Each image's answer is the same either way (tests/serving/test_serving_engine.py).
 """
 
 from __future__ import annotations

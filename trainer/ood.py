@@ -16,10 +16,10 @@ rate. μ, Σ come from the even-numbered calibration images, m, cₖ, wₖ and q
 ones (a quantile taken on the images the Gaussian was fitted to is biased low).
 
 Why each test (measured with `python experiments/ood_color.py`, docs/results.md "Out-of-distribution"):
-d alone, one-sided (the score earlier bundles ship, manifest `ood` without `tests`) flags noise, constant images and
-Fashion-MNIST in RGB on the color model, but blends of two test images come out *more* typical than data
-(AUROC 0.10): too little contrast, not too much. Two-sided (t₁) flags those, but no descriptor statistic sees
-textures (0.4–0.5) or photo negatives (0.5–0.65; the negation of an image keeps any zero-mean Gaussian's
+d alone, one-sided (the score earlier bundles ship, manifest `ood` without `tests`) flags noise, constant
+images and Fashion-MNIST in RGB on the color model, but blends of two test images come out *more* typical than
+data (AUROC 0.10): too little contrast, not too much. Two-sided (t₁) flags those, but no descriptor statistic
+sees textures (0.4–0.5) or photo negatives (0.5–0.65; the negation of an image keeps any zero-mean Gaussian's
 density, and first-block statistics barely move). −f does see textures (0.95) and blends (0.86) and fails
 on Fashion-MNIST and constant images, which t₁ covers. Negatives: the first-block Gaussian prefers an image
 to its own negative for most real images, so comparing the two (t₂) flags inverted images at 0.88 AUROC
@@ -127,8 +127,8 @@ def calibrate(descriptor: nn.Module, images: torch.Tensor, batch: int = 500) -> 
     """The Typicality of `descriptor` fitted on `images` (N, C, H, W) in [-1, 1], and the manifest's `ood`
     section describing it. μ and Σ come from the even-numbered images, the tests' medians and quantiles from
     the odd ones: a quantile taken on the images the Gaussian was fitted to is biased low: with 128
-    features, unseen images exceed it far more often than 5% (tests/test_ood.py checks the split version on
-    unseen digits)."""
+    features, unseen images exceed it far more often than 5% (tests/trainer/test_ood.py checks the split
+    version on unseen digits)."""
     descriptor = copy.deepcopy(descriptor).float().eval()
     block = first_block(descriptor)
     fit_images, held = images[0::2], images[1::2]

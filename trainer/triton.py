@@ -16,12 +16,12 @@ bundle's defaults, baked in), iteration t using noise[t]; then the descriptor on
 energy [N]. The randomness stays outside the graph, so results are reproducible per seed:
 contract.sampling.synthesis_draws(seeds, d, (C, H, W), K) gives the z and noise that coop-serve's sampler
 draws, and the graph then makes its images (checked in ONNX Runtime against serving's engine:
-tests/test_triton.py). Triton's batching would stack requests on axis 0, which for noise is K, not N, so this
-model batches per request (max_batch_size 0); `generator` and `descriptor` batch dynamically.
+tests/system/test_triton.py). Triton's batching would stack requests on axis 0, which for noise is K, not N,
+so this model batches per request (max_batch_size 0); `generator` and `descriptor` batch dynamically.
 
 Each config.pbtxt is written from Triton's own ModelConfig message (coopnets.oip.model_config_pb2, the
 descriptors tritonclient ships) with text_format; tritonserver 2.51 (the binary in the nvidia-pytriton wheel)
-accepts every one (tests/test_triton.py).
+accepts every one (tests/system/test_triton.py).
 """
 
 from __future__ import annotations

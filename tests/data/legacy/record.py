@@ -1,5 +1,5 @@
 """Records what the service answered at commit 3891903 (before the contract/sampler restructuring), on a tiny
-bundle written by that commit's exporter: tests/test_legacy_bundle.py replays the same requests against the
+bundle written by that commit's exporter: tests/contract/test_legacy_bundle.py replays the same requests against the
 current service and compares. Run from a checkout of 3891903:
 
     PYTHONPATH=.:protos python tests/data/legacy/record.py tests/data/legacy

@@ -214,7 +214,7 @@ def test_train_exports_bundle_and_coop_export_cli(tmp_path, npz):
     assert manifest["langevin"] == {"s": 0.016, "delta": 0.002, "steps": 3, "sigma": 0.3, "noise": True}
     assert manifest["training"]["iterations"] == 1 and manifest["training"]["langevin_steps"] == 3
     assert manifest["source"] == {"checkpoint": "checkpoint.pt", "iteration": 1}
-    triton = tmp_path / "triton"  # the repository itself: tests/test_triton.py
+    triton = tmp_path / "triton"  # the repository itself: tests/system/test_triton.py
     assert export_main([str(out / "checkpoint.pt"), str(tmp_path / "again"), "--triton", str(triton)]) == 0
     assert (triton / "synthesis_chain" / "1" / "model.onnx").is_file()
     again = json.loads((tmp_path / "again" / "manifest.json").read_text())

@@ -1,7 +1,7 @@
 """The .proto from another gRPC implementation: Node's @grpc/grpc-js + @grpc/proto-loader call Synthesize.
 
-`npm install` runs once into a cache directory keyed by tests/node/package.json (COOPNETS_NODE_CACHE, default
-~/.cache/coopnets-node-test); skipped only when node or npm are not installed.
+`npm install` runs once into a cache directory keyed by tests/system/node/package.json (COOPNETS_NODE_CACHE,
+default ~/.cache/coopnets-node-test); skipped only when node or npm are not installed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from support import ROOT, TOKEN
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]  # npm install from the npm registry
 
-NODE_DIR = ROOT / "tests" / "node"
+NODE_DIR = ROOT / "tests" / "system" / "node"
 
 
 @pytest.fixture(scope="module")

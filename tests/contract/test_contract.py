@@ -316,7 +316,7 @@ def test_completion_with_residual_fill_differs_only_in_the_hole_and_starts_close
     """On the legacy bundle's graphs: the fill before refinement is g(X) plus the interpolated residual, so
     it differs from the plain fill only on missing pixels, and (g fitting the visible pixels imperfectly)
     the residual is not zero there. That it is the better guess needs a trained model:
-    tests/test_reference_bundle.py."""
+    tests/contract/test_reference_bundle.py."""
     images = engine.synthesize([5, 6]).images
     masks = occlusions.occlusion_masks("random:0.5", engine.image_shape, [0, 1])
     fills = {}

@@ -4,7 +4,8 @@ Compared by content, not bytes, so any grpcio-tools version passes while the .pr
 agree: the FileDescriptorProto in coopnets_pb2 (every message, field, number, type and service) against the
 .proto compiled now, and the generated stub and servicer against the compiled service's methods. The committed
 code must also be what protos/protogen.py's pinned generator writes: no runtime version check, which would
-refuse every protobuf older than the generator (tests/test_install.py runs this file on the lowest protobuf).
+refuse every protobuf older than the generator (tests/system/test_install.py runs this file on the lowest
+protobuf).
 """
 
 from __future__ import annotations

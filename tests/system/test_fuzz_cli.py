@@ -222,7 +222,8 @@ MANIFEST_PATHS = [
 ]
 
 
-LEGACY = Path(__file__).parent / "data" / "legacy" / "bundle"  # tiny graphs: sessions open in milliseconds
+# tiny graphs: sessions open in milliseconds
+LEGACY = Path(__file__).parents[1] / "data" / "legacy" / "bundle"
 ONE_STEP = SynthesisParams(steps=1, delta=0.002, noise=True)
 ONE_STEP_COMPLETION = completion_params(restarts=2)
 

@@ -1,5 +1,5 @@
 """Property-based fuzzing of the REST binding (serving/rest.py) through a real server on loopback, as
-tests/test_fuzz_rpc.py fuzzes gRPC.
+tests/system/test_fuzz_rpc.py fuzzes gRPC.
 
 Whatever a client posts to /v2/models/{m}/infer (bytes that are not JSON, JSON of any shape, tensors with
 wrong names, datatypes, shapes and values, huge counts and sizes, `Inference-Header-Content-Length` and

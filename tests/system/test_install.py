@@ -119,7 +119,9 @@ def test_the_train_extras_commands_say_what_to_install_on_a_base_install(base_ve
 def test_the_proto_tests_pass_on_the_lowest_protobuf(base_venv):
     """The committed stubs (gencode 4.25.1, no runtime check) import and match the .proto on protobuf 4.25."""
     py = str(base_venv / "bin" / "python")
-    _run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_serving_proto.py"], cwd=ROOT)
+    _run(
+        [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/serving/test_serving_proto.py"], cwd=ROOT
+    )
 
 
 def test_the_base_install_serves_calls_and_completes(base_venv, tmp_path):
