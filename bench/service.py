@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import socket
 import sys
 import tempfile
 import threading
@@ -64,6 +65,11 @@ def latency(
 ) -> list[list[str]]:
     rows = []
     conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=600)
+    conn.connect()
+    # http.client sends a request's headers and body in two writes; with Nagle's algorithm on, the body
+    # waits for the server's delayed ACK of the headers (40 ms on Linux). curl and tritonclient.http set
+    # TCP_NODELAY, and so does this client, so that the column measures the server, not that stall.
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     with CoopNetsClient(address, timeout=600) as client:
         for n in counts:
             seeds = list(range(n))

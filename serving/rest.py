@@ -896,7 +896,10 @@ class RestServer:
 
     def __init__(self, app: RestApp, host: str, port: int, tls: dict | None = None):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not the default 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on
+        # sockets that say they are TCP, and uvicorn writes a response's head and body in two writes; with
+        # Nagle on, the body waited for the client's delayed ACK of the head (40 ms on Linux) on every request
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))

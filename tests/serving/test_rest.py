@@ -395,3 +395,22 @@ def test_the_timeout_parameter_is_a_deadline(serving_bundle):
         assert status == 504, body
     finally:
         assert server.stop(5)
+
+
+def test_connections_have_nagle_off(coop_server):
+    """Every accepted connection has TCP_NODELAY set. uvicorn writes a response's head and body in two writes;
+    with Nagle's algorithm on, the body waits for the client's delayed ACK of the head, 40 ms on Linux, on
+    every keep-alive request (bench/service.py's HTTP column showed it). asyncio sets TCP_NODELAY only on
+    sockets whose proto says TCP, so the listening socket must be made with IPPROTO_TCP."""
+    import http.client
+    import socket
+
+    conn = http.client.HTTPConnection("127.0.0.1", coop_server.http_port, timeout=30)
+    try:
+        conn.request("GET", "/v2/health/live")
+        assert conn.getresponse().read() == b'{"live":true}'
+        connections = coop_server.server.http.server.server_state.connections  # uvicorn's open connections
+        sockets = [c.transport.get_extra_info("socket") for c in connections]
+        assert sockets and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
+    finally:
+        conn.close()
