@@ -16,7 +16,9 @@ distinct weights. `pack_bundle` moves every initializer of at least MIN_ELEMENTS
 The decoding nodes read only initializers, so ONNX Runtime folds them into float32 constants when it opens
 the session (constant folding, every optimisation level above ORT_DISABLE_ALL): a packed graph runs at the
 speed of the float32 one. typicality.onnx is never re-encoded: its calibration (trainer/ood.py) was measured
-with the float32 weights. Whether the rounding hurts samples is measured with coop-eval (docs/results.md).
+with the float32 weights, and its whitening matrix would not survive int8. Since it holds the descriptor's
+layers, a float16 or int8 bundle carries the descriptor's weights twice: rounded for the contract's graphs,
+float32 for the score. Whether the rounding hurts samples is measured with coop-eval (docs/results.md).
 """
 
 from __future__ import annotations

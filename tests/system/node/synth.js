@@ -7,7 +7,7 @@ const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
 
 const [address, count, seed, token] = process.argv.slice(2);
-const protoRoot = path.resolve(__dirname, "..", "..", "protos");
+const protoRoot = path.resolve(__dirname, "..", "..", "..", "protos");
 const definition = protoLoader.loadSync("coopnets/v1/coopnets.proto", {
   includeDirs: [protoRoot], keepCase: true, longs: Number, enums: String, defaults: true,
 });
