@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from coopnets.contract import sampling
@@ -56,9 +56,15 @@ class MethodScores:
     ssim_missing: metrics.Summary
     ssim_whole: metrics.Summary
     mae_missing: metrics.Summary  # [0, 1] intensity scale, the paper's measure
+    # the per-image values behind psnr_missing and mae_missing, in image order: a margin between two methods
+    # on the same images gets a paired interval from them (evaluation.report.completion_margins)
+    psnr_missing_values: tuple[float, ...] = field(default=(), repr=False)
+    mae_missing_values: tuple[float, ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["psnr_missing_values"], out["mae_missing_values"]
+        return out
 
 
 def model_runners(engine: Engine, langevin_only_steps: int) -> dict[tuple[str, ...], Runner]:
@@ -108,15 +114,19 @@ def run_batched(runner: Runner, images: np.ndarray, masks: np.ndarray, seeds: li
 
 def score(occlusion: str, method: str, completed: np.ndarray, originals: np.ndarray,
           masks: np.ndarray) -> MethodScores:  # fmt: skip
+    psnr_missing = np.minimum(metrics.psnr(completed, originals, masks), metrics.PSNR_CAP)  # (N,)
+    mae_missing = metrics.mae(completed, originals, masks)  # (N,)
     return MethodScores(
         occlusion=occlusion,
         method=method,
         missing_fraction=float(masks.mean()),
-        psnr_missing=metrics.summarise(metrics.psnr(completed, originals, masks)),
+        psnr_missing=metrics.summarise(psnr_missing),
         psnr_whole=metrics.summarise(metrics.psnr(completed, originals)),
         ssim_missing=metrics.summarise(metrics.ssim(completed, originals, masks)),
         ssim_whole=metrics.summarise(metrics.ssim(completed, originals)),
-        mae_missing=metrics.summarise(metrics.mae(completed, originals, masks)),
+        mae_missing=metrics.summarise(mae_missing),
+        psnr_missing_values=tuple(float(v) for v in psnr_missing),
+        mae_missing_values=tuple(float(v) for v in mae_missing),
     )
 
 

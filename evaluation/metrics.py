@@ -245,7 +245,10 @@ class Summary:
     n: int
 
 
-def summarise(values: np.ndarray, cap: float = 100.0) -> Summary:
+PSNR_CAP = 100.0  # dB: a pixel-exact image's PSNR (infinite) counts as this in a mean
+
+
+def summarise(values: np.ndarray, cap: float = PSNR_CAP) -> Summary:
     v = np.minimum(np.asarray(values, dtype=np.float64), cap)
     n = len(v)
     mean = float(v.mean())

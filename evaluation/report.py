@@ -15,7 +15,7 @@ import numpy as np
 from coopnets.contract.codec import save_grid, save_side_by_side
 from coopnets.contract.files import atomic_write_json, atomic_write_text
 from coopnets.evaluation.completion import MethodScores
-from coopnets.evaluation.metrics import Summary
+from coopnets.evaluation.metrics import Summary, summarise
 from coopnets.evaluation.ood import Separation
 from coopnets.evaluation.ood import table as ood_table
 from coopnets.evaluation.synthesis import SetScores
@@ -86,7 +86,8 @@ def completion_tables(scores: list[MethodScores]) -> str:
     if margins:
         parts.append(
             "Margin of `coop` over the best baseline on the missing region, each measure's best on its own "
-            "(positive = model better); MAE on the [0, 1] intensity scale (× 255: 8-bit levels):\n"
+            "(positive = model better), with the 95% interval of the mean difference over the same images "
+            "(paired); MAE on the [0, 1] intensity scale (× 255: 8-bit levels):\n"
         )
         parts.append(
             "| occlusion | coop PSNR (dB) | best baseline | its PSNR (dB) | margin (dB) | coop MAE | "
@@ -96,15 +97,31 @@ def completion_tables(scores: list[MethodScores]) -> str:
         for m in margins:
             parts.append(
                 f"| {m['occlusion']} | {m['model']:.2f} | {m['baseline']} | {m['baseline_psnr']:.2f} | "
-                f"{m['margin']:+.2f} | {m['model_mae']:.4f} | {m['baseline_by_mae']} | "
-                f"{m['baseline_mae']:.4f} | {m['mae_margin']:+.4f} |"
+                f"{_signed(m['margin'], m['margin_interval'], 2)} | {m['model_mae']:.4f} | "
+                f"{m['baseline_by_mae']} | {m['baseline_mae']:.4f} | "
+                f"{_signed(m['mae_margin'], m['mae_margin_interval'], 4)} |"
             )
     return "\n".join(parts)
 
 
+def _signed(value: float, interval: list[float] | None, digits: int) -> str:
+    text = f"{value:+.{digits}f}"
+    return text if interval is None else f"{text} [{interval[0]:+.{digits}f}, {interval[1]:+.{digits}f}]"
+
+
+def _paired(a: tuple[float, ...], b: tuple[float, ...]) -> list[float] | None:
+    """The 95% interval of the mean of a − b over the same images: paired, so the images' own difficulty,
+    shared by both methods, cancels (much narrower than the two means' intervals side by side)."""
+    if not a or len(a) != len(b):
+        return None
+    s = summarise(np.subtract(a, b))
+    return [s.low, s.high]
+
+
 def completion_margins(scores: list[MethodScores]) -> list[dict]:
     """Per occlusion: coop's PSNR against the highest-PSNR baseline (`margin` > 0: coop higher) and its MAE
-    against the lowest-MAE baseline (`mae_margin` = baseline MAE − coop MAE, > 0: coop lower)."""
+    against the lowest-MAE baseline (`mae_margin` = baseline MAE − coop MAE, > 0: coop lower), each with the
+    paired 95% interval of its mean difference."""
     out = []
     for occlusion in dict.fromkeys(s.occlusion for s in scores):
         rows = {s.method: s for s in scores if s.occlusion == occlusion}
@@ -113,6 +130,7 @@ def completion_margins(scores: list[MethodScores]) -> list[dict]:
             coop = rows["coop"]
             best = max(base, key=lambda k: base[k].psnr_missing.mean)
             best_mae = min(base, key=lambda k: base[k].mae_missing.mean)
+            by_mae = base[best_mae]
             out.append(
                 {
                     "occlusion": occlusion,
@@ -124,6 +142,8 @@ def completion_margins(scores: list[MethodScores]) -> list[dict]:
                     "baseline_by_mae": best_mae,
                     "baseline_mae": base[best_mae].mae_missing.mean,
                     "mae_margin": base[best_mae].mae_missing.mean - coop.mae_missing.mean,
+                    "margin_interval": _paired(coop.psnr_missing_values, base[best].psnr_missing_values),
+                    "mae_margin_interval": _paired(by_mae.mae_missing_values, coop.mae_missing_values),
                 }
             )
     return out

@@ -10,6 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 from coopnets.contract.occlusions import occlusion_masks
+from coopnets.evaluation import metrics
 from coopnets.evaluation.completion import (
     BASELINE_METHODS,
     METHODS,
@@ -102,5 +103,20 @@ def test_rgb_evaluation_reports_mae_and_psnr_for_every_method(rgb_engine):
         lowest = min(BASELINE_METHODS, key=lambda k: by[k].mae_missing.mean)
         assert m["baseline_by_mae"] == lowest
         assert m["mae_margin"] == by[lowest].mae_missing.mean - by["coop"].mae_missing.mean
+        # the paired interval: mean ± 1.96 standard errors of the per-image differences, whose mean equals the
+        # difference of the means up to float64 rounding (4 values of |PSNR| < 100: far below 1e-12)
+        coop, best = by["coop"], by[m["baseline"]]
+        assert metrics.summarise(coop.psnr_missing_values) == coop.psnr_missing
+        d = np.subtract(coop.psnr_missing_values, best.psnr_missing_values)  # (4,)
+        half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
+        assert m["margin_interval"] == pytest.approx([m["margin"] - half, m["margin"] + half], abs=1e-12)
+        d_mae = np.subtract(by[lowest].mae_missing_values, coop.mae_missing_values)
+        half = 1.96 * d_mae.std(ddof=1) / np.sqrt(len(d_mae))
+        assert m["mae_margin_interval"] == pytest.approx(
+            [m["mae_margin"] - half, m["mae_margin"] + half], abs=1e-12
+        )
+        assert "psnr_missing_values" not in coop.to_dict()  # report.json keeps the summaries only
     text = completion_tables(result.scores)
     assert "MAE missing" in text and "MAE margin" in text and "| telea |" in text
+    lo, hi = margins[0]["margin_interval"]
+    assert f"{margins[0]['margin']:+.2f} [{lo:+.2f}, {hi:+.2f}]" in text
