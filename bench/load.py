@@ -20,6 +20,7 @@ error other than RESOURCE_EXHAUSTED was seen or when the burst got no RESOURCE_E
 
 from __future__ import annotations
 
+import functools
 import random
 import sys
 import tempfile
@@ -148,6 +149,17 @@ def one_call(c: CoopNetsClient, rpc: str, rng: random.Random, cfg: LoadConfig, i
         c.info()
 
 
+def timed(rec: Recorder, name: str, call, *args) -> None:
+    """Runs call(*args) and records its status code and seconds under `name`."""
+    start = time.perf_counter()
+    try:
+        call(*args)
+        code = "OK"
+    except grpc.RpcError as e:
+        code = e.code().name
+    rec.add(name, code, time.perf_counter() - start)
+
+
 def client_loop(
     address: str, cfg: LoadConfig, index: int, until: float, rec: Recorder, image: np.ndarray
 ) -> None:
@@ -156,13 +168,7 @@ def client_loop(
     with CoopNetsClient(address, timeout=120, retries=1) as c:
         while time.monotonic() < until:
             rpc = rng.choices(names, weights)[0]
-            start = time.perf_counter()
-            try:
-                one_call(c, rpc, rng, cfg, image)
-                code = "OK"
-            except grpc.RpcError as e:
-                code = e.code().name
-            rec.add(rpc, code, time.perf_counter() - start)
+            timed(rec, rpc, one_call, c, rpc, rng, cfg, image)
 
 
 def run_clients(address: str, cfg: LoadConfig, clients: int, seconds: float, image: np.ndarray) -> Recorder:
@@ -179,10 +185,9 @@ def run_clients(address: str, cfg: LoadConfig, clients: int, seconds: float, ima
     return rec
 
 
-def mix_phase(cfg: LoadConfig, workdir: Path) -> dict:
-    """N clients for cfg.seconds; RSS after warm-up (and a 1-second round of the same traffic) and at the
-    end."""
-    server = start_server(
+def mix_server(cfg: LoadConfig, workdir: Path) -> Spawned:
+    """The server of the mix and priority phases."""
+    return start_server(
         cfg.bundle,
         workdir,
         "--threads",
@@ -195,6 +200,12 @@ def mix_phase(cfg: LoadConfig, workdir: Path) -> dict:
         "--max-steps",  # at least coop-serve's default: the bundle's own defaults must fit (it refuses them)
         str(max(1000, cfg.steps, cfg.latent_steps, cfg.refine_steps)),
     )
+
+
+def mix_phase(cfg: LoadConfig, workdir: Path) -> dict:
+    """N clients for cfg.seconds; RSS after warm-up (and a 1-second round of the same traffic) and at the
+    end."""
+    server = mix_server(cfg, workdir)
     try:
         with CoopNetsClient(server.address, timeout=60) as c:
             image = c.synthesize(count=1, seed=0, steps=cfg.steps).images[0]  # (C, H, W): the Complete input
@@ -245,13 +256,10 @@ def overload_phase(cfg: LoadConfig, workdir: Path) -> dict:
             with CoopNetsClient(server.address, timeout=300, retries=1) as c:
                 c.info()  # connected before the burst
                 gate.wait()
-                start = time.perf_counter()
-                try:
-                    c.synthesize(count=cfg.max_count, seed=i, steps=20 * cfg.steps)
-                    code = "OK"
-                except grpc.RpcError as e:
-                    code = e.code().name
-                rec.add("Synthesize", code, time.perf_counter() - start)
+                heavy_call = functools.partial(
+                    c.synthesize, count=cfg.max_count, seed=i, steps=20 * cfg.steps
+                )
+                timed(rec, "Synthesize", heavy_call)
 
         threads = [threading.Thread(target=heavy, args=(i,), daemon=True) for i in range(cfg.burst)]
         for t in threads:
@@ -280,28 +288,12 @@ def probe_loop(address: str, until: float, rec: Recorder, image: np.ndarray) -> 
         while time.monotonic() < until:
             rpc = PROBES[turn % len(PROBES)]
             turn += 1
-            start = time.perf_counter()
-            try:
-                probe_call(c, rpc, image)
-                code = "OK"
-            except grpc.RpcError as e:
-                code = e.code().name
-            rec.add(f"probe {rpc}", code, time.perf_counter() - start)
+            timed(rec, f"probe {rpc}", probe_call, c, rpc, image)
 
 
 def priority_phase(cfg: LoadConfig, workdir: Path) -> dict:
     """Complete-only clients saturate the server while one probe client measures the cheap kinds."""
-    steps = str(max(1000, cfg.latent_steps, cfg.refine_steps))
-    server = start_server(
-        cfg.bundle,
-        workdir,
-        "--threads",
-        str(cfg.threads),
-        "--max-queue",
-        str(cfg.max_queue),
-        "--max-steps",
-        steps,
-    )
+    server = mix_server(cfg, workdir)
     try:
         with CoopNetsClient(server.address, timeout=60) as c:
             image = c.synthesize(count=1, seed=0, steps=cfg.steps).images[0]
@@ -327,13 +319,7 @@ def complete_loop(
     rng = random.Random(cfg.seed * 1000 + index)
     with CoopNetsClient(address, timeout=300, retries=1) as c:
         while time.monotonic() < until:
-            start = time.perf_counter()
-            try:
-                one_call(c, "Complete", rng, cfg, image)
-                code = "OK"
-            except grpc.RpcError as e:
-                code = e.code().name
-            rec.add("Complete", code, time.perf_counter() - start)
+            timed(rec, "Complete", one_call, c, "Complete", rng, cfg, image)
 
 
 def latency_rows(latency: dict) -> list[str]:
