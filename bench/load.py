@@ -149,6 +149,14 @@ def one_call(c: CoopNetsClient, rpc: str, rng: random.Random, cfg: LoadConfig, i
         c.info()
 
 
+def run_all(threads: list[threading.Thread]) -> None:
+    """Starts every thread, then waits for all: the clients of a phase run at once."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def timed(rec: Recorder, name: str, call, *args) -> None:
     """Runs call(*args) and records its status code and seconds under `name`."""
     start = time.perf_counter()
@@ -178,10 +186,7 @@ def run_clients(address: str, cfg: LoadConfig, clients: int, seconds: float, ima
         threading.Thread(target=client_loop, args=(address, cfg, i, until, rec, image), daemon=True)
         for i in range(clients)
     ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_all(threads)
     return rec
 
 
@@ -261,11 +266,7 @@ def overload_phase(cfg: LoadConfig, workdir: Path) -> dict:
                 )
                 timed(rec, "Synthesize", heavy_call)
 
-        threads = [threading.Thread(target=heavy, args=(i,), daemon=True) for i in range(cfg.burst)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_all([threading.Thread(target=heavy, args=(i,), daemon=True) for i in range(cfg.burst)])
     finally:
         code = server.stop()
     return {**rec.summary(), "burst": cfg.burst, "max_queue": cfg.burst_queue, "server_exit": code}
@@ -303,10 +304,7 @@ def priority_phase(cfg: LoadConfig, workdir: Path) -> dict:
             for i in range(cfg.saturate)
         ]
         threads.append(threading.Thread(target=probe_loop, args=(server.address, until, rec, image)))
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_all(threads)
     finally:
         code = server.stop()
     return {**rec.summary(), "saturate": cfg.saturate, "server_exit": code}
