@@ -37,6 +37,7 @@ def tiny_fashion(tmp_path_factory):
     return write_tiny_fashion(tmp_path_factory.mktemp("fashion"))
 
 
+@pytest.mark.slow  # the whole coop-eval run (synthesis, completion, ood) on a real bundle: ~16 s
 def test_coop_eval_end_to_end(serving_bundle, tiny_fashion, tmp_path, capsys):
     out, cache = tmp_path / "eval", tmp_path / "cache"
     argv = [str(serving_bundle), "--out", str(out), "--data-dir", str(tiny_fashion),

@@ -262,6 +262,7 @@ def test_bad_arguments(tmp_path):
         export_bundle(descriptor, other, tmp_path / "b", langevin=LANGEVIN)
 
 
+@pytest.mark.slow  # a second full export through torch's dynamo exporter: ~12 s
 def test_dynamo_exporter_gives_an_equivalent_bundle(tmp_path):
     """The alternative exporter (torch.export based) passes the same verification."""
     descriptor, generator = perturbed_nets(NetSpec("mnist28", 1, 8))

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from coopnets.trainer.cli import train_main
 from PIL import Image
 
 
+@pytest.mark.slow  # trains, exports and serves the 64 px net: ~12 s
 def test_scene64_trains_exports_and_serves_on_a_small_color_folder(tmp_path):
     from coopnets.serving.engine import Engine
 

@@ -202,6 +202,7 @@ def float32_only_bytes(bundle: Path) -> int:
     return sum(length for _, length in spans("typicality") - others)
 
 
+@pytest.mark.slow  # coop-train in a subprocess, then three exports: ~12 s
 def test_train_exports_bundle_and_coop_export_cli(tmp_path, npz):
     pytest.importorskip("coopnets.trainer.export")
     out = tmp_path / "run"
