@@ -168,6 +168,13 @@ def error(status: int, message: str, field: str | None = None, retry: bool = Fal
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def answer_too_large(size: int, limit: int) -> str:
+    return (
+        f"the answer ({size} bytes) exceeds --max-send-mb ({limit} bytes): ask for fewer images (count), "
+        "or for binary outputs (OIP: parameters.binary_data)"
+    )
+
+
 def _aborted(e: Aborted) -> JSONResponse:
     field = _field(e.status)
     status = HTTP_STATUS.get(e.status.code, 500)
@@ -643,7 +650,7 @@ class RestApp:
             return refused
         ctx = Context()
         try:
-            return await self._run(request, rpc, ctx, work)
+            return self._bounded(rpc, await self._run(request, rpc, ctx, work))
         finally:
             self._limiter.release()
             ctx.end()
@@ -669,6 +676,17 @@ class RestApp:
                 return error(400, str(e), e.field)
             finally:
                 tg.cancel_scope.cancel()
+
+    def _bounded(self, rpc: str, response: Response) -> Response:
+        """`response`, or the 429 that replaces it when its body is over --max-send-mb: the bound gRPC puts on
+        every answer message (RESOURCE_EXHAUSTED there too), kept for HTTP, where JSON numbers take about 3×
+        the bytes of the binary floats gRPC sends."""
+        limit = self.service.limits.max_send_message_bytes
+        size = len(getattr(response, "body", b""))
+        if size <= limit:
+            return response
+        self.service.metrics.observe(LABEL + rpc, "RESOURCE_EXHAUSTED", 0.0)
+        return error(429, answer_too_large(size, limit), "count")
 
     async def _unary(self, request: Request, rpc: str, call: Callable[[Context], object], answer) -> Response:
         return await self._call(request, rpc, lambda ctx: answer(call(ctx)))

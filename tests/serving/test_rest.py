@@ -306,6 +306,41 @@ def test_over_the_size_limit_is_413(serving_bundle):
         assert server.stop()
 
 
+def test_an_answer_over_max_send_is_429_naming_count_as_grpc_bounds_it(serving_bundle):
+    """--max-send-mb bounds HTTP answers as it bounds gRPC messages. 300 images of 28×28 float32 are 940,800
+    bytes: under 1 MiB in gRPC's binary, over it as the page API's base64 (4/3 of that, 1,254,400) and the
+    OIP's JSON numbers (several bytes each), so one count is served by gRPC and refused by HTTP. (PNG answers,
+    the page's default format, are far smaller.)"""
+    server = local_server(serving_bundle, http_port=0, metrics_port=0, max_send_mb=1, max_count=300)
+    url, count = server.http_url, 300
+    tensor = {"count": count, "seed": "1", "langevin": {"steps": 0}, "format": "IMAGE_FORMAT_TENSOR"}
+    try:
+        with server.client() as c:
+            assert c.synthesize(count=count, seed=1, steps=0).images.shape[0] == count
+        for path, body in (
+            ("/api/synthesize", tensor),
+            ("/v2/models/coopnets-synthesize/infer", {"inputs": [
+                {"name": "count", "datatype": "INT32", "shape": [1], "data": [count]},
+                {"name": "steps", "datatype": "INT32", "shape": [1], "data": [0]}]}),
+        ):  # fmt: skip
+            status, headers, answer = call(url + path, body)
+            doc = json.loads(answer)
+            assert status == 429 and doc["field"] == "count" and "--max-send-mb" in doc["error"], path
+            assert "Retry-After" not in headers  # the same request would be refused again
+        status, _, answer = call(url + "/api/synthesize/stream", {"request": tensor})
+        # a stream sends one image per event, as gRPC one per message: each is far under the bound
+        assert status == 200 and answer.count(b"event: image") == count and b"event: error" not in answer
+        # within the bound: the same binary answer the OIP gives gRPC clients, and fewer images in JSON
+        doc = {"inputs": [{"name": "count", "datatype": "INT32", "shape": [1], "data": [count]},
+                          {"name": "steps", "datatype": "INT32", "shape": [1], "data": [0]}],
+               "parameters": {"binary_data_output": True}}  # fmt: skip
+        assert call(url + "/v2/models/coopnets-synthesize/infer", doc)[0] == 200
+        assert call(url + "/api/synthesize", {"count": 10, "seed": "1"})[0] == 200
+        assert server.metric("coopnets_requests_total", rpc="http/Synthesize", code="RESOURCE_EXHAUSTED") == 1
+    finally:
+        assert server.stop()
+
+
 def test_a_full_queue_is_429_with_retry_after(serving_bundle):
     server = local_server(serving_bundle, http_port=0, max_batch=1, max_queue=1, max_delay_ms=0)
     answers = []
