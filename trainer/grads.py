@@ -226,11 +226,20 @@ def _checked_body(net: nn.Module, probe: torch.Tensor, head: Callable) -> nn.Seq
         raise UnsupportedLayerError(f"{type(net).__name__} has no nn.Sequential `body` to differentiate")
     for layer in body:
         _check_layer(layer)
-    with torch.no_grad():
-        if not torch.equal(net(probe), head(body(probe))):
-            raise UnsupportedLayerError(
-                f"{type(net).__name__}.forward is no longer head(body(x)) as trainer/grads.py assumes"
-            )
+    # One thread for the comparison: multi-threaded MKL and oneDNN split their sums by the threads they get,
+    # which varies with the machine's load, so two calls of one forward could differ in the last bits (an
+    # export failed this check on a busy machine); on one thread the same code sums in the same order.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            same = torch.equal(net(probe), head(body(probe)))
+    finally:
+        torch.set_num_threads(threads)
+    if not same:
+        raise UnsupportedLayerError(
+            f"{type(net).__name__}.forward is no longer head(body(x)) as trainer/grads.py assumes"
+        )
     return body
 
 

@@ -248,6 +248,24 @@ def test_unsupported_layer_raises(tmp_path):
         GeneratorGrad(generator.train())
 
 
+def test_a_forward_that_is_not_head_of_body_is_refused_and_threads_are_restored():
+    """The explicit gradients differentiate `body` and the head written in trainer/grads.py, so a net whose
+    forward does more must fail the check; the check runs on one thread (bit-equal sums) and gives the
+    caller's thread count back."""
+    descriptor, generator = perturbed_nets(SPECS[0])
+    threads = torch.get_num_threads()
+    GeneratorGrad(generator.eval())
+    DescriptorWithGrad(descriptor)
+    assert torch.get_num_threads() == threads
+    generator.forward = lambda z: generator.body(z) * 1.0001
+    with pytest.raises(UnsupportedLayerError, match="Generator.forward is no longer head"):
+        GeneratorGrad(generator)
+    descriptor.forward = lambda y: descriptor.body(y).flatten(1).sum(1) + 1e-3
+    with pytest.raises(UnsupportedLayerError, match="Descriptor.forward is no longer head"):
+        DescriptorWithGrad(descriptor)
+    assert torch.get_num_threads() == threads
+
+
 def test_bad_arguments(tmp_path):
     descriptor, generator = perturbed_nets(SPECS[0])
     with pytest.raises(ValueError, match="langevin settings lack delta"):
