@@ -362,3 +362,53 @@ def perturbed_nets(spec, seed: int = 0):
             nn.init.uniform_(m.weight, 0.5, 1.5)
             nn.init.normal_(m.bias, 0.0, 0.1)
     return descriptor.eval(), generator.eval()
+
+
+class PerImageBackend:
+    """A contract.sampling.Backend that runs `backend`'s nets one image at a time, on one thread. Batched
+    float32 convolutions sum in an order that depends on the batch size (and, multi-threaded, on the threads
+    they get), so a batched backend can differ from itself in the last bits between a batch and one image of
+    it; image by image, the same image meets the same sums in both. A test of the sampler's batch
+    independence (draw order, one rng per image) then compares exactly: any difference is the sampler's."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.image_shape, self.latent_dim = backend.image_shape, backend.latent_dim
+        self.s, self.sigma = backend.s, backend.sigma
+
+    def each(self, fn, *arrays) -> list:
+        """[fn(a[i:i+1] for a in arrays) for each image i] on one thread; (1, ...) arrays broadcast."""
+        import torch
+
+        n = max(len(a) for a in arrays)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return [fn(*(a[i : i + 1] if len(a) == n else a for a in arrays)) for i in range(n)]
+        finally:
+            torch.set_num_threads(threads)
+
+    def generate(self, z: np.ndarray) -> np.ndarray:
+        return np.concatenate(self.each(self.backend.generate, z))
+
+    def score(self, y: np.ndarray) -> np.ndarray:
+        return np.concatenate(self.each(self.backend.score, y))
+
+    def latent_grad(self, z: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        grads, us = zip(*self.each(self.backend.latent_grad, z, y, mask), strict=True)
+        return np.concatenate(grads), np.concatenate(us)
+
+    def chain(self, y: np.ndarray, mask: np.ndarray, delta: float):
+        return _PerImageChain(self, self.each(lambda yi, mi: self.backend.chain(yi, mi, delta), y, mask))
+
+
+class _PerImageChain:
+    def __init__(self, backend: PerImageBackend, chains: list):
+        self.backend, self.chains = backend, chains
+
+    def step(self, noise: np.ndarray) -> None:
+        steps = iter(self.chains)
+        self.backend.each(lambda u: next(steps).step(u), noise)
+
+    def value(self) -> np.ndarray:
+        return np.concatenate([c.value() for c in self.chains])

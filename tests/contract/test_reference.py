@@ -20,15 +20,11 @@ from coopnets.trainer.export import export_bundle
 from coopnets.trainer.langevin import descriptor_score_and_grad
 from coopnets.trainer.nets import NetSpec
 from coopnets.trainer.reference import TorchBackend
-from support import perturbed_nets
+from support import PerImageBackend, perturbed_nets
 
 SPEC = NetSpec("mnist28", 1, 100)
 S, DELTA, SIGMA = 0.016, 0.002, 0.3
 LANGEVIN = {"s": S, "delta": DELTA, "steps": 3, "sigma": SIGMA, "noise": True}
-# Batched torch convolutions are not bit-stable across batch sizes on CPU (measured: up to 9.3e-10 at batch 3
-# vs batch 1 after 5 steps), nor is the matmul of the descriptor's last layer (scores of ~0.9 differed by
-# 2e-6, a few float32 ulps); a wrong draw order or a shared rng would differ by O(1).
-BATCH_ATOL, BATCH_RTOL = 1e-6, 1e-5
 # ORT against autograd after a few steps (measured: images 1.3e-6, f 3.3e-6 at |f| ≈ 0.8).
 IMAGE_ATOL, SCORE_ATOL = 1e-5, 2e-5
 
@@ -106,27 +102,32 @@ def test_synthesis_draws_z_then_noise_from_each_images_rng(nets, torch_backend):
 
 
 def test_synthesis_is_batch_independent(torch_backend):
+    """Image i of a batch is the image its seed gives alone, bit for bit: the nets run image by image
+    (PerImageBackend), so only the sampler's draws could make them differ."""
+    backend = PerImageBackend(torch_backend)
     seeds, params = [11, 12, 13, 14, 15, 16, 17], SynthesisParams(3, DELTA, noise=True)
-    batch = sampling.synthesize(torch_backend, seeds, params)
+    batch = sampling.synthesize(backend, seeds, params)
     for i in (0, 3, 6):
-        alone = sampling.synthesize(torch_backend, [seeds[i]], params)
-        np.testing.assert_allclose(batch.images[i], alone.images[0], rtol=0, atol=BATCH_ATOL)
-        np.testing.assert_allclose(batch.score[i], alone.score[0], rtol=BATCH_RTOL, atol=BATCH_ATOL)
-    again = sampling.synthesize(torch_backend, seeds, params)
+        alone = sampling.synthesize(backend, [seeds[i]], params)
+        assert np.array_equal(batch.images[i], alone.images[0])
+        assert np.array_equal(batch.score[i], alone.score[0])
+        assert np.array_equal(batch.energy[i], alone.energy[0])
+    again = sampling.synthesize(backend, seeds, params)
     assert np.array_equal(batch.images, again.images)
     assert not np.allclose(batch.images[0], batch.images[1])  # different seeds, different images
 
 
 @pytest.mark.parametrize("restarts", [1, 3])
 def test_completion_keeps_observed_pixels_and_is_batch_independent(torch_backend, images, restarts):
+    backend = PerImageBackend(torch_backend)  # the nets image by image: batch and alone compare exactly
     masks = center_masks(3)
-    out = sampling.complete(torch_backend, images, masks, [7, 8, 9], completion(restarts)).images
+    out = sampling.complete(backend, images, masks, [7, 8, 9], completion(restarts)).images
     observed = masks == 0
     assert np.array_equal(out[observed], images[observed])
     assert np.abs(out - images)[~observed].max() > 1e-3  # the hole was filled and refined
     # alone, with a (1, 1, H, W) mask that broadcasts over channels
-    alone = sampling.complete(torch_backend, images[1:2], masks[1:2, :1], [8], completion(restarts)).images
-    np.testing.assert_allclose(out[1], alone[0], rtol=0, atol=BATCH_ATOL)
+    alone = sampling.complete(backend, images[1:2], masks[1:2, :1], [8], completion(restarts)).images
+    assert np.array_equal(out[1], alone[0])
     with pytest.raises(ValueError, match="one seed per image"):
         sampling.complete(torch_backend, images, masks, [7], completion(restarts))
 
