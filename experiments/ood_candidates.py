@@ -30,10 +30,9 @@ import itertools
 
 import numpy as np
 import torch
-from coopnets.evaluation.data import labelled_splits
-from coopnets.evaluation.ood import out_sets, separation
+from coopnets.evaluation.ood import separation
 from coopnets.trainer.checkpoint import load_models
-from coopnets.trainer.ood import first_block
+from ood_color import split  # noqa: E402  (python puts the script's folder, experiments/, on sys.path)
 from torch import nn
 
 SIGMA_STEPS_ETA = 100, 0.05  # latent inference as the color bundle's completion defaults run it
@@ -143,17 +142,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     descriptor, generator, config = load_models(args.checkpoint)
-    first_block(descriptor)  # the same blocks trainer/ood.py reads
-    train, test, _ = labelled_splits(config.dataset, (config.channels, config.image_size, config.image_size),
-                                     config.data_dir)  # fmt: skip
-    pick = np.random.default_rng(config.seed).permutation(len(train.images))[: args.calibration]
-    perm = np.random.default_rng(0).permutation(len(test.images))
-    held, spare = test.images[perm[: args.n]], test.images[perm[args.n : 2 * args.n]]
-    sets = {"in": held, **out_sets(held, spare, seed=0, data_dir=config.data_dir)}
+    shape = (config.channels, config.image_size, config.image_size)
+    calibration, held, sets = split(config.dataset, shape, config.data_dir, config.seed, args)
+    sets = {"in": held, **sets}
     models = descriptor.float().eval(), generator.float().eval(), config.sigma
     for m in models[:2]:
         m.requires_grad_(False)
-    out = scores(models, train.images[np.sort(pick)].astype(np.float32), sets)
+    out = scores(models, calibration, sets)
     names = [n for n in sets if n != "in"]
     print(f"{args.checkpoint}: in = {args.n} test images, {args.n} per out set; AUROC")
     print("| score | " + " | ".join(names) + " | worst |\n" + "|---" * (len(names) + 2) + "|")

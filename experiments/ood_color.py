@@ -88,6 +88,19 @@ def load_model(model: str) -> tuple[Descriptor, str, str, int]:
     )
 
 
+def split(dataset: str, shape, data_dir: str, seed: int, args) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`args.calibration` training images drawn with the run's seed (as export draws them), `args.n` held-out
+    test images, and evaluation/ood.py's out sets built from `args.n` other test images."""
+    from coopnets.evaluation.data import labelled_splits
+
+    train, test, _ = labelled_splits(dataset, shape, data_dir)
+    pick = np.random.default_rng(seed).permutation(len(train.images))[: args.calibration]
+    calibration = np.ascontiguousarray(train.images[np.sort(pick)], dtype=np.float32)
+    perm = np.random.default_rng(0).permutation(len(test.images))
+    held, spare = test.images[perm[: args.n]], test.images[perm[args.n : 2 * args.n]]
+    return calibration, held, out_sets(held, spare, seed=0, data_dir=data_dir)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="a coop-train checkpoint, or a bundle folder or shipped name")
@@ -95,17 +108,9 @@ def main() -> None:
     p.add_argument("--calibration", type=int, default=2000, help="training images for the calibration")
     args = p.parse_args()
     torch.set_num_threads(1)
-    from coopnets.evaluation.data import labelled_splits
-
     descriptor, dataset, data_dir, seed = load_model(args.model)
-    shape = descriptor.spec.image_shape
-    train, test, _ = labelled_splits(dataset, shape, data_dir)
-    pick = np.random.default_rng(seed).permutation(len(train.images))[: args.calibration]
-    calibration = torch.from_numpy(np.ascontiguousarray(train.images[np.sort(pick)], dtype=np.float32))
-    perm = np.random.default_rng(0).permutation(len(test.images))
-    held, spare = test.images[perm[: args.n]], test.images[perm[args.n : 2 * args.n]]
-    sets = out_sets(held, spare, seed=0, data_dir=data_dir)
-    module, _ = calibrate(descriptor, calibration)
+    calibration, held, sets = split(dataset, descriptor.spec.image_shape, data_dir, seed, args)
+    module, _ = calibrate(descriptor, torch.from_numpy(calibration))
 
     @torch.no_grad()
     def rows(x: np.ndarray) -> dict[str, np.ndarray]:
