@@ -14,8 +14,8 @@ distance, log) is fitted on the even-numbered of `--calibration` training images
     outputs       the 100 numbers f sums
     pixels 8x8    the image average-pooled to 8×8 (3·64 values): no network at all
     -f, |grad f|  the descriptor's score and the log norm of its gradient in Y
-    recon         the generator's reconstruction error: latent inference as completion runs it (100 steps
-                  of 0.05, noise off) with no pixel missing, log mean squared error
+    recon         the generator's reconstruction error: latent inference as completion runs it (the bundle
+                  defaults' steps and step size, noise off) with no pixel missing, log mean squared error
     |X|²          the inferred latent's squared norm
 
 Then every union Σ max(0, zₖ) of 2 or 3 of the scores (each zₖ 0 at its calibration median and 1 at its 95th
@@ -30,12 +30,12 @@ import itertools
 
 import numpy as np
 import torch
+from coopnets.contract.bundle import DEFAULT_COMPLETION
+from coopnets.contract.sampling import latent_step
 from coopnets.evaluation.ood import separation
 from coopnets.trainer.checkpoint import load_models
 from ood_color import split  # noqa: E402  (python puts the script's folder, experiments/, on sys.path)
 from torch import nn
-
-SIGMA_STEPS_ETA = 100, 0.05  # latent inference as the color bundle's completion defaults run it
 
 
 def descriptor_parts(descriptor: nn.Module, x: np.ndarray, batch: int = 250) -> dict[str, np.ndarray]:
@@ -64,15 +64,15 @@ def descriptor_parts(descriptor: nn.Module, x: np.ndarray, batch: int = 250) -> 
 
 
 def reconstruction(generator: nn.Module, x: np.ndarray, sigma: float) -> dict[str, np.ndarray]:
-    """Latent inference with every pixel observed: log MSE of g(X) and ‖X‖² at the end, per image."""
-    steps, eta = SIGMA_STEPS_ETA
+    """Latent inference with every pixel observed, as completion runs it at the bundle defaults (noise off):
+    log MSE of g(X) and ‖X‖² at the end, per image."""
     y = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     z = torch.randn(len(y), generator.spec.latent_dim, generator=torch.Generator().manual_seed(0))
-    for _ in range(steps):
+    for _ in range(DEFAULT_COMPLETION.latent_steps):
         z.requires_grad_(True)
         u = ((y - generator(z)) ** 2).flatten(1).sum(1) / (2 * sigma**2) + (z**2).sum(1) / 2  # (N,)
         (grad,) = torch.autograd.grad(u.sum(), z)
-        z = (z - 0.5 * eta**2 * grad).detach()
+        z = latent_step(z, grad, 0.0, DEFAULT_COMPLETION.latent_step_size).detach()
     with torch.no_grad():
         mse = ((y - generator(z)) ** 2).flatten(1).mean(1)
     return {"recon": mse.log().double().numpy()[:, None], "|X|²": (z**2).sum(1).double().numpy()[:, None]}
