@@ -183,6 +183,20 @@ def test_engine_synthesis_equals_the_torch_backend(torch_backend, engine, noise)
 
 
 @pytest.mark.parametrize(
+    "wrong",
+    [SynthesisParams(4, DELTA, True), SynthesisParams(5, 1.2 * DELTA, True)],
+    ids=["a-step-lost", "delta"],
+)
+def test_the_bound_sees_a_wrong_chain(torch_backend, engine, wrong):
+    """The tolerance is fine enough to fail a chain one step short, or with δ off by 20%."""
+    seeds, params = [3, 4, 5], SynthesisParams(steps=5, delta=DELTA, noise=True)
+    want = sampling.synthesize(torch_backend, seeds, params)
+    bound = float32_bound.synthesis(torch_backend.descriptor, torch_backend.generator, seeds, params, S)
+    with pytest.raises(AssertionError, match=r"images: \|difference\|"):
+        assert_within_bound(engine.synthesize(seeds, wrong), want, bound)
+
+
+@pytest.mark.parametrize(
     ("restarts", "latent_noise", "noise"),
     [(1, True, True), (1, False, False), (3, True, True), (3, False, True)],
 )
