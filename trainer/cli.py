@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from coopnets.contract.bundle import STORAGE
+from coopnets.contract.bundle import DEFAULT_COMPLETION, STORAGE
 from coopnets.contract.flags import Parser, add_flags, cli_main
+from coopnets.contract.sampling import MAX_RESTARTS
 from coopnets.trainer.config import HELP, TrainConfig, resolve_train_config
 
 log = logging.getLogger("coopnets.trainer")
@@ -243,7 +244,17 @@ def export_main(argv: list[str] | None = None) -> int:
         choices=STORAGE,
         help=f"{HELP['weights']} (default: the run's --weights)",
     )
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        metavar="R",
+        help="latent chains per completed image that the bundle's completion requests get by default, their "
+        f"g(X) averaged: more chains fill closer to the posterior mean at R times the latent cost "
+        f"(1..{MAX_RESTARTS}; default {DEFAULT_COMPLETION.restarts})",
+    )
     args = parser.parse_args(argv)
+    if args.restarts is not None and not 1 <= args.restarts <= MAX_RESTARTS:
+        parser.error(f"--restarts {args.restarts}: give 1 to {MAX_RESTARTS} chains per image")
 
     def export() -> int:
         import dataclasses
@@ -259,7 +270,10 @@ def export_main(argv: list[str] | None = None) -> int:
         if args.weights is not None:
             config = dataclasses.replace(config, weights=args.weights).validate()
         source = {"checkpoint": Path(args.checkpoint).name, "iteration": int(state["iteration"])}
-        bundle = export_run(descriptor, generator, config, Path(args.out_dir), source=source)
+        completion = None if args.restarts is None else {"restarts": args.restarts}
+        bundle = export_run(
+            descriptor, generator, config, Path(args.out_dir), source=source, completion=completion
+        )
         print(f"bundle: {bundle}")
         if args.triton:
             from coopnets.trainer.triton import export_triton

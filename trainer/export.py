@@ -135,12 +135,14 @@ def export_run(
     out_dir: str | os.PathLike,
     pixels: np.ndarray | None = None,
     source: dict | None = None,
+    completion: dict | None = None,
 ) -> Path:
     """The nets of a training run as a bundle: its Langevin settings as the defaults, its config stored,
     the generator's BatchNorm statistics recalibrated first (`--bn-recalibrate` batches; 0 keeps training's
     running averages), the OOD score calibrated on its training images (`pixels`, uint8 (N, C, H, W), when
     the caller holds them; else read again from its --dataset). `source`: where the weights come from
-    ({"checkpoint": name, "iteration": N}), the manifest's `source`."""
+    ({"checkpoint": name, "iteration": N}), the manifest's `source`. `completion`: completion defaults that
+    differ from DEFAULT_COMPLETION (export_bundle's argument)."""
     if config.bn_recalibrate:
         generator = recalibrate_batchnorm(
             generator, config.latent_dim, config.num_chains, config.bn_recalibrate, config.seed
@@ -156,6 +158,7 @@ def export_run(
         calibration=calibration_images(config, pixels),
         weights=config.weights,
         source=source,
+        completion=completion,
     )
 
 

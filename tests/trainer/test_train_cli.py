@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from coopnets.contract.bundle import DEFAULT_COMPLETION
 from coopnets.trainer.cli import export_main, train_main
 from coopnets.trainer.config import TrainConfig
 
@@ -122,6 +123,14 @@ def test_bad_input_is_one_line_exit_2(argv, words, capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2
     assert words in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("restarts", ["0", "17"])
+def test_export_restarts_out_of_range_is_one_line_exit_2(restarts, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        export_main([str(tmp_path / "c.pt"), str(tmp_path / "b"), "--restarts", restarts])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--restarts {restarts}: give 1 to 16" in err and err.count("\n") == 1
 
 
 def test_resume_without_checkpoint_and_bad_checkpoint(tmp_path, capsys):
@@ -238,6 +247,11 @@ def test_train_exports_bundle_and_coop_export_cli(tmp_path, npz):
     again = json.loads((tmp_path / "again" / "manifest.json").read_text())
     assert again["files"]["generator.onnx"]["sha256"] == manifest["files"]["generator.onnx"]["sha256"]
     assert again["source"] == manifest["source"] and again["weights"]["storage"] == "float32"
+    assert again["completion"]["restarts"] == DEFAULT_COMPLETION.restarts
+    # --restarts: the completion chains the bundle's requests get, the other completion defaults kept
+    assert export_main([str(out / "checkpoint.pt"), str(tmp_path / "r16"), "--restarts", "16"]) == 0
+    r16 = json.loads((tmp_path / "r16" / "manifest.json").read_text())["completion"]
+    assert r16 == {**DEFAULT_COMPLETION.to_manifest(), "restarts": 16}
     # --weights int8: the same graphs (the decoders aside), a quarter of the bytes of the weights it
     # re-encodes; typicality.onnx keeps float32 (trainer/pack.py: its calibration used those weights)
     assert export_main([str(out / "checkpoint.pt"), str(tmp_path / "int8"), "--weights", "int8"]) == 0
