@@ -306,6 +306,48 @@ def energy_of(descriptor, images: np.ndarray, s: float) -> Bound:
     return _measured(descriptor, Bounded.exact(images), s)
 
 
+def _features(h: Bounded) -> Bounded:
+    """[mean, std] over H×W of h (2N, C, H, W) -> (2N, 2C) (trainer.ood.Typicality.features; std with
+    Bessel's n − 1, two passes). The std's error is the variance's over 2·std."""
+    n = h.v.shape[2] * h.v.shape[3]
+    total = _sum(h, (2, 3))
+    mean = Bounded(total.v / n, _rss(total.e**2 / n**2, U * total.mag / n))
+    dev = Bounded(h.v - mean.v[..., None, None], _rss(h.e**2 + mean.e[..., None, None] ** 2, U * h.mag))
+    square = Bounded(dev.v**2, _rss(4 * dev.v**2 * dev.e**2, U * dev.mag**2))
+    sq = _sum(square, (2, 3))
+    var = Bounded(sq.v / (n - 1), _rss(sq.e**2 / (n - 1) ** 2, U * sq.mag / (n - 1)))
+    std = var.v.sqrt()
+    std_e = _rss(var.e**2 / (4 * var.v.clamp_min(1e-300)), U * std)
+    return Bounded(torch.cat([mean.v, std], 1), torch.cat([mean.e, std_e], 1))
+
+
+def typicality(module: nn.Module, images: np.ndarray) -> np.ndarray:
+    """The bound (N,) on trainer.ood.Typicality's ood of exact float32 `images`: the first block on the
+    images and their negatives, the features' Mahalanobis distance as ‖(φ − μ)·W‖², its log (relative error
+    e_d/d), the three tests, their excesses over the calibration's centres in units of its spreads, summed and
+    scaled. The calibration's buffers are float32 constants both sides share."""
+    n = len(images)
+    y = Bounded.exact(images)
+    h = forward(module.block, Bounded(torch.cat([y.v, -y.v]), torch.cat([y.e, y.e])))[-1]  # (2N, C1, H1, W1)
+    phi = _features(h)  # (2N, D)
+    mu, w = module.mean.double(), module.whiten.double()  # (D,), (D, D)
+    c = Bounded(phi.v - mu, _rss(phi.e**2, U * (phi.v.abs() + mu.abs())))
+    z = Bounded(c.v @ w, _rss(c.e**2 @ w**2, rounding(len(mu)) * (c.mag @ w.abs())))  # (2N, D)
+    d = _sum(Bounded(z.v**2, _rss(4 * z.v**2 * z.e**2, U * z.mag**2)), (1,))  # (2N,)
+    log_d = Bounded(d.v.log(), _rss((d.e / d.v) ** 2, 2 * ULPS * U * d.v.log().abs()))
+    out = forward(module.middle, Bounded(h.v[:n], h.e[:n]))[-1]
+    f = _sum(forward_layer(module.head, out), tuple(range(1, out.v.dim())))  # (N,) one output summed
+    m = module.log_median.double()
+    t1 = Bounded((log_d.v[:n] - m).abs(), _rss(log_d.e[:n] ** 2, U * (log_d.v[:n].abs() + m.abs())))
+    t2 = Bounded(log_d.v[:n] - log_d.v[n:], _rss(log_d.e[:n] ** 2 + log_d.e[n:] ** 2, U * log_d.mag[:n]))
+    t = Bounded(torch.stack([t1.v, t2.v, -f.v], 1), torch.stack([t1.e, t2.e, f.e], 1))  # (N, 3)
+    centre, spread = module.centre.double(), module.spread.double()
+    excess = Bounded(((t.v - centre) / spread).clamp_min(0), _rss(t.e**2, U * t.mag) / spread)  # 1-Lipschitz
+    total = _sum(excess, (1,))
+    scale = module.scale.double()
+    return (_rss(total.e**2, U * total.mag) / scale).numpy()
+
+
 def assert_within(got, want, bound, what: str) -> None:
     """|got − want| <= bound elementwise, saying where the worst excess is."""
     diff = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
