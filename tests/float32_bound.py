@@ -57,7 +57,8 @@ def tolerance(e: np.ndarray) -> np.ndarray:
 
 
 class Bounded(NamedTuple):
-    """An exact value `v` and a bound `e` >= 0 on how far a float32 computation of it may be: |v̂ − v| <= e."""
+    """An exact value `v` and the error scale `e` >= 0 of a float32 computation of it: under the model,
+    |v̂ − v| <= LAMBDA·e."""
 
     v: torch.Tensor
     e: torch.Tensor
@@ -102,6 +103,7 @@ def _bn_scale(layer: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def forward_layer(layer: nn.Module, x: Bounded) -> Bounded:
+    """`layer` on x: its exact output and that output's error scale."""
     if _is_affine(layer):
         w, b = _weights(layer)
         n = _apply(layer, torch.ones_like(x.v), torch.ones_like(w), None)  # terms summed per output
@@ -227,7 +229,8 @@ def latent_grad(generator: nn.Module, z: Bounded, y: torch.Tensor, mask: torch.T
 
 
 class Bound(NamedTuple):
-    """Per-element bounds of a sampler's results (numpy): images (N, C, H, W), score (N,), energy (N,)."""
+    """Per-element error scales of a sampler's results (numpy): images (N, C, H, W), score (N,), energy
+    (N,); `tolerance` turns each into the tolerance between two implementations."""
 
     images: np.ndarray
     score: np.ndarray
@@ -253,7 +256,7 @@ def _measured(descriptor, y: Bounded, s: float) -> Bound:
 
 
 def synthesis(descriptor, generator, seeds, params: sampling.SynthesisParams, s: float) -> Bound:
-    """The bound on each of contract.sampling.synthesize's results, replaying its draws."""
+    """The error scale of each of contract.sampling.synthesize's results, replaying its draws."""
     rngs = sampling.rngs_for(seeds)
     y = generate(generator, Bounded.exact(_normal(rngs, (generator.spec.latent_dim,))))
     ones = torch.ones_like(y.v)
@@ -264,7 +267,7 @@ def synthesis(descriptor, generator, seeds, params: sampling.SynthesisParams, s:
 def completion(
     descriptor, generator, images, masks, seeds, params: sampling.CompletionParams, s: float, sigma: float
 ) -> Bound:
-    """The bound on each of contract.sampling.complete's results, replaying its draws, for the lowest-U
+    """The error scale of each of contract.sampling.complete's results, replaying its draws, for the lowest-U
     choice without residual fill. Raises AssertionError where two chains' U are within their bounds of each
     other, since the two sides could then keep different chains and no tolerance would mean anything."""
     assert not params.residual_fill and not params.average_restarts, "bounded: lowest-U choice, no residual"
@@ -302,7 +305,7 @@ def completion(
 
 
 def energy_of(descriptor, images: np.ndarray, s: float) -> Bound:
-    """The bound on contract.sampling.measure of exact float32 `images`."""
+    """The error scale of contract.sampling.measure of exact float32 `images`."""
     return _measured(descriptor, Bounded.exact(images), s)
 
 
@@ -322,7 +325,7 @@ def _features(h: Bounded) -> Bounded:
 
 
 def typicality(module: nn.Module, images: np.ndarray) -> np.ndarray:
-    """The bound (N,) on trainer.ood.Typicality's ood of exact float32 `images`: the first block on the
+    """The error scale (N,) of trainer.ood.Typicality's ood of exact float32 `images`: the first block on the
     images and their negatives, the features' Mahalanobis distance as ‖(φ − μ)·W‖², its log (relative error
     e_d/d), the three tests, their excesses over the calibration's centres in units of its spreads, summed and
     scaled. The calibration's buffers are float32 constants both sides share."""
