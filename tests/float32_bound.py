@@ -351,6 +351,20 @@ def typicality(module: nn.Module, images: np.ndarray) -> np.ndarray:
     return (_rss(total.e**2, U * total.mag) / scale).numpy()
 
 
+def assert_samples_within(got, want, bound: Bound) -> None:
+    """Two samplers' Samples (images, f and E) within `tolerance` of each other."""
+    for name in ("images", "score", "energy"):
+        assert_within(getattr(got, name), getattr(want, name), tolerance(getattr(bound, name)), name)
+
+
+def assert_fine(bound: Bound, score: np.ndarray, delta: float) -> None:
+    """The tolerance is fine enough to mean something: below half a Langevin step's noise δ·|U| on the
+    images (a lost or doubled step shows) and a tenth of |f| (its sign and size show)."""
+    images, f = tolerance(bound.images).max(), tolerance(bound.score)
+    assert images < delta / 2, f"image tolerance {images:.3g} >= δ/2"
+    assert (f < np.abs(score) / 10).all(), f"f tolerance {f} against |f| {score}"
+
+
 def assert_within(got, want, bound, what: str) -> None:
     """|got − want| <= bound elementwise, saying where the worst excess is."""
     diff = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))

@@ -155,13 +155,9 @@ def test_completion_keeps_the_restart_with_the_lowest_latent_energy(torch_backen
 
 
 def assert_within_bound(got: Samples, want: Samples, bound: float32_bound.Bound) -> None:
-    """The engine's images, f and E within float32_bound's tolerance of the torch backend's, and that
-    tolerance fine enough to mean something: below half a Langevin step's noise δ·|U| on the images (a lost
-    or doubled step shows) and a tenth of |f| (its sign and size show)."""
-    tol = float32_bound.Bound(*(float32_bound.tolerance(b) for b in bound))
-    assert tol.images.max() < DELTA / 2 and (tol.score < np.abs(want.score) / 10).all(), tol
-    for name in ("images", "score", "energy"):
-        float32_bound.assert_within(getattr(got, name), getattr(want, name), getattr(tol, name), name)
+    """The engine's results within the bound of the torch backend's, the bound fine enough to see a step."""
+    float32_bound.assert_fine(bound, want.score, DELTA)
+    float32_bound.assert_samples_within(got, want, bound)
 
 
 @pytest.mark.parametrize("noise", [True, False])

@@ -69,9 +69,7 @@ def test_synthesis_matches_the_torch_reference(engine, torch_backend):
     assert out.images.shape == (3, 1, 28, 28) and out.images.dtype == np.float32
     assert out.images.std() > 0.01  # the nets are not trivial
     nets = torch_backend.descriptor, torch_backend.generator
-    bound = float32_bound.synthesis(*nets, SEEDS, params, S)
-    float32_bound.assert_within(out.images, ref.images, float32_bound.tolerance(bound.images), "images")
-    float32_bound.assert_within(out.score, ref.score, float32_bound.tolerance(bound.score), "f")
+    float32_bound.assert_samples_within(out, ref, float32_bound.synthesis(*nets, SEEDS, params, S))
     assert_energy_is_the_formula(out.images, out.energy, out.score, torch_backend)
 
 
@@ -86,7 +84,7 @@ def test_completion_matches_the_torch_reference(engine, torch_backend, restarts)
     ref = sampling.complete(torch_backend, images, masks, SEEDS, params)
     nets = torch_backend.descriptor, torch_backend.generator
     bound = float32_bound.completion(*nets, images, masks, SEEDS, params, S, SIGMA)
-    float32_bound.assert_within(out.images, ref.images, float32_bound.tolerance(bound.images), "images")
+    float32_bound.assert_samples_within(out, ref, bound)
     assert np.array_equal(out.images[masks == 0], images[masks == 0])  # observed pixels bit-identical
     assert not np.allclose(out.images[masks == 1], images[masks == 1])  # the hole was filled
     assert_energy_is_the_formula(out.images, out.energy, out.score, torch_backend)
