@@ -324,11 +324,11 @@ def _features(h: Bounded) -> Bounded:
     return Bounded(torch.cat([mean.v, std], 1), torch.cat([mean.e, std_e], 1))
 
 
-def typicality(module: nn.Module, images: np.ndarray) -> np.ndarray:
-    """The error scale (N,) of trainer.ood.Typicality's ood of exact float32 `images`: the first block on the
-    images and their negatives, the features' Mahalanobis distance as ‖(φ − μ)·W‖², its log (relative error
-    e_d/d), the three tests, their excesses over the calibration's centres in units of its spreads, summed and
-    scaled. The calibration's buffers are float32 constants both sides share."""
+def typicality_tests(module: nn.Module, images: np.ndarray) -> Bounded:
+    """trainer.ood.Typicality's tests (N, 3) of exact float32 `images` with their error scales: the first
+    block on the images and their negatives, the features' Mahalanobis distance as ‖(φ − μ)·W‖², its log
+    (relative error e_d/d), then |log d − median|, log d(Y) − log d(−Y) and −f. The calibration's buffers are
+    float32 constants both sides share."""
     n = len(images)
     y = Bounded.exact(images)
     h = forward(module.block, Bounded(torch.cat([y.v, -y.v]), torch.cat([y.e, y.e])))[-1]  # (2N, C1, H1, W1)
@@ -343,7 +343,13 @@ def typicality(module: nn.Module, images: np.ndarray) -> np.ndarray:
     m = module.log_median.double()
     t1 = Bounded((log_d.v[:n] - m).abs(), _rss(log_d.e[:n] ** 2, U * (log_d.v[:n].abs() + m.abs())))
     t2 = Bounded(log_d.v[:n] - log_d.v[n:], _rss(log_d.e[:n] ** 2 + log_d.e[n:] ** 2, U * log_d.mag[:n]))
-    t = Bounded(torch.stack([t1.v, t2.v, -f.v], 1), torch.stack([t1.e, t2.e, f.e], 1))  # (N, 3)
+    return Bounded(torch.stack([t1.v, t2.v, -f.v], 1), torch.stack([t1.e, t2.e, f.e], 1))  # (N, 3)
+
+
+def typicality(module: nn.Module, images: np.ndarray) -> np.ndarray:
+    """The error scale (N,) of trainer.ood.Typicality's ood of exact float32 `images`: the tests'
+    (typicality_tests) excesses over the calibration's centres in units of its spreads, summed and scaled."""
+    t = typicality_tests(module, images)
     centre, spread = module.centre.double(), module.spread.double()
     excess = Bounded(((t.v - centre) / spread).clamp_min(0), _rss(t.e**2, U * t.mag) / spread)  # 1-Lipschitz
     total = _sum(excess, (1,))

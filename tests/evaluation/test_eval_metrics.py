@@ -19,6 +19,8 @@ from coopnets.evaluation import metrics
 from coopnets.evaluation.baselines import all_baselines
 
 SHAPE = (1, 28, 28)
+U64 = 2.0**-53  # float64 unit roundoff: one rounding is off by at most U64 relative
+U32 = 2.0**-24  # float32 unit roundoff
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +29,24 @@ def feats():
     return rng.standard_normal((400, 16)) @ rng.standard_normal((16, 16))  # correlated features (N, F)
 
 
+def _frechet_rounding(feats: np.ndarray) -> float:
+    """A first-order float64 error bound of frechet_distance(feats, feats + c): the eigenvalues μ = λ² of
+    Σ^½ Σ Σ^½ (norm λmax²) come from a backward-stable eigensolver, each off by at most F·u·λmax² (LAPACK's
+    p(F) taken as F), so √μ = λ by at most F·u·λmax²/(2λ); d holds twice their sum. The small eigenvalues
+    dominate (here λ ranges over 4e-4 .. 47: ≈ 1e-8). The other terms (traces, ‖Δμ‖², Σ^½ itself, whose
+    error is along Σ's own eigenvectors) are of order F·u·tr Σ ≈ 5e-13."""
+    lam = np.linalg.eigvalsh(np.cov(feats, rowvar=False))  # (F,)
+    return float(len(lam) * U64 * lam.max() ** 2 * (1 / lam).sum())
+
+
 def test_frechet_identical_is_zero_and_shift_increases_it(feats):
-    assert metrics.frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-6)
+    tol = 10 * _frechet_rounding(feats)  # 10× the bound, for the terms it leaves out
+    assert metrics.frechet_distance(feats, feats) == pytest.approx(0.0, abs=tol)
     small = metrics.frechet_distance(feats, feats + 0.5)
     large = metrics.frechet_distance(feats, feats + 2.0)
-    assert small == pytest.approx(16 * 0.25, rel=1e-6)  # only the means differ: ‖Δμ‖² = F · 0.5²
+    # only the means differ: ‖Δμ‖² = F · 0.5² exactly; the covariance of feats + 0.5 is Σ's up to the rounding
+    # of the shift (≤ 16·U64 per element), whose effect on d is second order (d is a squared distance)
+    assert small == pytest.approx(16 * 0.25, abs=tol)
     assert large > small > 0
     assert metrics.frechet_distance(feats, feats * 2) > 1.0  # a covariance change counts too
 
@@ -57,8 +72,8 @@ def test_precision_recall_identical_and_disjoint(feats):
 def test_class_histogram_kl():
     uniform = np.eye(10)[np.arange(1000) % 10]  # one-hot "probabilities" (N, 10)
     hist = metrics.class_histogram(uniform, 10)
-    np.testing.assert_allclose(hist, 0.1)
-    assert metrics.histogram_kl(hist, hist) == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_array_equal(hist, 0.1)  # 100 / 1000 is one correctly rounded division: the float 0.1
+    assert metrics.histogram_kl(hist, hist) == 0.0  # the same smoothed p and q: p / q == 1, log 1 = 0 exactly
     collapsed = metrics.class_histogram(np.eye(10)[np.arange(1000) % 9], 10)  # class 9 never drawn
     assert collapsed[9] == 0
     assert metrics.histogram_kl(collapsed, hist) > 0.05
@@ -67,13 +82,21 @@ def test_class_histogram_kl():
 def test_inception_score_known_values():
     """IS = exp E KL(p(y|x) ‖ p(y)): confident predictions spread evenly over K classes give exactly K (the
     KL is log K for every image), identical predictions give 1; the 10 parts of 1000 images are equal here,
-    so their standard deviation is 0 within float64 rounding (|error| < 1e-9 on values of order 10)."""
+    so their standard deviation is 0 within float64 rounding.
+
+    Bounds: the code's log(p + ε) smoothing (ε = 1e-12) makes the one-hot KL log(1 + ε) − log(1/K + ε) =
+    log K − (K − 1)ε, so IS = K·exp(−(K − 1)ε) ≈ K − K(K − 1)ε = K − 9e-11; float64 rounding adds at most
+    3e-13 (a 100-term mean of logs ≈ 2.3 is within 100·U64·2.3, and exp multiplies that by K). For identical
+    predictions the marginal is the row up to a 50-term mean (≤ 50·U64 relative), so each KL is ≤ ~60·U64 ≈
+    7e-15 from 0. A standard deviation of 10 equal scores is at most the rounding of their mean: ≤ 10·U64·K ≈
+    1e-14."""
     k = 10
     one_hot = np.eye(k)[np.arange(1000) % k]  # (1000, 10): each part of 100 holds every class 10 times
     mean, std = metrics.inception_score(one_hot)
-    assert mean == pytest.approx(k, abs=1e-9) and std == pytest.approx(0, abs=1e-9)
+    assert mean == pytest.approx(k, abs=2 * k * (k - 1) * 1e-12)  # twice the smoothing's bias of 9e-11
+    assert std == pytest.approx(0, abs=1e-13)  # ≤ 1e-14 (docstring)
     same = np.tile(np.array([0.7, 0.2, 0.1]), (500, 1))  # the same prediction for every image
-    assert metrics.inception_score(same) == pytest.approx((1.0, 0.0), abs=1e-9)
+    assert metrics.inception_score(same) == pytest.approx((1.0, 0.0), abs=1e-13)  # ≤ 7e-15 (docstring)
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (1000, k))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
@@ -86,7 +109,10 @@ def test_memorisation_flags_copies():
     train = rng.uniform(-1, 1, (300, *SHAPE)).astype(np.float32)
     heldout = rng.uniform(-1, 1, (50, *SHAPE)).astype(np.float32)
     copies = train[:50] + 0.001
-    np.testing.assert_allclose(metrics.nn_distances(train[:5], train), 0.0, atol=1e-2)
+    # an image's distance to itself: ‖q‖² + ‖t‖² − 2q·t, three float64 sums of 784 products each within
+    # 784·U64·‖q‖² (‖q‖² ≤ 784), so the squared distance is ≤ 4·784²·U64 ≈ 2.7e-10 and the distance ≤ 1.7e-5
+    # (float32 arithmetic would leave ~1e-2, see nn_distances)
+    np.testing.assert_allclose(metrics.nn_distances(train[:5], train), 0.0, atol=2e-5)
     ref = metrics.nn_distances(heldout, train)
     copied = metrics.memorisation(metrics.nn_distances(copies, train), ref)
     fresh = metrics.memorisation(ref, ref)
@@ -94,40 +120,52 @@ def test_memorisation_flags_copies():
     assert fresh.close_fraction <= 0.06 and fresh.median_nn == fresh.reference_median_nn
 
 
+# x + 0.2 is computed in float32: each error is 0.2 within |fl32(0.2) − 0.2| + half an ulp of |x + 0.2| < 2
+# (3e-9 + 2⁻²⁴) = 6.3e-8, so the MSE is within 2·6.3e-8 / 0.2 = 6.3e-7 relative and the PSNR within
+# (10 / ln 10)·6.3e-7 = 2.7e-6 dB (the float64 steps add ~1e-14)
+PSNR_SHIFT_TOL = 5e-6
+# SSIM of an image with itself: numerator and denominator are the same float64 expressions of window means
+# of values ≤ 1; computed in different orders they could differ by a few U64 in a variance (uxx − ux²)
+# against the constant C2 = (0.03·2)² = 0.0036 added to it: ≤ 4·U64 / 0.0036 ≈ 1.2e-13 relative
+SSIM_SAME_TOL = 1e-12
+
+
 def test_psnr_and_ssim_known_values():
     rng = np.random.default_rng(2)
     x = rng.uniform(-1, 1, (3, *SHAPE)).astype(np.float32)
     assert np.isinf(metrics.psnr(x, x)).all()
-    np.testing.assert_allclose(metrics.ssim(x, x), 1.0, atol=1e-9)
+    np.testing.assert_allclose(metrics.ssim(x, x), 1.0, atol=SSIM_SAME_TOL)
     # a constant error of 0.2 on [-1, 1] images: MSE 0.04, PSNR 10·log10(4 / 0.04) = 20 dB
-    np.testing.assert_allclose(metrics.psnr(x + 0.2, x), 20.0, atol=1e-4)
+    np.testing.assert_allclose(metrics.psnr(x + 0.2, x), 20.0, atol=PSNR_SHIFT_TOL)
     # the region counts only its own pixels: error in the hole only
     mask = np.zeros_like(x)
     mask[:, :, :14] = 1
     y = np.where(mask > 0.5, x + 0.2, x)
-    np.testing.assert_allclose(metrics.psnr(y, x, mask), 20.0, atol=1e-4)
-    np.testing.assert_allclose(metrics.psnr(y, x), 10 * np.log10(4 / 0.02), atol=1e-4)
-    np.testing.assert_allclose(metrics.ssim(x, x, mask), 1.0, atol=1e-9)
+    np.testing.assert_allclose(metrics.psnr(y, x, mask), 20.0, atol=PSNR_SHIFT_TOL)
+    whole = 10 * np.log10(4 / 0.02)  # half the pixels off by 0.2: half the MSE
+    np.testing.assert_allclose(metrics.psnr(y, x), whole, atol=PSNR_SHIFT_TOL)
+    np.testing.assert_allclose(metrics.ssim(x, x, mask), 1.0, atol=SSIM_SAME_TOL)
     assert (metrics.ssim(y, x, mask) < metrics.ssim(y, x)).all()  # the damage is all inside the region
 
 
 def test_summarise_mean_interval_and_cap():
     s = metrics.summarise(np.array([10.0, 12.0, 14.0]))
-    assert s.mean == pytest.approx(12.0) and s.n == 3
-    half = 1.96 * 2 / np.sqrt(3)  # 1.96 standard errors, sd 2
-    assert s.low == pytest.approx(12 - half) and s.high == pytest.approx(12 + half)
-    assert metrics.summarise(np.array([np.inf, 20.0])).mean == pytest.approx(60.0)  # inf capped at 100 dB
+    assert s.mean == 12.0 and s.n == 3  # 36 / 3: integers, exact in float64
+    half = 1.96 * 2 / np.sqrt(3)  # 1.96 standard errors, sd 2 (exact: √(8 / 2))
+    # a square root, a quotient and the ± each rounded once, on either side: ≤ 4·U64·14 ≈ 6e-15
+    assert s.low == pytest.approx(12 - half, abs=1e-14) and s.high == pytest.approx(12 + half, abs=1e-14)
+    assert metrics.summarise(np.array([np.inf, 20.0])).mean == 60.0  # inf capped at 100 dB; 120 / 2 exact
 
 
 @pytest.mark.parametrize(
-    "name, fraction",
-    [("center:12", 144 / 784), ("center:16", 256 / 784), ("random:0.5", 0.5), ("random:0.75", 588 / 784),
-     ("left-half", 0.5)],
+    "name, missing",
+    [("center:12", 144), ("center:16", 256), ("random:0.5", 392), ("random:0.75", 588), ("left-half", 392)],
 )  # fmt: skip
-def test_occlusion_fractions_exact(name, fraction):
+def test_occlusion_fractions_exact(name, missing):
     masks = occlusion_masks(name, SHAPE, range(20))  # (20, 1, 28, 28)
     assert masks.dtype == np.float32 and set(np.unique(masks)) <= {0.0, 1.0}
-    np.testing.assert_allclose(masks.reshape(20, -1).mean(1), fraction)
+    # the count of missing pixels of 784, exactly: a float32 sum of 0s and 1s is exact below 2²⁴
+    np.testing.assert_array_equal(masks.reshape(20, -1).sum(1), missing)
 
 
 def test_occlusion_geometry_and_per_image_seeds():
@@ -241,6 +279,11 @@ def test_baselines_fill_rgb_holes_per_channel(occlusion):
         assert metrics.psnr(out, images, masks).min() > 22, name
 
 
+# softmax of equal logits: exp(0) = 1 over a sum of exactly 3, 1/3 rounded once to float32: ≤ U32 ≈ 6e-8
+# relative
+UNIFORM_RTOL = 1e-7
+
+
 def test_classifier_cache_is_reused_and_checked(tmp_path):
     import json
 
@@ -255,8 +298,13 @@ def test_classifier_cache_is_reused_and_checked(tmp_path):
     first = load_or_train(images, labels, images, labels, tmp_path, config, progress=False)
     feats, probs = first.features_and_probs(images[:4])
     assert feats.shape == (4, 128) and probs.shape == (4, 3)
-    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
-    assert not np.allclose(probs, 1 / 3)
+    # float32 softmax: the exps feed both the numerator and the sum, so their own error cancels; the sum of 3
+    # (2 roundings), the reciprocal or quotient (≤ 2), a product (1) and numpy's float32 sum of 3 (2) leave
+    # ≤ 7·U32 ≈ 4.2e-7
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+    # not uniform: a softmax of equal logits is within UNIFORM_RTOL of 1/3 (as the zero weights' below), so
+    # anything further shows that the trained logits differ
+    assert not np.allclose(probs, 1 / 3, rtol=UNIFORM_RTOL, atol=0)
 
     # Reuse means no training: replace the cached weights by zeros (which training never produces) with a
     # matching checksum and a made-up accuracy; the second call must hand back exactly that.
@@ -269,7 +317,8 @@ def test_classifier_cache_is_reused_and_checked(tmp_path):
     again = load_or_train(images, labels, images, labels, tmp_path, config, progress=False)
     assert again.sha256 == meta["sha256"] and again.test_accuracy == 0.125
     feats, probs = again.features_and_probs(images[:4])
-    assert (feats == 0).all() and np.allclose(probs, 1 / 3)  # zero weights: no features, uniform classes
+    # zero weights: no features, uniform classes
+    assert (feats == 0).all() and np.allclose(probs, 1 / 3, rtol=UNIFORM_RTOL, atol=0)
 
     first.path.write_bytes(b"tampered")  # a cache file that fails its checksum is retrained, not loaded
     retrained = load_or_train(images, labels, images, labels, tmp_path, config, progress=False)
