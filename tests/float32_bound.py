@@ -18,10 +18,19 @@ there carries the difference of the slopes times its size. Values are carried in
 ~1e-16, nothing beside u). Each side is within λ·e of the exact result, so two sides differ by at most
 λ·√2·e (`tolerance`), with λ = LAMBDA = 8: for sums of up to 10⁴ terms a false alarm has probability
 below 3e-10 per sum.
+
+Two variants of the model, set with `assumptions(...)` around the bound's computation: `product` > 0 adds to
+every affine layer's output and input gradient an error of relative size `product` per product, independent
+per term (PRODUCT·√Σ(w·x)²), for kernels that multiply in a reduced precision (TF32 on CUDA);
+`slope_flips=False` lets every leaky ReLU's backward take the slope of its exact input, the bound of two
+evaluations that took the same slopes — for cases where a chain's input comes within its bound of a kink, the
+full model then lets the gradient jump and no tolerance could hold two evaluations that really took different
+slopes (a test using it says so and fails if they did).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -35,6 +44,20 @@ U = 2.0**-24  # float32 unit roundoff
 LAMBDA = 8.0  # bound = λ·e; the model's tail 2·exp(−λ²/2) = 2.5e-14 per rounding
 EXTRA = 4  # roundings per term beyond a dot product's: bias, a folded BatchNorm scale, casts of constants
 ULPS = 4  # tanh's accuracy in ulp (1 ulp of y is at most 2u·|y|)
+
+
+_ASSUMED = {"product": 0.0, "slope_flips": True}  # the model's variant: see the docstring, `assumptions`
+
+
+@contextlib.contextmanager
+def assumptions(product: float = 0.0, slope_flips: bool = True):
+    """The bounds computed inside use this variant of the model (the module docstring says what each is)."""
+    before = dict(_ASSUMED)
+    _ASSUMED.update(product=product, slope_flips=slope_flips)
+    try:
+        yield
+    finally:
+        _ASSUMED.update(before)
 
 
 def rounding(n):
@@ -109,7 +132,8 @@ def forward_layer(layer: nn.Module, x: Bounded) -> Bounded:
         n = _apply(layer, torch.ones_like(x.v), torch.ones_like(w), None)  # terms summed per output
         mag = _apply(layer, x.mag, w.abs(), None if b is None else b.abs())
         carried = _apply(layer, x.e**2, w**2, None)
-        return Bounded(_apply(layer, x.v, w, b), _rss(carried, rounding(n + EXTRA) * mag))
+        products = _ASSUMED["product"] and _ASSUMED["product"] * _apply(layer, x.mag**2, w**2, None).sqrt()
+        return Bounded(_apply(layer, x.v, w, b), _rss(carried, rounding(n + EXTRA) * mag, products))
     if isinstance(layer, nn.BatchNorm2d):
         a, c = _bn_scale(layer)
         return Bounded(a * x.v + c, _rss(a * a * x.e**2, rounding(EXTRA) * (a.abs() * x.mag + c.abs())))
@@ -147,7 +171,8 @@ def backward_layer(layer: nn.Module, x: Bounded, y: Bounded, g: Bounded) -> Boun
         m = _vjp(layer, x.v, torch.ones_like(w), torch.ones_like(g.v))  # terms summed per input
         carried = _vjp(layer, x.v, w**2, g.e**2)
         mag = _vjp(layer, x.v, w.abs(), g.mag)
-        return Bounded(_vjp(layer, x.v, w, g.v), _rss(carried, rounding(m + EXTRA) * mag))
+        products = _ASSUMED["product"] and _ASSUMED["product"] * _vjp(layer, x.v, w**2, g.mag**2).sqrt()
+        return Bounded(_vjp(layer, x.v, w, g.v), _rss(carried, rounding(m + EXTRA) * mag, products))
     if isinstance(layer, nn.BatchNorm2d):
         a, _ = _bn_scale(layer)
         return Bounded(g.v * a, _rss(a * a * g.e**2, rounding(EXTRA) * a.abs() * g.mag))
@@ -155,7 +180,8 @@ def backward_layer(layer: nn.Module, x: Bounded, y: Bounded, g: Bounded) -> Boun
         leak = layer.negative_slope
         slope = torch.where(x.v > 0, 1.0, leak).double()
         v = g.v * slope
-        either_side = LAMBDA * x.e >= x.v.abs()  # the computed input may have the other sign: either slope
+        # the computed input may have the other sign: either slope (unless assumed not to)
+        either_side = (LAMBDA * x.e >= x.v.abs()) & _ASSUMED["slope_flips"]
         flip = torch.where(either_side, (1 - leak) * g.v.abs(), 0.0)
         return Bounded(v, _rss(slope * slope * g.e**2, flip, U * g.mag))
     if isinstance(layer, nn.Tanh):  # g·(1 − y²), with y known to ±e_y

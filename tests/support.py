@@ -2,7 +2,8 @@
 
 - ROOT, TOKEN and the tiny bundle's sampling settings (LANGEVIN, COMPLETION); `completion_params`
   (CompletionParams that name only what a test changes); `load_script` (a tool of protos/ or bench/ as a
-  module), `tracked_text_files` (what git tracks, binaries left out);
+  module), `tracked_text_files` (what git tracks, binaries left out); `legacy_nets` (the legacy bundle's nets
+  rebuilt in torch, for float32_bound);
 - `local_server`: serving.server.create_server in this process on a free loopback port (`LocalServer`), for
   every test that needs no signal and no torch blocker: it starts in milliseconds;
 - `start_server`: a real coop-serve subprocess (torch and the trainer blocked) on a free loopback port, for
@@ -46,6 +47,36 @@ def load_script(rel: str):
         sys.modules[name] = module  # dataclasses look their module up while the file runs
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def legacy_nets(bundle_dir: Path = ROOT / "tests" / "data" / "legacy" / "bundle"):
+    """The bundle's descriptor and generator in torch (eval mode), for the float32 bound: record.py's layers
+    (descriptor convs 1 → 8 → 16 → 10, generator transposed convs 8 → 16 → 8 → 1 with BatchNorm, leaky ReLU
+    0.2, tanh) with the weights of the bundle's graphs, which name them as the torch modules do."""
+    import onnx
+    import torch
+    from coopnets.trainer.nets import LEAK, NetSpec, build_nets
+    from onnx import numpy_helper
+    from torch import nn
+
+    descriptor, generator = build_nets(NetSpec("mnist28", 1, 8))  # their spec; the bodies replaced below
+    lrelu = lambda: nn.LeakyReLU(LEAK)  # noqa: E731
+    descriptor.body = nn.Sequential(
+        nn.Conv2d(1, 8, 4, 2, 1), lrelu(), nn.Conv2d(8, 16, 4, 2, 1), lrelu(), nn.Conv2d(16, 10, 7, 1, 0)
+    )
+    generator.body = nn.Sequential(
+        nn.Unflatten(1, (8, 1, 1)),
+        *(nn.ConvTranspose2d(8, 16, 7, 1, 0), nn.BatchNorm2d(16), lrelu()),
+        *(nn.ConvTranspose2d(16, 8, 4, 2, 1), nn.BatchNorm2d(8), lrelu()),
+        *(nn.ConvTranspose2d(8, 1, 4, 2, 1), nn.Tanh()),
+    )
+    for net, graph in ((descriptor, "descriptor"), (generator, "generator")):
+        weights = onnx.load(str(bundle_dir / f"{graph}.onnx")).graph.initializer
+        found = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in weights}
+        state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+        assert set(state) <= set(found), sorted(set(state) - set(found))
+        net.load_state_dict({k: found[k] for k in state}, strict=False)
+    return descriptor.eval(), generator.eval()
 
 
 def tracked_text_files() -> list[Path]:

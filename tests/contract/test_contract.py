@@ -4,18 +4,26 @@ sampler's driving (progress order, cancellation, per-image seeds) on the tiny le
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
+import float32_bound
 import numpy as np
 import pytest
 from coopnets.contract import codec, files, flags, inpainting, occlusions, sampling
 from coopnets.contract.sampling import Cancelled, SynthesisParams
 from coopnets.serving.engine import Engine
 from coopnets.v1 import coopnets_pb2 as pb
-from support import ROOT, completion_params
+from support import ROOT, completion_params, legacy_nets
 
 LEGACY = ROOT / "tests" / "data" / "legacy" / "bundle"
+U = float32_bound.U  # float32 unit roundoff, 2⁻²⁴
+# Conjugate gradients (inpainting.biharmonic_fill) stop once the residual of the normal equations A·x = b has
+# fallen to tol·‖b‖. The checks of the equation it solves run it to CG_TOL with room for CG_ITERATIONS (CG's
+# √κ rate reaches 1e-12 within ~3,700 for κ <= 5e4, the largest hole below), so that its error is cg_error's
+# bound, not the default stopping point's
+CG_TOL, CG_ITERATIONS = 1e-12, 10_000
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +39,9 @@ def test_pixels_png_and_tensor_messages_round_trip():
     image = rng.uniform(-1, 1, (3, 5, 7)).astype(np.float32)  # (C, H, W), not square, not symmetric
     pixels = codec.to_uint8(image)
     assert pixels.dtype == np.uint8 and codec.to_uint8(pixels) is pixels
-    assert np.abs(codec.from_uint8(pixels) - image).max() <= 1 / 127.5
+    # half a grey level (rint), plus float32 rounding: (y + 1)·127.5 twice (510u of a level, 4u of y) and
+    # p / 127.5 − 1 twice (3u)
+    assert np.abs(codec.from_uint8(pixels) - image).max() <= 0.5 / 127.5 + 7 * U
     png = codec.decode_png(codec.encode_png(image), (3, 5, 7))
     np.testing.assert_array_equal(png, codec.from_uint8(pixels))
     msg = codec.set_image(pb.Image(), image, png=False)
@@ -217,10 +227,14 @@ def test_image_i_is_its_own_seed_in_any_batch(engine):
     batch = engine.synthesize([7, 8, 9], params)
     alone = engine.synthesize([8], params)
     np.testing.assert_array_equal(batch.images[1], alone.images[0])
-    # f(Y) is one conv stack summed: ONNX Runtime may order the sums differently at another batch size
-    np.testing.assert_allclose(
-        [batch.energy[1], batch.score[1]], [alone.energy[0], alone.score[0]], rtol=1e-6
-    )
+    # f(Y) is one conv stack summed: ONNX Runtime may order the sums differently at another batch size, so f
+    # is within the float32 bound (the bundle's nets in torch) and E within f's plus its two casts to float32
+    bound = float32_bound.energy_of(legacy_nets()[0], alone.images, engine.backend.s)
+    f_tolerance = float32_bound.tolerance(bound.score)
+    float32_bound.assert_within(batch.score[1:2], alone.score, f_tolerance, "f")
+    # E: f's difference, each side's rounding to float32 (u·|E|) and the float64 roundings (< 1e-12 of |E|)
+    e_tolerance = f_tolerance + (2 * U + 1e-12) * np.abs(alone.energy)
+    float32_bound.assert_within(batch.energy[1:2], alone.energy, e_tolerance, "E")
 
 
 def test_params_check_their_ranges_and_name_the_field():
@@ -238,6 +252,44 @@ def test_params_check_their_ranges_and_name_the_field():
     assert e.value.field == "refine_step_size"  # δ of the refinement, by its name in the request
 
 
+def jacobi_left(h: int, w: int, sweeps: int) -> float:
+    """The largest entry of Jᵏ𝟙: what `sweeps` Jacobi sweeps (inpainting.residual_fill) leave of a unit error
+    on an interior h×w hole, the observed ring around it held. In J's sine eigenvectors (entries at most 1,
+    eigenvalues λ_pq = (cos(pπ/(h + 1)) + cos(qπ/(w + 1)))/2) 𝟙 has the coefficients c_p·c_q, odd p and q,
+    c_p = 2/(h + 1)·cot(pπ/(2(h + 1))); so Jᵏ𝟙 <= Σ|c_p·c_q|·|λ_pq|ᵏ. J is nonnegative, so an error of at most
+    M anywhere on the hole is left at most M times this."""
+    p, q = np.arange(1, h + 1, 2), np.arange(1, w + 1, 2)
+    cp = 2 / (h + 1) / np.tan(p * math.pi / (2 * (h + 1)))
+    cq = 2 / (w + 1) / np.tan(q * math.pi / (2 * (w + 1)))
+    lam = (np.cos(p * math.pi / (h + 1))[:, None] + np.cos(q * math.pi / (w + 1))[None, :]) / 2
+    return float((np.abs(np.outer(cp, cq)) * np.abs(lam) ** sweeps).sum())
+
+
+def harmonic_error(m: float, h: int, w: int) -> float:
+    """How far residual_fill may leave its hole's values from the harmonic solution, for values of size at
+    most `m` (started from 0 in the hole): Jacobi's remainder, and float32 rounding, at most 3u·m per sweep
+    (three sums of four values; × 0.25 is exact) kept, not grown, by the averaging sweeps."""
+    n = inpainting.RESIDUAL_ITERATIONS
+    return m * jacobi_left(h, w, n) + n * 3 * U * m
+
+
+def cg_error(observed: np.ndarray, x_max: float, h: int, w: int) -> float:
+    """How far biharmonic_fill at CG_TOL may be from the exact solution, for a hole inside an h×w rectangle at
+    least 1 px inside the image, `observed` (N, C, H, W) its input with the hole zeroed, `x_max` the largest
+    value it returned. ‖x − x*‖ <= CG_TOL·‖b‖/λ_min(A): A the hole's block of ΔᵀΔ, λ_min(A) at least the
+    rectangle's (interlacing), at least λ_D² with λ_D = 4 − 2cos(π/(h + 1)) − 2cos(π/(w + 1)) the rectangle's
+    least Dirichlet eigenvalue of −Δ, and ‖b‖ <= ‖ΔᵀΔ‖·‖r0‖ <= 64‖r0‖ per image and channel. Then float64
+    rounding, at most κ·2⁻⁵³·‖x‖ per iteration (κ <= 64/λ_D², ‖x‖ <= √(hw)·x_max), and the cast to float32."""
+    lam = (4 - 2 * math.cos(math.pi / (h + 1)) - 2 * math.cos(math.pi / (w + 1))) ** 2
+    r0 = np.sqrt((observed.astype(np.float64) ** 2).sum(axis=(2, 3))).max()
+    rounding = CG_ITERATIONS * (64 / lam) * 2**-53 * math.sqrt(h * w) * x_max
+    return CG_TOL * 64 * r0 / lam + rounding + U * x_max
+
+
+def exact_biharmonic(residual: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return inpainting.biharmonic_fill(residual, mask, max_iterations=CG_ITERATIONS, tol=CG_TOL)
+
+
 def test_residual_fill_is_the_harmonic_interpolation_of_the_observed_residual():
     """Linear functions are harmonic: a residual that is a ramp on the observed pixels is continued into the
     hole as the same ramp; observed pixels keep their values; a constant stays constant."""
@@ -249,10 +301,12 @@ def test_residual_fill_is_the_harmonic_interpolation_of_the_observed_residual():
     garbage = np.where(mask > 0.5, 7.0, ramp)  # values under the hole must not matter
     r = inpainting.residual_fill(garbage, mask)
     np.testing.assert_array_equal(r[mask < 0.5], ramp[mask < 0.5])
-    assert np.abs(r - ramp).max() < 1e-3
-    np.testing.assert_allclose(
-        inpainting.residual_fill(np.full((2, 3, h, w), 0.25, np.float32), mask), 0.25, atol=1e-4
-    )
+    # the float32 ramp is within 4u of the linear function (seven roundings of terms below 1), and so (maximum
+    # principle) is the harmonic solution from its observed values; the hole is 12×16, the values below `big`
+    big = float(np.abs(ramp).max())
+    assert np.abs(r - ramp).max() <= harmonic_error(big, 12, 16) + 8 * U
+    constant = inpainting.residual_fill(np.full((2, 3, h, w), 0.25, np.float32), mask)
+    np.testing.assert_allclose(constant, 0.25, rtol=0, atol=harmonic_error(0.25, 12, 16))
 
 
 def test_biharmonic_fill_continues_curved_residuals_that_the_harmonic_one_flattens():
@@ -261,18 +315,22 @@ def test_biharmonic_fill_continues_curved_residuals_that_the_harmonic_one_flatte
     Observed pixels keep their values; a constant stays constant."""
     h = w = 28
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    bowl = 0.002 * (xx - 13) ** 2 + 0.001 * (yy - 9) ** 2 - 0.3  # (H, W)
+    # dyadic coefficients: the bowl is exact in float32, so its continuation is exactly the bowl
+    bowl = 2**-9 * (xx - 13) ** 2 + 2**-10 * (yy - 9) ** 2 - 0.3125  # (H, W)
     bowl = bowl[None, None].astype(np.float32)  # (1, 1, H, W)
     mask = np.zeros((1, 1, h, w), np.float32)
-    mask[..., 8:20, 6:22] = 1  # an interior hole, 3+ px from the edges
+    mask[..., 8:20, 6:22] = 1  # an interior hole, 3+ px from the edges, 12×16
     garbage = np.where(mask > 0.5, 7.0, bowl).astype(np.float32)  # values under the hole must not matter
-    r = inpainting.biharmonic_fill(garbage, mask)
+    r = exact_biharmonic(garbage, mask)
     np.testing.assert_array_equal(r[mask < 0.5], bowl[mask < 0.5])
-    assert np.abs(r - bowl).max() < 1e-4
+    observed = np.where(mask > 0.5, 0, bowl)
+    assert np.abs(r - bowl).max() <= cg_error(observed, np.abs(r).max(), 12, 16)
+    # the harmonic fill sags, by far more than its solver's error (harmonic_error: below 1e-4 here)
     assert np.abs(inpainting.residual_fill(garbage, mask) - bowl).max() > 0.05
-    np.testing.assert_allclose(
-        inpainting.biharmonic_fill(np.full((2, 3, h, w), 0.25, np.float32), mask), 0.25, atol=1e-5
-    )
+    constant = np.full((2, 3, h, w), 0.25, np.float32)
+    filled = exact_biharmonic(constant, mask)
+    bound = cg_error(np.where(mask > 0.5, 0, constant), np.abs(filled).max(), 12, 16)
+    np.testing.assert_allclose(filled, 0.25, rtol=0, atol=bound)
 
 
 def test_biharmonic_fill_solves_scikit_images_equation_away_from_the_edges():
@@ -285,10 +343,14 @@ def test_biharmonic_fill_solves_scikit_images_equation_away_from_the_edges():
     mask = np.zeros_like(residual)
     mask[0, :, 8:20, 8:20] = 1  # a block
     mask[1, :, 3:25, 3:25] = rng.random((22, 22)) < 0.5  # scattered pixels
-    got = inpainting.biharmonic_fill(residual, mask)
+    got = exact_biharmonic(residual, mask)
+    # scikit-image solves the same equations directly in float64 (rounding ~κ·2⁻⁵³·‖x‖, below CG's, counted
+    # once more): the difference is CG's error (both holes inside rows and columns 3..24, 22×22) and that
+    x_max = float(np.abs(got).max())
+    bound = 2 * cg_error(np.where(mask > 0.5, 0, residual), x_max, 22, 22)
     for i in range(2):
         want = inpaint_biharmonic(residual[i, 0].astype(np.float64), mask[i, 0] > 0.5)
-        np.testing.assert_allclose(got[i, 0], want, atol=1e-4)
+        np.testing.assert_allclose(got[i, 0], want, rtol=0, atol=bound)
 
 
 def test_scattered_fraction_and_auto_pick_the_interpolant_per_image():
@@ -300,13 +362,17 @@ def test_scattered_fraction_and_auto_pick_the_interpolant_per_image():
         [occlusions.occlusion_masks(o, shape, seeds[:1]) for o in ("center:12", "left-half", "random:0.3")]
     )  # (3, 1, H, W)
     fraction = inpainting.scattered_fraction(masks)
-    np.testing.assert_allclose(fraction[:2], [44 / 144, 28 / 392])
+    # counts of pixels, then one correctly rounded quotient each side: equal
+    np.testing.assert_array_equal(fraction[:2], [44 / 144, 28 / 392])
     assert fraction[2] > 0.95 and inpainting.scattered_fraction(np.zeros_like(masks[:1]))[0] == 0
     residual = np.random.default_rng(1).normal(0, 0.3, (3, *shape)).astype(np.float32)
     auto = inpainting.interpolate_residual(residual, masks, "auto")
-    np.testing.assert_allclose(auto[2], inpainting.biharmonic_fill(residual, masks)[2], atol=1e-5)
+    # each fill on the images it picks: the same float64 computation on the same inputs, so equal (in a batch
+    # of three, CG would stop where all three converged, not where image 2 did)
+    np.testing.assert_array_equal(auto[2:], inpainting.biharmonic_fill(residual[2:], masks[2:]))
     np.testing.assert_array_equal(auto[:2], inpainting.residual_fill(residual[:2], masks[:2]))
-    assert np.abs(auto[2] - inpainting.residual_fill(residual, masks)[2]).max() > 1e-2  # they do differ
+    # they solve different equations, and their answers differ by far more than float32 rounding
+    assert np.abs(auto[2] - inpainting.residual_fill(residual, masks)[2]).max() > 1e-2
     with pytest.raises(sampling.ParamError) as e:
         completion_params(residual_interpolant="cubic").checked()
     assert e.value.field == "residual_interpolant"
@@ -338,7 +404,8 @@ def test_average_restarts_fills_the_hole_with_the_mean_of_the_chains(engine):
     rep = (np.repeat(images, 3, axis=0), np.repeat(masks, 3, axis=0))  # (N·R, C, H, W)
     x = sampling.run(sampling.latent_chains(engine.backend, *rep, sampling.rngs_for([0, 1]), base))
     mean = engine.backend.generate(x).reshape(2, 3, *images.shape[1:]).mean(axis=1)  # (N, C, H, W)
-    np.testing.assert_allclose(got[masks > 0.5], mean[masks > 0.5], rtol=0, atol=1e-6)
+    # the engine ran the very same chains, graph call (one batch of N·R) and mean: equal, bit for bit
+    np.testing.assert_array_equal(got[masks > 0.5], mean[masks > 0.5])
     np.testing.assert_array_equal(got[masks < 0.5], images[masks < 0.5])
     lowest = engine.complete(images, masks, [0, 1], base).images
     assert np.abs(lowest - got)[masks > 0.5].max() > 1e-3  # three chains do not agree

@@ -6,6 +6,7 @@ consistent and its whole-chain graph makes the engine's images."""
 
 from __future__ import annotations
 
+import float32_bound
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -148,7 +149,15 @@ def test_oip_on_a_color_bundle_is_coopnets_v1(rgb_server, rgb_client):
         tc.close()
 
 
-def test_triton_repository_of_a_color_bundle(rgb_bundle, tmp_path):
+@pytest.fixture(scope="module")
+def rgb_nets():
+    """The nets rgb_bundle exports (tests/conftest.py), for the float32 bound."""
+    from conftest import scaled_nets
+
+    return scaled_nets("cifar32", 3, 16, seed=1)
+
+
+def test_triton_repository_of_a_color_bundle(rgb_bundle, rgb_nets, tmp_path):
     from coopnets.contract.bundle import GRAPHS
     from coopnets.contract.sampling import synthesis_draws
     from coopnets.serving.engine import Engine
@@ -180,5 +189,12 @@ def test_triton_repository_of_a_color_bundle(rgb_bundle, tmp_path):
     chain = ort.InferenceSession(str(repository / CHAIN / "1" / "model.onnx"), providers=cpu)
     images, _ = chain.run(None, {"z": z, "noise": noise, "steps": np.array([d.steps], np.int64)})
     assert images.shape == (2, *SHAPE)
-    # float32 through the same graphs in another order of fusion: test_triton.py's grey bound, 1e-5
-    np.testing.assert_allclose(images, expected.images, rtol=1e-5, atol=1e-5)
+    # float32 through the same graphs fused otherwise (and another session's threads): the float32 bound on
+    # the bundle's nets, which autograd on them reproduces within it (the bound's premise)
+    from coopnets.contract.sampling import synthesize
+    from coopnets.trainer.reference import TorchBackend
+
+    bound = float32_bound.synthesis(*rgb_nets, seeds, d, engine.backend.s)
+    torch_backend = TorchBackend(*rgb_nets, s=engine.backend.s, sigma=engine.backend.sigma)
+    float32_bound.assert_samples_within(expected, synthesize(torch_backend, seeds, d), bound)
+    float32_bound.assert_within(images, expected.images, float32_bound.tolerance(bound.images), "images")

@@ -3,13 +3,15 @@ equal to the descriptor's own f at the scale of f, batch-independent, masks resp
 at load.
 
 E(Y) = ‖Y‖²/(2s²) − f(Y) is ≈ 1e5 for these nets while |f| ≈ 0.1-0.5, so a relative tolerance on E cannot see
-f; f is compared itself, and E against the formula with an absolute tolerance well below |f|. Where the engine
-and the torch backend compute the same thing, they are held to the float32 rounding bound of
-tests/float32_bound.py, computed on these nets and inputs.
+f; f is compared itself, and E against the formula to f's bound plus E's rounding to float32, well below |f|.
+Where the engine and the torch backend compute the same thing, or the engine the same thing in two batch
+compositions, they are held to the float32 rounding bound of tests/float32_bound.py, computed on these nets
+and inputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -20,11 +22,13 @@ from coopnets.contract import sampling
 from coopnets.contract.bundle import DEFAULT_COMPLETION, BundleError, read_bundle
 from coopnets.contract.sampling import CompletionParams, SynthesisParams
 from coopnets.serving.sessions import open_sessions
-from support import COMPLETION, LANGEVIN, completion_params
+from support import COMPLETION, LANGEVIN, PerImageBackend, completion_params
 
 SEEDS = [3, 4, 5]
 DELTA, S, SIGMA = LANGEVIN["delta"], LANGEVIN["s"], LANGEVIN["sigma"]
-E_ATOL = 0.05  # float32 E ≈ 1e5 is exact to ~0.01; a sign flip of f moves it by 2|f| >= 0.2
+# float64 sums of ‖Y‖²: 784 squares of float32 values, each exact in float64, then at most 784 roundings of
+# 2⁻⁵³ each, and the quotient and the difference: under 1e-12 of |E| in all
+FLOAT64_SUMS = 1e-12
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +50,24 @@ def center_masks(n: int) -> np.ndarray:
     return m
 
 
+def energy_tolerance(f_tolerance: np.ndarray, energy: np.ndarray, casts: int) -> np.ndarray:
+    """How far two E = ‖Y‖²/(2s²) − f of the same float32 Y may be apart when their f are within
+    `f_tolerance`: that, plus E's rounding to float32 (u·|E| on each of the `casts` sides that cast) and the
+    float64 sums."""
+    return f_tolerance + (casts * float32_bound.U + FLOAT64_SUMS) * np.abs(energy)
+
+
 def assert_energy_is_the_formula(images, energy, score, torch_backend) -> None:
     """f equal to the torch descriptor's f on the same images, E to ‖Y‖²/(2s²) − f at the scale of f."""
     f = torch_backend.score(images)
     assert np.abs(f).min() > 0.1  # far enough from 0 for a sign flip to show
-    bound = float32_bound.energy_of(torch_backend.descriptor, images, S).score
-    float32_bound.assert_within(score, f, float32_bound.tolerance(bound), "f")
+    f_tolerance = float32_bound.tolerance(float32_bound.energy_of(torch_backend.descriptor, images, S).score)
+    float32_bound.assert_within(score, f, f_tolerance, "f")
     sq = (images.astype(np.float64) ** 2).reshape(len(images), -1).sum(1)
-    np.testing.assert_allclose(energy, sq / (2 * S**2) - f, rtol=0, atol=E_ATOL)
+    formula = sq / (2 * S**2) - f  # float64, f the torch side's: only the engine's E is cast to float32
+    e_tolerance = energy_tolerance(f_tolerance, formula, casts=1)
+    assert (e_tolerance < 2 * np.abs(f)).all()  # fine enough that a sign flip of f (2|f|) shows in E
+    float32_bound.assert_within(energy, formula, e_tolerance, "E")
 
 
 def test_cpu_device_uses_only_the_cpu_provider(engine):
@@ -75,18 +89,24 @@ def test_synthesis_matches_the_torch_reference(engine, torch_backend):
 
 @pytest.mark.parametrize("restarts", [1, 3])
 def test_completion_matches_the_torch_reference(engine, torch_backend, restarts):
+    """Latent chains, fill and refinement on the graphs against autograd. η = 0.02: these nets' generator
+    (weights scaled by 8) carries the float32 error of X into the images strongly enough that at η = 0.05 the
+    bound (~3e-3) exceeds δ/2 and a lost refinement step could hide; at 0.02 it is ~6e-4 (assert_fine)."""
     images = engine.draft([7, 8, 9])
     masks = center_masks(3)
     params = completion_params(
-        latent_steps=4, latent_step_size=0.1, latent_noise=True, refine_steps=3, restarts=restarts
+        latent_steps=4, latent_step_size=0.02, latent_noise=True, refine_steps=3, restarts=restarts
     )
     out = engine.complete(images, masks, SEEDS, params)
     ref = sampling.complete(torch_backend, images, masks, SEEDS, params)
     nets = torch_backend.descriptor, torch_backend.generator
     bound = float32_bound.completion(*nets, images, masks, SEEDS, params, S, SIGMA)
+    float32_bound.assert_fine(bound, ref.score, DELTA)
     float32_bound.assert_samples_within(out, ref, bound)
     assert np.array_equal(out.images[masks == 0], images[masks == 0])  # observed pixels bit-identical
-    assert not np.allclose(out.images[masks == 1], images[masks == 1])  # the hole was filled
+    # the hole was filled with g(X): before any refinement step (which alone moves it too) it left the draft
+    filled = engine.complete(images, masks, SEEDS, dataclasses.replace(params, refine_steps=0)).images
+    assert not np.array_equal(filled[masks == 1], images[masks == 1])
     assert_energy_is_the_formula(out.images, out.energy, out.score, torch_backend)
 
 
@@ -96,12 +116,24 @@ def test_energy_is_f_and_the_formula(engine, torch_backend):
     assert_energy_is_the_formula(images, energy, score, torch_backend)
 
 
-def test_batched_equals_unbatched(engine):
+def assert_f_and_e_within(got, want, images, torch_backend) -> None:
+    """f and E of the same float32 `images` from two batch compositions of the descriptor graph: f(Y) is one
+    conv stack summed, and ONNX Runtime may order (block) the sums differently at another batch size, so each
+    f is within the float32 bound and E within f's plus its two casts to float32."""
+    bound = float32_bound.energy_of(torch_backend.descriptor, images, S)
+    f_tolerance = float32_bound.tolerance(bound.score)
+    float32_bound.assert_within(got.score, want.score, f_tolerance, "f")
+    float32_bound.assert_within(got.energy, want.energy, energy_tolerance(f_tolerance, want.energy, 2), "E")
+
+
+def test_batched_equals_unbatched(engine, torch_backend):
     batched = engine.synthesize(SEEDS)
     single = [engine.synthesize([s]) for s in SEEDS]
     assert np.array_equal(batched.images, np.concatenate([o.images for o in single]))
-    # f(Y) is one conv stack summed: ONNX Runtime may order the sums differently at another batch size
-    np.testing.assert_allclose(batched.energy, np.concatenate([o.energy for o in single]), rtol=1e-6)
+    joined = sampling.Samples(
+        batched.images, *(np.concatenate([getattr(o, k) for o in single]) for k in ("energy", "score"))
+    )
+    assert_f_and_e_within(batched, joined, batched.images, torch_backend)
     images, masks = batched.images, center_masks(3)
     together = engine.complete(images, masks, SEEDS).images
     alone = np.concatenate(
@@ -110,9 +142,11 @@ def test_batched_equals_unbatched(engine):
     assert np.array_equal(together, alone)
 
 
-def test_a_large_batch_cut_into_parts_gives_every_image_the_same_answer(engine, serving_bundle):
+def test_a_large_batch_cut_into_parts_gives_every_image_the_same_answer(
+    engine, serving_bundle, torch_backend
+):
     """Two single-threaded parts at once (serving.sessions.ShardedSession) vs the whole batch on one session:
-    every image's synthesis and completion are identical, f equal to float32 rounding."""
+    every image's synthesis and completion are identical, f and E within the float32 bound."""
     from coopnets.serving.engine import Engine
     from coopnets.serving.sessions import MIN_PER_SHARD
 
@@ -126,12 +160,18 @@ def test_a_large_batch_cut_into_parts_gives_every_image_the_same_answer(engine, 
     whole, parts = engine.synthesize(seeds), cut.synthesize(seeds)
     assert cut.sessions["langevin_step"].parts_open == 2 and cut.sessions["generator"].parts_open == 2
     assert np.array_equal(parts.images, whole.images)
-    np.testing.assert_allclose(parts.energy, whole.energy, rtol=1e-6)
+    assert_f_and_e_within(parts, whole, whole.images, torch_backend)
     masks = center_masks(len(seeds))
     completed = cut.complete(whole.images, masks, seeds)
     assert cut.sessions["generator_grad"].parts_open == 2
     assert np.array_equal(completed.images, engine.complete(whole.images, masks, seeds).images)
-    np.testing.assert_allclose(cut.energy(whole.images)[1], engine.energy(whole.images)[1], rtol=1e-6)
+    (cut_e, cut_f), (one_e, one_f) = cut.energy(whole.images), engine.energy(whole.images)
+    assert_f_and_e_within(
+        sampling.Samples(whole.images, cut_e, cut_f),
+        sampling.Samples(whole.images, one_e, one_f),
+        whole.images,
+        torch_backend,
+    )
 
 
 def test_a_batch_is_cut_into_no_more_parts_than_it_fills(engine, serving_bundle):
@@ -216,23 +256,24 @@ def test_one_restart_is_the_single_chain_replayed_on_the_graphs(engine):
 
 def test_more_restarts_never_raise_the_chosen_latent_energy(engine):
     """Without latent noise, chain 0 of R restarts is the single chain (the same first draw), so the kept
-    latent's U(z) is at most the single chain's; and it is the lowest of the R chains' U."""
+    latent's U(z) is at most the single chain's, and below it where another chain ends lower. The graphs run
+    image by image (PerImageBackend): chain 0 then meets the very sums of the single chain, and a U the same
+    graph gives on the same input of the same shape, so U compares exactly, with no rounding to allow for."""
     images, masks = engine.draft([7, 8, 9]), center_masks(3)
+    backend = PerImageBackend(engine.backend)
 
     def energy_of(z):  # (N,) U(z) from the bundle's generator_grad graph
-        (u,) = engine.sessions["generator_grad"].run(
-            ["u"], {"z": z, "y": images, "mask": masks, "sigma": np.asarray(SIGMA, np.float32)}
-        )
-        return u
+        return backend.latent_grad(z, images, masks)[1]
 
     def infer(r):
         params = completion_params(latent_steps=5, refine_steps=0, noise=False, restarts=r)
         rngs = sampling.rngs_for(SEEDS)
-        return sampling.run(sampling.latent_steps(engine.backend, images, masks, rngs, params))
+        return sampling.run(sampling.latent_steps(backend, images, masks, rngs, params))
 
     single, best = energy_of(infer(1)), energy_of(infer(4))
-    assert np.all(best <= single + 1e-4 * np.abs(single))
-    assert np.any(best < single - 1e-3 * np.abs(single))  # some image found a better basin
+    assert np.all(best <= single)
+    # some image found a better basin: lower by far more than a tie (0.1% of U, a visible gain)
+    assert np.any(best < single - 1e-3 * np.abs(single))
 
 
 def test_the_bundle_is_verified_at_load(serving_bundle, tmp_path):

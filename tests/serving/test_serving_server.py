@@ -2,8 +2,11 @@
 token auth, reflection, metrics, and the client's retries while the server warms up.
 
 The session's in-process server (conftest.coop_server) answers most tests; one test runs coop-serve itself in
-a subprocess with torch and the trainer unimportable. Answers are compared with the engine; energies also
-with the descriptor graph run directly, f on its own scale (E ≈ 1e5 would hide a sign flip of f ≈ 0.4).
+a subprocess with torch and the trainer unimportable. Answers are compared with the engine: the server's
+engine is the same bundle's graphs on one thread, run on the same batch (one request at a time), so its
+answers are the engine's bit for bit, and float32 values travel exactly as tensors and proto floats. Energies
+are also compared with the descriptor graph run directly, f on its own scale (E ≈ 1e5 would hide a sign flip
+of f ≈ 0.4); PNGs to the half grey level of their rounding to 8 bits.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ def tensor(array: np.ndarray) -> pb.Tensor:
 
 
 AUTH = [("authorization", f"Bearer {TOKEN}")]
+U = 2.0**-24  # float32 unit roundoff
+# an 8-bit PNG pixel: half a grey level (rint) from the float32 value, plus float32 rounding in
+# contract.codec's (y + 1)·127.5 and p / 127.5 − 1 (7u, as tests/contract/test_contract.py derives)
+PNG_ERROR = 0.5 / 127.5 + 7 * U
 
 
 def test_coop_serve_is_live_before_ready_and_never_imports_torch(serving_bundle, engine, tmp_path):
@@ -138,7 +145,8 @@ def test_model_info(client, serving_bundle):
 
     info = client.info()
     assert list(info.image_shape) == [1, 28, 28] and info.latent_dim == 100 and info.arch == "mnist28"
-    assert info.langevin.steps == LANGEVIN["steps"] and info.langevin.s == pytest.approx(LANGEVIN["s"])
+    # s travels as a proto float: the bundle's s rounded to float32, exactly
+    assert info.langevin.steps == LANGEVIN["steps"] and info.langevin.s == np.float32(LANGEVIN["s"])
     assert info.completion.latent_steps == COMPLETION["latent_steps"]
     assert (
         info.completion.restarts
@@ -163,10 +171,10 @@ def test_synthesize_equals_the_engine(client, engine):
     out = client.synthesize(count=3, seed=40, steps=5)
     ref = engine.synthesize([40, 41, 42], params(5))
     assert out.seeds == [40, 41, 42]
-    np.testing.assert_allclose(out.images, ref.images, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(out.energy, ref.energy, rtol=0, atol=0.05)  # E ≈ 1e5, |f| ≈ 0.4
+    np.testing.assert_array_equal(out.images, ref.images)  # the same graphs on the same batch
+    np.testing.assert_array_equal(out.energy, ref.energy)
     png = client.synthesize(count=3, seed=40, steps=5, png=True)  # 8-bit, clipped
-    assert np.abs(png.images - np.clip(ref.images, -1, 1)).max() <= 1 / 127.5 + 1e-6
+    assert np.abs(png.images - np.clip(ref.images, -1, 1)).max() <= PNG_ERROR
 
 
 def test_concurrent_requests_are_batched_and_identical(coop_server, client):
@@ -245,13 +253,12 @@ def test_complete_takes_the_papers_occlusions(client, occlusion):
 
 
 def completed_with(client, engine, image, occlusion: str, mask, **setting) -> np.ndarray:
-    """The service's completion of `image` at seed 9 with one completion setting sent, checked equal (to
-    1e-6) to the engine's with the bundle's defaults but that setting: the setting travelled."""
+    """The service's completion of `image` at seed 9 with one completion setting sent, checked equal (bit for
+    bit: the same computation) to the engine's with the bundle's defaults but that setting: the setting
+    travelled."""
     recovered = client.complete(image, occlusion=occlusion, seed=9, **setting).recovered
     chosen = dataclasses.replace(engine.completion_defaults, **setting)
-    np.testing.assert_allclose(
-        recovered, engine.complete(image[None], mask[None], [9], chosen).images[0], rtol=0, atol=1e-6
-    )
+    np.testing.assert_array_equal(recovered, engine.complete(image[None], mask[None], [9], chosen).images[0])
     return recovered
 
 
@@ -263,8 +270,8 @@ def test_complete_keeps_observed_pixels_and_equals_the_engine(client, engine):
     assert np.array_equal(rec.recovered[mask == 0], image[mask == 0])
     assert np.all(rec.occluded[mask == 1] == -1)
     ref = engine.complete(image[None], mask[None], [9])
-    np.testing.assert_allclose(rec.recovered, ref.images[0], rtol=0, atol=1e-6)
-    assert rec.energy == pytest.approx(float(ref.energy[0]), rel=0, abs=0.05)
+    np.testing.assert_array_equal(rec.recovered, ref.images[0])  # the same computation, bit for bit
+    assert rec.energy == ref.energy[0]
     # the same hole as a PNG mask (white = missing) gives the same result
     png = PILImage.fromarray((mask[0] * 255).astype(np.uint8))
     by_png = client.complete(image, mask=png, seed=9)
@@ -306,14 +313,18 @@ def test_complete_takes_the_residual_interpolant(client, engine):
 
 
 def test_energy_is_f_of_the_descriptor_graph_and_the_formula(stub, client, engine):
-    """Against descriptor.onnx run here, not the engine: f to 1e-5 (|f| ≈ 0.4) and E to 0.05 (E ≈ 1e5)."""
+    """Against descriptor.onnx run here, not the engine: f equal (the same graph on the same batch of three,
+    |f| ≈ 0.4), E to the formula in float64 within its rounding to float32 (E ≈ 1e5)."""
     images = engine.synthesize([3, 4, 5], params(5)).images  # (3, C, H, W)
     resp = stub.Energy(pb.EnergyRequest(images=[pb.Image(tensor=tensor(y)) for y in images]), metadata=AUTH)
     (f,) = engine.sessions["descriptor"].run(["f"], {"y": images})
     assert np.abs(f).min() > 0.1  # far enough from 0 for a sign flip to show
-    np.testing.assert_allclose(resp.score, f, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(np.float32(resp.score), f)
     sq = (images.astype(np.float64) ** 2).reshape(3, -1).sum(1)
-    np.testing.assert_allclose(resp.energy, sq / (2 * LANGEVIN["s"] ** 2) - f, rtol=0, atol=0.05)
+    formula = sq / (2 * LANGEVIN["s"] ** 2) - f
+    # the service's float32 cast (u·|E|) and the float64 sums in another order (< 1e-12 of |E|): ~0.006, far
+    # below the 2|f| >= 0.2 a sign flip of f would move E by
+    np.testing.assert_allclose(resp.energy, formula, rtol=U + 1e-12, atol=0)
     np.testing.assert_array_equal(client.energy(images), np.float32(resp.energy))
 
 

@@ -10,6 +10,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from coopnets.trainer.config import TrainConfig
 from coopnets.trainer.coop import (
     CHECKPOINT,
@@ -24,6 +25,7 @@ from coopnets.trainer.coop import (
     reference_energy,
     train,
 )
+from torch import nn
 
 TINY = dict(
     batch_size=4,
@@ -36,6 +38,13 @@ TINY = dict(
     lr_schedule="constant",  # the hand computations and the resume to another --iterations below need it
     amp="none",  # float32: the hand computations below are exact; --amp auto would pick bf16 on some CPUs
 )
+
+U32 = 2.0**-24  # float32 unit roundoff (24 significant bits, round to nearest)
+# lr_factor's absolute error in float64 (u = 2⁻⁵³): cos's argument fl(π)·t is off by <= (2π + 1.1)·u
+# (t's rounding times π, fl(π)'s 1.1u, the product's), which moves cos by as much; cos itself <= 1 ulp (2u),
+# 1 + cos 2u, × ½ exact (halving all that), 1 − floor, its product, + floor, × warm-up and the expected
+# constant u each: <= 11u in all
+SCHEDULE_ATOL = 16 * 2.0**-53
 
 
 def tiny_data(n: int = 12, seed: int = 0) -> np.ndarray:
@@ -62,11 +71,19 @@ def test_one_iteration_matches_hand_computation():
     assert gap_after > gap_before
     check_generator_gradient(cfg, run, g0, x, y, y_rev, stats)
 
-    # Adam's first step with β1 = 0.5 is lr · sign(gradient) (up to eps) for every weight
+    # Adam's first step is lr · g / (|g| + eps) = lr · sign(g) · (1 − eps / (|g| + eps)) for every weight:
+    # within eps / 1e-3 = 1e-5 of lr · sign(g) where |g| > 1e-3, plus float32 rounding: at most 12 roundings
+    # of the step (g², its product by 1 − β2 and that constant, the square root, the bias corrections and
+    # their casts, + eps, the quotient, lr / (1 − β1) and its product, this difference, lr's cast) and the
+    # new weight's own rounding, u·|weight| (u = 2⁻²⁴)
     first = next(run.descriptor.parameters())
-    step = next(f0.parameters()).detach() - first.detach()
+    before = next(f0.parameters()).detach()
+    step = before - first.detach()
     mask = grads_d[0].abs() > 1e-3
-    torch.testing.assert_close(step[mask], cfg.lr_descriptor * grads_d[0].sign()[mask], rtol=1e-3, atol=1e-6)
+    assert mask.any()
+    rtol = run.opt_d.defaults["eps"] / 1e-3 + 12 * U32
+    atol = U32 * (before.abs().max().item() + cfg.lr_descriptor)
+    torch.testing.assert_close(step[mask], cfg.lr_descriptor * grads_d[0].sign()[mask], rtol=rtol, atol=atol)
 
 
 def langevin_by_hand(cfg, f0, g0, rng, y_draft, y_rev):
@@ -74,13 +91,16 @@ def langevin_by_hand(cfg, f0, g0, rng, y_draft, y_rev):
     the revised images; returns the latents X (M, d) and the revised images by hand (M, C, H, W)."""
     x = torch.randn(4, 100, generator=rng)  # (M, d)
     y = g0(x).detach()
+    # bit for bit: the same float32 operations on the same inputs, on as many threads, sum in the same order
     torch.testing.assert_close(y, y_draft, rtol=0, atol=0)
     for _ in range(2):
         y.requires_grad_(True)
         (grad_f,) = torch.autograd.grad(f0(y).sum(), y)
         u = torch.randn(y.shape, generator=rng)
         y = (y - 0.5 * cfg.delta**2 * (y / cfg.s**2 - grad_f) + cfg.delta * u).detach()
-    torch.testing.assert_close(y, y_rev)
+    # bit for bit: trainer.langevin's step is this expression, its gradient this autograd call, and the noise
+    # the same draws from the same generator, so no rounding differs
+    torch.testing.assert_close(y, y_rev, rtol=0, atol=0)
     return x, y
 
 
@@ -97,7 +117,7 @@ def check_descriptor_gradient(run, f0, y_data, y_rev, stats):
     loss_d = f_rev0.mean() - f_data0.mean()
     grads_d = torch.autograd.grad(loss_d, list(f0.parameters()))
     for p, g in zip(run.descriptor.parameters(), grads_d, strict=True):
-        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)  # the same operations: equal bits (above)
     assert stats.loss_d == loss_d.item()  # a difference of means, near 0 for the official init
     return grads_d, f_data0, f_rev0
 
@@ -129,7 +149,7 @@ def check_generator_gradient(cfg, run, g0, x, y, y_rev, stats) -> None:
     loss_g = (y_rev - g_out).pow(2).flatten(1).sum(1).mean() / (2 * cfg.sigma**2)
     (grad_out, *grads_g) = torch.autograd.grad(loss_g, [g_out, *g0.parameters()])
     for p, g in zip(run.generator.parameters(), grads_g, strict=True):
-        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)  # the same operations: equal bits (above)
     assert stats.loss_g == loss_g.item()
     # That loss's derivative is −(Ỹ − g(X̂)) / (M σ²), element by element: each side is the same float32
     # residual times a scale, with at most 3 roundings each (the scale to float32, its reciprocal, the
@@ -170,21 +190,27 @@ def test_the_constant_schedule_is_the_papers_and_cosine_falls_from_one_to_the_fl
     assert [lr_factor(constant, i) for i in range(11)] == [1.0] * 11
     cosine = TrainConfig(iterations=11, lr_schedule="cosine", lr_floor=0.1)
     factors = [lr_factor(cosine, i) for i in range(11)]
-    assert factors[0] == 1.0 and factors[-1] == pytest.approx(0.1) and factors[5] == pytest.approx(0.55)
+    # the ends are exact in float64: cos(0) = 1, and cos(fl(π)) rounds to −1 (fl(π) is 1.2e-16 from π), so
+    # 1 + cos is 0 and the factor is the floor itself
+    assert factors[0] == 1.0 and factors[-1] == 0.1
+    assert factors[5] == pytest.approx(0.55, rel=0, abs=SCHEDULE_ATOL)
     assert all(a > b for a, b in zip(factors[:-1], factors[1:], strict=True))
-    # --lr-decay-iters: the same curve over 21 iterations, whatever --iterations says; the floor after it
+    # --lr-decay-iters: the same curve over 21 iterations, whatever --iterations says; the floor after it.
+    # Bit for bit: 2i / 20 and i / 10 are one rational, which IEEE division rounds to the same float64 t,
+    # and the rest is the same arithmetic on t
     longer = TrainConfig(iterations=5, lr_schedule="cosine", lr_floor=0.1, lr_decay_iters=21)
-    assert [lr_factor(longer, 2 * i) for i in range(11)] == pytest.approx(factors)
-    assert lr_factor(longer, 40) == pytest.approx(0.1)
+    assert [lr_factor(longer, 2 * i) for i in range(11)] == factors
+    assert lr_factor(longer, 40) == 0.1  # t = 1: the floor, exactly as above
 
 
 def test_a_cosine_run_steps_both_optimisers_at_the_scheduled_rates(tmp_path):
     config = TrainConfig(**{**TINY, "lr_schedule": "cosine"}, out=str(tmp_path / "r"), lr_floor=0.2)
     run = train(config, tiny_data(), progress=False)
     last = lr_factor(config, config.iterations - 1)  # the factor of the final update
-    assert last == pytest.approx(0.2)
-    assert run.opt_d.param_groups[0]["lr"] == pytest.approx(config.lr_descriptor * last)
-    assert run.opt_g.param_groups[0]["lr"] == pytest.approx(config.lr_generator * last)
+    assert last == 0.2  # t = 1: 1 + cos(fl(π)) is exactly 0 in float64, the factor exactly the floor
+    # the trainer sets lr · factor, this float64 product: equal bits
+    assert run.opt_d.param_groups[0]["lr"] == config.lr_descriptor * last
+    assert run.opt_g.param_groups[0]["lr"] == config.lr_generator * last
 
 
 @pytest.mark.parametrize(
@@ -268,7 +294,9 @@ def test_divergence_guard_watches_magnitudes(field, value, words):
 def test_reference_energy_is_the_mean_of_the_reference_term():
     y = torch.full((2, 3, 4, 4), 0.5)  # ‖Y‖² = 48 · 0.25 = 12 per image
     y[1] = -1.0  # ‖Y‖² = 48
-    assert reference_energy(y, s=0.5) == pytest.approx((12 + 48) / 2 / (2 * 0.25))
+    # exact: squares of ±0.5 and ±1, sums of small multiples of 1/4 and the divisions by 2 and 2s² = 1/2 are
+    # all representable in float64, so no operation rounds
+    assert reference_energy(y, s=0.5) == (12 + 48) / 2 / (2 * 0.25)
 
 
 @pytest.mark.parametrize(
@@ -304,7 +332,7 @@ def test_warmup_rises_linearly_then_follows_the_schedule():
     assert [lr_factor(constant, i) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     cosine = TrainConfig(iterations=11, lr_schedule="cosine", lr_floor=0.1, lr_warmup=2)
     plain = TrainConfig(iterations=11, lr_schedule="cosine", lr_floor=0.1)
-    assert lr_factor(cosine, 0) == pytest.approx(0.5 * lr_factor(plain, 0))
+    assert lr_factor(cosine, 0) == 0.5 * lr_factor(plain, 0)  # warm-up 1/2 times the same float64: exact
     assert [lr_factor(cosine, i) for i in range(1, 11)] == [lr_factor(plain, i) for i in range(1, 11)]
 
 
@@ -335,6 +363,44 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / CHECKPOINT)["iteration"] == 2
 
 
+# (unit roundoff, the smallest normal number): a value rounds by u relative, or, below the normal range
+# (gradual underflow or flushed to zero), by up to the smallest normal number absolute
+BF16, FP16, FP32 = (2.0**-8, 2.0**-126), (2.0**-11, 2.0**-14), (U32, 2.0**-126)
+
+
+def _affine(layer: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, w, b)
+    return F.conv2d(x, w, b, layer.stride, layer.padding)
+
+
+def score_error(desc, y: torch.Tensor, body: tuple[float, float], head: tuple[float, float]) -> torch.Tensor:
+    """A bound (N,) on |f̂ − f| where f̂ runs the descriptor's hidden layers rounding as `body` and its last
+    layer as `head` (BF16, FP16 or FP32), and sums the 100 outputs in float32.
+
+    Worst case, in any summation order (Higham, Eq. 3.5): each layer's input (the images; after them the
+    previous layer's rounded output), weights and bias are rounded once (u·Σ|w·x| + u·|b|), the products
+    are accumulated in float32 (γ_n(2⁻²⁴) of the same, n the fan-in + 1), the output is rounded once (u
+    relative); a leaky ReLU passes its input's error on (1-Lipschitz) and rounds its product by the slope.
+    The errors are carried through |W| in float64, to first order: the products of two relative rounding
+    errors (<= u² = 1.5e-5 of these terms for bfloat16) are left out."""
+    x = y.double()
+    err = body[0] * x.abs() + body[1]
+    for layer in desc.body:
+        u, tiny = head if layer is desc.body[-1] else body
+        if isinstance(layer, nn.LeakyReLU):
+            x = layer(x)
+            err = err + u * x.abs() + tiny
+            continue
+        w, b = layer.weight.detach().double(), layer.bias.detach().double()
+        n = w[0].numel() + 1
+        mag = _affine(layer, x.abs(), w.abs(), b.abs())  # Σ|w·x| + |b|
+        x = _affine(layer, x, w, b)
+        err = _affine(layer, err, w.abs(), None) + (u + n * U32 / (1 - n * U32)) * mag + u * x.abs() + tiny
+    n = x[0].numel()
+    return err.flatten(1).sum(1) + n * U32 / (1 - n * U32) * x.abs().flatten(1).sum(1)  # the float32 sum
+
+
 def test_autocast_keeps_the_descriptors_large_outputs_finite():
     """f of a trained descriptor lives beyond float16's 65504 (1.25e7 measured at iteration 30): under fp16
     autocast the last layer and the sum stay float32, so f stays finite and close to the float32 value,
@@ -354,11 +420,22 @@ def test_autocast_keeps_the_descriptors_large_outputs_finite():
     assert not torch.isfinite(whole.float()).all()  # the failure the split prevents
     split = Autocast(desc, torch.float16, "cpu")(y)
     assert split.dtype == torch.float32 and torch.isfinite(split).all()
-    torch.testing.assert_close(split, exact, rtol=2e-2, atol=0)
-    # bfloat16 has float32's range: the whole body runs in bf16 (its last layer too), only the sum is float32
+    # each side within score_error of the exact f; the float16 hidden layers reach f only through the float32
+    # last layer, which keeps the biases of 7e4 exact: the bound is ~1e-3 of f
+    assert_close_to(split, exact, score_error(desc, y, FP16, FP32) + score_error(desc, y, FP32, FP32))
+    # bfloat16 has float32's range: the whole body runs in bf16 (its last layer too), only the sum is float32;
+    # the biases and the outputs round to 8 bits, 2u = 2⁻⁷ of f
     bf16 = Autocast(desc, torch.bfloat16, "cpu")(y)
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
-    torch.testing.assert_close(bf16, exact, rtol=2e-2, atol=0)
+    assert_close_to(bf16, exact, score_error(desc, y, BF16, BF16) + score_error(desc, y, FP32, FP32))
+
+
+def assert_close_to(got: torch.Tensor, exact: torch.Tensor, bound: torch.Tensor) -> None:
+    """|got − exact| <= bound per image, and the bound fine enough to mean close: under 2⁻⁶ of |f|, twice the
+    2u = 2⁻⁷ that bfloat16's roundings of the last layer's biases and outputs alone allow."""
+    assert (bound < exact.abs() * 2.0**-6).all(), (bound, exact)
+    diff = (got.double() - exact.double()).abs()
+    assert (diff <= bound).all(), (diff, bound)
 
 
 def test_amp_auto_resolves_to_what_this_cpu_runs_natively_and_is_recorded(tmp_path):

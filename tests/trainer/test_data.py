@@ -163,9 +163,13 @@ def test_unknown_dataset():
 
 
 def test_to_tensor_maps_to_minus_one_one():
-    t = to_tensor(np.array([0, 255, 51], dtype=np.uint8).reshape(1, 1, 1, 3))
+    t = to_tensor(np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16))  # every pixel value
     assert t.dtype == torch.float32
-    assert torch.allclose(t.flatten(), torch.tensor([-1.0, 1.0, 51 / 127.5 - 1]))
+    assert t.flatten()[0] == -1.0 and t.flatten()[255] == 1.0  # p / 127.5 is 0 and 2: nothing rounds
+    # float32 (u = 2⁻²⁴): p / 127.5 rounds once (<= u·2) and − 1 once more (<= u·1), so every pixel is within
+    # 3u of p / 127.5 − 1; the float64 reference rounds the same two operations, within 3·2⁻⁵³
+    exact = torch.arange(256, dtype=torch.float64) / 127.5 - 1
+    assert (t.flatten().double() - exact).abs().max() <= 3 * (2.0**-24 + 2.0**-53)
 
 
 def test_the_mnist5k_script_writes_a_class_interleaved_npz_the_loader_reads(tmp_path):

@@ -184,10 +184,17 @@ def test_two_ranks_equal_each_ranks_iteration_averaged_bit_for_bit(npz, tmp_path
     assert state["world_size"] == WORLD and len(state["rng_ranks"]) == WORLD
     for r in range(WORLD):
         assert torch.equal(state["rng_ranks"][r]["train"], ref["rngs"][r]), r
-    # one BatchNorm over all chains is another algorithm: the generator comes out measurably different
+    # one BatchNorm over all chains is another algorithm: the generator comes out measurably different. Its
+    # statistics over 4 chains instead of 2 change every gradient of the first layer by O(1), and Adam's
+    # steps (±lr at the first) with them. Rounding alone (the same algorithm summed in another order) moves a
+    # gradient by ~n·u of its terms' size (u = 2⁻²⁴, n <= 1e4 terms: < 1e-3), which changes an Adam step by
+    # more than that only where it flips the gradient's sign: a fraction of the elements of order 1e-3 per
+    # step, each then moved by at most 6.4·lr over the three steps (a bias-corrected step of β1 = 0.5 is at
+    # most 1.13·lr by Cauchy-Schwarz), so a mean |difference| of at most ~2e-2·lr; lr/10 is five times that.
     global_bn = one_process(cfg, data, iterations)["generator"]
     weight = next(k for k in global_bn if k.endswith("weight"))
-    assert not torch.allclose(state["generator"][weight], global_bn[weight], rtol=1e-4, atol=1e-6)
+    moved = (state["generator"][weight] - global_bn[weight]).abs().mean().item()
+    assert moved > cfg.lr_generator / 10, (moved, cfg.lr_generator)
     # rank 0 alone wrote the run directory: one row per iteration (not one per rank), logs of the global batch
     assert [r["iteration"] for r in rows(run)] == list(range(1, iterations + 1))
     assert "2 rank(s), global batch 4, 4 chains" in (run / "train.log").read_text()

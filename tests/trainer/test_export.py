@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 
+import float32_bound
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -22,6 +23,7 @@ from coopnets.trainer.export import PACK_RTOL, ExportError, export_bundle, expor
 from coopnets.trainer.grads import DescriptorWithGrad, GeneratorGrad, UnsupportedLayerError, kink_margin
 from coopnets.trainer.langevin import descriptor_score_and_grad, descriptor_step, latent_energy_grad
 from coopnets.trainer.nets import NetSpec
+from float32_bound import Bounded, assert_within, tolerance
 from support import perturbed_nets
 from torch import nn
 
@@ -30,10 +32,25 @@ SPECS = [NetSpec("mnist28", 1, 100), NetSpec("cifar32", 3, 100), NetSpec("scene6
 GRAPHS = ("generator", "descriptor", "langevin_step", "generator_grad")
 
 
-def rel_err(got: np.ndarray, want: torch.Tensor) -> float:
+def graph_bounds(descriptor, generator, x: dict[str, np.ndarray]) -> dict[str, Bounded]:
+    """Each graph output's exact value and float32 error scale on inputs x (tests/float32_bound.py: Higham
+    and Mary's probabilistic rounding model on these nets and inputs): ONNX Runtime's graph and PyTorch's
+    autograd, each within LAMBDA·e of the exact value, are within `tolerance(e)` of each other. The graphs'
+    float32 scalar inputs (δ, s, σ) against PyTorch's float64 ones are among the roundings it counts."""
+    y, z = Bounded.exact(x["y"]), Bounded.exact(x["z"])
+    mask, images = torch.from_numpy(x["mask"]).double(), torch.from_numpy(x["y"]).double()
+    f, grad = float32_bound.score_and_grad(descriptor, y)
+    y_next = float32_bound.langevin_step(y, grad, x["noise"], mask, LANGEVIN["delta"], LANGEVIN["s"])
+    grad_z, u = float32_bound.latent_grad(generator, z, images, mask, LANGEVIN["sigma"])
+    y_gen = float32_bound.generate(generator, z)
+    return {"y_gen": y_gen, "f": f, "grad": grad, "y_next": y_next, "grad_z": grad_z, "u": u}
+
+
+def within(got: np.ndarray, want: torch.Tensor, bound: Bounded, what: str) -> None:
+    """got (ONNX Runtime) within the float32 tolerance of want (PyTorch), element by element."""
     want = want.detach().numpy()
-    assert got.shape == want.shape
-    return float(np.abs(got - want).max() / np.abs(want).max())
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    assert_within(got, want, tolerance(bound.e.numpy()), what)
 
 
 @pytest.fixture(scope="module", params=SPECS, ids=[s.arch for s in SPECS])
@@ -87,30 +104,73 @@ def test_every_graph_matches_pytorch_autograd(exported, n):
     x = random_inputs(descriptor.spec, n, seed=100 + n, descriptor=descriptor, generator=generator)
     t = {k: torch.from_numpy(v) for k, v in x.items()}
 
+    bound = graph_bounds(descriptor, generator, x)
+
     (y_gen,) = run(sessions["generator"], x)
     with torch.no_grad():
-        assert rel_err(y_gen, generator(t["z"])) < 1e-4
+        y_gen_ref = generator(t["z"])
+    within(y_gen, y_gen_ref, bound["y_gen"], "generator y")
 
     f, grad = run(sessions["descriptor"], x)
     f_ref, grad_ref = descriptor_score_and_grad(descriptor, t["y"])
-    assert rel_err(f, f_ref) < 1e-4
-    assert rel_err(grad, grad_ref) < 1e-4
+    within(f, f_ref, bound["f"], "descriptor f")
+    within(grad, grad_ref, bound["grad"], "descriptor grad")
     assert np.abs(grad).max() > 1e-2  # the perturbed nets give gradients worth comparing
 
     y_next, f_step = run(sessions["langevin_step"], x)
     y_next_ref = descriptor_step(t["y"], grad_ref, t["noise"], t["mask"], LANGEVIN["delta"], LANGEVIN["s"])
-    assert rel_err(y_next, y_next_ref) < 1e-4
-    assert rel_err(y_next - x["y"], y_next_ref - t["y"]) < 1e-4  # the step itself, not just y + tiny
-    assert rel_err(f_step, f_ref) < 1e-4
+    within(y_next, y_next_ref, bound["y_next"], "langevin_step y_next")
+    # the step itself, not just y + tiny: both sides start from the same y, so the bound on y_next bounds the
+    # difference of the steps, and it is under a thousandth of the largest step
+    step = (y_next_ref - t["y"]).abs().max().item()
+    assert tolerance(bound["y_next"].e.numpy()).max() < 1e-3 * step
+    within(f_step, f_ref, bound["f"], "langevin_step f")
 
     grad_z, y_gen2, u = run(sessions["generator_grad"], x)
     grad_z_ref = latent_energy_grad(generator, t["z"], t["y"], t["mask"], LANGEVIN["sigma"])
     with torch.no_grad():
         resid = (1 - t["mask"]) * (t["y"] - generator(t["z"]))
         u_ref = resid.pow(2).flatten(1).sum(1) / (2 * LANGEVIN["sigma"] ** 2) + 0.5 * t["z"].pow(2).sum(1)
-    assert rel_err(grad_z, grad_z_ref) < 1e-4
-    assert rel_err(y_gen2, generator(t["z"]).detach()) < 1e-4
-    assert rel_err(u, u_ref) < 1e-4
+    within(grad_z, grad_z_ref, bound["grad_z"], "generator_grad grad_z")
+    within(y_gen2, y_gen_ref, bound["y_gen"], "generator_grad y_gen")
+    within(u, u_ref, bound["u"], "generator_grad u")
+
+
+def _bn_scale_without_weight(m, x, y, g):
+    return g * torch.rsqrt(m.running_var + m.eps).reshape(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("graph", "layer", "wrong"),
+    [
+        ("descriptor", nn.LeakyReLU, lambda m, x, y, g: g * torch.where(x > 0, 1.0, 0.25)),  # slope 0.25
+        ("generator_grad", nn.Tanh, lambda m, x, y, g: g),  # tanh' = 1
+        ("generator_grad", nn.BatchNorm2d, _bn_scale_without_weight),  # BatchNorm's scale without γ
+    ],
+    ids=["leaky-slope", "tanh", "batchnorm-weight"],
+)
+def test_the_bound_sees_a_wrong_backward(exported, monkeypatch, graph, layer, wrong):
+    """The float32 bound that test_every_graph_matches_pytorch_autograd holds the gradients to is fine enough
+    to fail a backward with a bug in one layer kind: the exported graph against that wrong backward, run in
+    PyTorch (trainer.grads with the bug), differs by more than the bound somewhere."""
+    descriptor, generator, _, sessions = exported
+    x = random_inputs(descriptor.spec, 7, seed=107, descriptor=descriptor, generator=generator)
+    t = {k: torch.from_numpy(v) for k, v in x.items()}
+    if graph == "descriptor":
+        got = run(sessions["descriptor"], x)[1]
+        _, bound = float32_bound.score_and_grad(descriptor, Bounded.exact(x["y"]))
+    else:
+        got = run(sessions["generator_grad"], x)[0]
+        z, mask, images = Bounded.exact(x["z"]), t["mask"].double(), t["y"].double()
+        bound, _ = float32_bound.latent_grad(generator, z, images, mask, LANGEVIN["sigma"])
+    monkeypatch.setitem(grads._BACKWARD, layer, wrong)
+    with torch.no_grad():
+        if graph == "descriptor":
+            want = grads.DescriptorWithGrad(descriptor)(t["y"])[1]
+        else:
+            want = grads.GeneratorGrad(generator)(t["z"], t["y"], t["mask"], t["sigma"])[0]
+    with pytest.raises(AssertionError, match=r"\|difference\|"):
+        within(got, want, bound, graph)
 
 
 def test_masked_pixels_semantics(exported):
@@ -130,8 +190,14 @@ def test_masked_pixels_semantics(exported):
 
     all_missing = dict(x, mask=np.ones_like(x["mask"]))  # nothing observed: only the prior, ∂U/∂z = z
     grad_z, _, u = run(sessions["generator_grad"], all_missing)
-    np.testing.assert_allclose(grad_z, x["z"], rtol=1e-6)
-    np.testing.assert_allclose(u, 0.5 * (x["z"] ** 2).sum(1), rtol=1e-5)
+    # exactly z: the residual is multiplied by keep = 0, and zeros stay zeros through every linear layer and
+    # slope of the backward (no rounding), so ∂U/∂z is 0 + z
+    assert np.array_equal(grad_z, x["z"])
+    # U = 0 + ½‖z‖², the d squares summed in float32 in some order on each side: each within γ_d·‖z‖² of the
+    # exact value (u = 2⁻²⁴, the terms all >= 0; the ½ is exact), so within 2γ_d of each other, relatively
+    d = x["z"].shape[1]
+    gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
+    np.testing.assert_allclose(u, 0.5 * (x["z"] ** 2).sum(1), rtol=2 * gamma, atol=0)
 
 
 def test_manifest_and_sha256(exported):
@@ -379,4 +445,5 @@ def test_a_bundle_with_inline_weights_still_loads_and_runs(tmp_path):
     z = np.random.default_rng(0).standard_normal((2, 100)).astype(np.float32)
     with torch.no_grad():
         want = generator.eval()(torch.from_numpy(z))
-    assert rel_err(session.run(None, {"z": z})[0], want) < 1e-4
+    bound = float32_bound.generate(generator, Bounded.exact(z))  # the float32 rounding bound, as above
+    within(session.run(None, {"z": z})[0], want, bound, "generator y")

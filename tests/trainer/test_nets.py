@@ -151,6 +151,7 @@ def test_whole_layers_on_other_input_sizes_run_the_convolution():
     conv = randomized(WholeConv2d(8, 4, 4, 1, 0), 0)
     up = randomized(WholeConvTranspose2d(8, 4, 4, 1, 0), 1)
     y = torch.randn(2, 8, 6, 6)  # larger than the kernel: a 3×3 output, not a matmul
+    # bit for bit: both are the parent's forward (super().forward), the same float32 kernel on the same input
     torch.testing.assert_close(conv(y), as_plain(conv)(y), rtol=0, atol=0)
     assert conv(y).shape == (2, 4, 3, 3)
     torch.testing.assert_close(up(y), as_plain(up)(y), rtol=0, atol=0)
