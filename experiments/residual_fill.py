@@ -38,6 +38,11 @@ def heldout_images(args, shape) -> np.ndarray:
     from coopnets.trainer.data import load_images
 
     images = from_uint8(load_images(args.heldout, size=shape[1], channels=shape[0]))
+    if args.heldout.startswith("folder:"):
+        # a class-folder tree loads sorted by class: the first N would all be one class, so draw N at random
+        # (seeded), as coop-eval does
+        order = np.random.default_rng(0).permutation(len(images))
+        images = images[order]
     return images[args.heldout_skip : args.heldout_skip + args.n]
 
 
@@ -47,7 +52,12 @@ def setup(description: str, add_arguments=None):
     p = argparse.ArgumentParser(description=description)
     p.add_argument("bundle", help="bundle directory, or reference")
     p.add_argument("--n", type=int, default=100)
-    p.add_argument("--heldout", default="", help="coop-train --dataset syntax; default Fashion-MNIST t10k")
+    p.add_argument(
+        "--heldout",
+        default="",
+        help="coop-train --dataset syntax (a folder: tree is drawn in a seeded random order); default "
+        "Fashion-MNIST t10k",
+    )
     p.add_argument("--heldout-skip", type=int, default=0)
     p.add_argument("--occlusions", default="center:12,random:0.5,left-half")
     p.add_argument("--threads", type=int, default=0)
