@@ -383,6 +383,21 @@ def typicality(module: nn.Module, images: np.ndarray) -> np.ndarray:
     return (_rss(total.e**2, U * total.mag) / scale).numpy()
 
 
+# float64 sums of ‖Y‖²: squares of float32 values are exact in float64, then one rounding of 2⁻⁵³ per term
+# (784 to 12,288 of them) and the quotient and the difference: under 1e-12 of |E| in all
+FLOAT64_SUMS = 1e-12
+# an 8-bit PNG pixel against its float32 value: half a grey level (rint), plus float32 rounding in
+# contract.codec's (y + 1)·127.5 and p / 127.5 − 1, each done twice on the way (4u and 3u)
+PNG_ERROR = 0.5 / 127.5 + 7 * U
+
+
+def energy_tolerance(f_tolerance: np.ndarray, energy: np.ndarray, casts: int) -> np.ndarray:
+    """How far two E = ‖Y‖²/(2s²) − f of the same float32 Y may be apart when their f are within
+    `f_tolerance`: that, plus E's rounding to float32 (u·|E| on each of the `casts` sides that cast) and the
+    float64 sums."""
+    return f_tolerance + (casts * U + FLOAT64_SUMS) * np.abs(energy)
+
+
 def assert_samples_within(got, want, bound: Bound) -> None:
     """Two samplers' Samples (images, f and E) within `tolerance` of each other."""
     for name in ("images", "score", "energy"):

@@ -39,9 +39,7 @@ def test_pixels_png_and_tensor_messages_round_trip():
     image = rng.uniform(-1, 1, (3, 5, 7)).astype(np.float32)  # (C, H, W), not square, not symmetric
     pixels = codec.to_uint8(image)
     assert pixels.dtype == np.uint8 and codec.to_uint8(pixels) is pixels
-    # half a grey level (rint), plus float32 rounding: (y + 1)·127.5 twice (510u of a level, 4u of y) and
-    # p / 127.5 − 1 twice (3u)
-    assert np.abs(codec.from_uint8(pixels) - image).max() <= 0.5 / 127.5 + 7 * U
+    assert np.abs(codec.from_uint8(pixels) - image).max() <= float32_bound.PNG_ERROR
     png = codec.decode_png(codec.encode_png(image), (3, 5, 7))
     np.testing.assert_array_equal(png, codec.from_uint8(pixels))
     msg = codec.set_image(pb.Image(), image, png=False)
@@ -232,8 +230,7 @@ def test_image_i_is_its_own_seed_in_any_batch(engine):
     bound = float32_bound.energy_of(legacy_nets()[0], alone.images, engine.backend.s)
     f_tolerance = float32_bound.tolerance(bound.score)
     float32_bound.assert_within(batch.score[1:2], alone.score, f_tolerance, "f")
-    # E: f's difference, each side's rounding to float32 (u·|E|) and the float64 roundings (< 1e-12 of |E|)
-    e_tolerance = f_tolerance + (2 * U + 1e-12) * np.abs(alone.energy)
+    e_tolerance = float32_bound.energy_tolerance(f_tolerance, alone.energy, casts=2)
     float32_bound.assert_within(batch.energy[1:2], alone.energy, e_tolerance, "E")
 
 

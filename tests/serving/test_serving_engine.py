@@ -26,9 +26,6 @@ from support import COMPLETION, LANGEVIN, PerImageBackend, completion_params
 
 SEEDS = [3, 4, 5]
 DELTA, S, SIGMA = LANGEVIN["delta"], LANGEVIN["s"], LANGEVIN["sigma"]
-# float64 sums of ‖Y‖²: 784 squares of float32 values, each exact in float64, then at most 784 roundings of
-# 2⁻⁵³ each, and the quotient and the difference: under 1e-12 of |E| in all
-FLOAT64_SUMS = 1e-12
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +47,6 @@ def center_masks(n: int) -> np.ndarray:
     return m
 
 
-def energy_tolerance(f_tolerance: np.ndarray, energy: np.ndarray, casts: int) -> np.ndarray:
-    """How far two E = ‖Y‖²/(2s²) − f of the same float32 Y may be apart when their f are within
-    `f_tolerance`: that, plus E's rounding to float32 (u·|E| on each of the `casts` sides that cast) and the
-    float64 sums."""
-    return f_tolerance + (casts * float32_bound.U + FLOAT64_SUMS) * np.abs(energy)
-
-
 def assert_energy_is_the_formula(images, energy, score, torch_backend) -> None:
     """f equal to the torch descriptor's f on the same images, E to ‖Y‖²/(2s²) − f at the scale of f."""
     f = torch_backend.score(images)
@@ -65,7 +55,7 @@ def assert_energy_is_the_formula(images, energy, score, torch_backend) -> None:
     float32_bound.assert_within(score, f, f_tolerance, "f")
     sq = (images.astype(np.float64) ** 2).reshape(len(images), -1).sum(1)
     formula = sq / (2 * S**2) - f  # float64, f the torch side's: only the engine's E is cast to float32
-    e_tolerance = energy_tolerance(f_tolerance, formula, casts=1)
+    e_tolerance = float32_bound.energy_tolerance(f_tolerance, formula, casts=1)
     assert (e_tolerance < 2 * np.abs(f)).all()  # fine enough that a sign flip of f (2|f|) shows in E
     float32_bound.assert_within(energy, formula, e_tolerance, "E")
 
@@ -123,7 +113,9 @@ def assert_f_and_e_within(got, want, images, torch_backend) -> None:
     bound = float32_bound.energy_of(torch_backend.descriptor, images, S)
     f_tolerance = float32_bound.tolerance(bound.score)
     float32_bound.assert_within(got.score, want.score, f_tolerance, "f")
-    float32_bound.assert_within(got.energy, want.energy, energy_tolerance(f_tolerance, want.energy, 2), "E")
+    float32_bound.assert_within(
+        got.energy, want.energy, float32_bound.energy_tolerance(f_tolerance, want.energy, 2), "E"
+    )
 
 
 def test_batched_equals_unbatched(engine, torch_backend):

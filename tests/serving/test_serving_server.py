@@ -17,6 +17,7 @@ import json
 import threading
 import urllib.request
 
+import float32_bound
 import grpc
 import numpy as np
 import pytest
@@ -51,10 +52,6 @@ def tensor(array: np.ndarray) -> pb.Tensor:
 
 
 AUTH = [("authorization", f"Bearer {TOKEN}")]
-U = 2.0**-24  # float32 unit roundoff
-# an 8-bit PNG pixel: half a grey level (rint) from the float32 value, plus float32 rounding in
-# contract.codec's (y + 1)·127.5 and p / 127.5 − 1 (7u, as tests/contract/test_contract.py derives)
-PNG_ERROR = 0.5 / 127.5 + 7 * U
 
 
 def test_coop_serve_is_live_before_ready_and_never_imports_torch(serving_bundle, engine, tmp_path):
@@ -174,7 +171,7 @@ def test_synthesize_equals_the_engine(client, engine):
     np.testing.assert_array_equal(out.images, ref.images)  # the same graphs on the same batch
     np.testing.assert_array_equal(out.energy, ref.energy)
     png = client.synthesize(count=3, seed=40, steps=5, png=True)  # 8-bit, clipped
-    assert np.abs(png.images - np.clip(ref.images, -1, 1)).max() <= PNG_ERROR
+    assert np.abs(png.images - np.clip(ref.images, -1, 1)).max() <= float32_bound.PNG_ERROR
 
 
 def test_concurrent_requests_are_batched_and_identical(coop_server, client):
@@ -324,7 +321,9 @@ def test_energy_is_f_of_the_descriptor_graph_and_the_formula(stub, client, engin
     formula = sq / (2 * LANGEVIN["s"] ** 2) - f
     # the service's float32 cast (u·|E|) and the float64 sums in another order (< 1e-12 of |E|): ~0.006, far
     # below the 2|f| >= 0.2 a sign flip of f would move E by
-    np.testing.assert_allclose(resp.energy, formula, rtol=U + 1e-12, atol=0)
+    np.testing.assert_allclose(
+        resp.energy, formula, rtol=float32_bound.U + float32_bound.FLOAT64_SUMS, atol=0
+    )
     np.testing.assert_array_equal(client.energy(images), np.float32(resp.energy))
 
 
