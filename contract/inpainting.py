@@ -71,7 +71,8 @@ def biharmonic_fill(
     values that minimise the squared Laplacian ‖Δr‖² summed over the image with the observed pixels fixed
     (the least-curvature surface through them; scikit-image's inpaint_biharmonic solves the same equation
     Δ²r = 0 with a sparse factorisation). Conjugate gradients on the normal equations, per image and channel,
-    until the residual norm falls by `tol`. Observed pixels keep their value.
+    until the residual norm falls by `tol`; each image and channel stops at its own convergence, so an image's
+    fill does not depend on the batch it is in. Observed pixels keep their value.
 
     Why beside the harmonic fill: it carries the slope of the observed residual across a missing pixel, not
     only its level, which is what a pixel between observed ones needs (random-pixel masks); in a wide hole
@@ -88,15 +89,16 @@ def biharmonic_fill(
     gg = (g * g).sum(axis=(2, 3), keepdims=True)  # (N, C, 1, 1)
     stop = gg * tol**2
     for _ in range(max_iterations):
-        if np.all(gg <= stop):
+        active = gg > stop  # (N, C, 1, 1): the converged stay as they are (alpha = 0, p kept)
+        if not active.any():
             break
         ap = normal(p)
         pap = (p * ap).sum(axis=(2, 3), keepdims=True)
-        alpha = np.divide(gg, pap, out=np.zeros_like(gg), where=pap > 0)
+        alpha = np.divide(gg, pap, out=np.zeros_like(gg), where=active & (pap > 0))
         x += alpha * p
         g -= alpha * ap
         gg_next = (g * g).sum(axis=(2, 3), keepdims=True)
-        p = g + np.divide(gg_next, gg, out=np.zeros_like(gg), where=gg > 0) * p
+        p = np.where(active, g + np.divide(gg_next, gg, out=np.zeros_like(gg), where=gg > 0) * p, p)
         gg = gg_next
     return (r0 + hole * x).astype(np.float32)
 

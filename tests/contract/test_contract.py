@@ -350,6 +350,21 @@ def test_biharmonic_fill_solves_scikit_images_equation_away_from_the_edges():
         np.testing.assert_allclose(got[i, 0], want, rtol=0, atol=bound)
 
 
+def test_biharmonic_fill_of_an_image_does_not_depend_on_its_batch():
+    """Conjugate gradients stop per image and channel: an easy image (few scattered pixels) converges long
+    before a hard one (a wide random hole), and in one batch it keeps the fill it has alone, bit for bit, as
+    image i of a completion must whatever requests share its batch. Had the batch run on until every image
+    converged, the easy one would take further steps and move."""
+    shape = (3, 32, 32)
+    masks = np.concatenate([occlusions.occlusion_masks(o, shape, [0]) for o in ("random:0.1", "random:0.8")])
+    residual = np.random.default_rng(2).normal(0, 0.3, (2, *shape)).astype(np.float32)
+    both = inpainting.biharmonic_fill(residual, masks)
+    for i in range(2):
+        np.testing.assert_array_equal(
+            both[i : i + 1], inpainting.biharmonic_fill(residual[i : i + 1], masks[i : i + 1])
+        )
+
+
 def test_scattered_fraction_and_auto_pick_the_interpolant_per_image():
     """scattered_fraction: the share of missing pixels with an observed 4-neighbour (44 of a 12×12 square's
     144; 28 of a half image's 392; every pixel of a random mask at 30%, nearly). "auto" takes the biharmonic
@@ -364,8 +379,8 @@ def test_scattered_fraction_and_auto_pick_the_interpolant_per_image():
     assert fraction[2] > 0.95 and inpainting.scattered_fraction(np.zeros_like(masks[:1]))[0] == 0
     residual = np.random.default_rng(1).normal(0, 0.3, (3, *shape)).astype(np.float32)
     auto = inpainting.interpolate_residual(residual, masks, "auto")
-    # each fill on the images it picks: the same float64 computation on the same inputs, so equal (in a batch
-    # of three, CG would stop where all three converged, not where image 2 did)
+    # each fill on the images it picks: the same float64 computation on the same inputs, so equal (each image
+    # stops at its own convergence: test_biharmonic_fill_of_an_image_does_not_depend_on_its_batch)
     np.testing.assert_array_equal(auto[2:], inpainting.biharmonic_fill(residual[2:], masks[2:]))
     np.testing.assert_array_equal(auto[:2], inpainting.residual_fill(residual[:2], masks[:2]))
     # they solve different equations, and their answers differ by far more than float32 rounding
