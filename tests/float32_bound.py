@@ -41,6 +41,7 @@ from coopnets.contract import sampling
 from torch import nn
 
 U = 2.0**-24  # float32 unit roundoff
+U64 = 2.0**-53  # float64 unit roundoff
 LAMBDA = 8.0  # bound = λ·e; the model's tail 2·exp(−λ²/2) = 2.5e-14 per rounding
 EXTRA = 4  # roundings per term beyond a dot product's: bias, a folded BatchNorm scale, casts of constants
 ULPS = 4  # tanh's accuracy in ulp (1 ulp of y is at most 2u·|y|)
@@ -58,6 +59,12 @@ def assumptions(product: float = 0.0, slope_flips: bool = True):
         yield
     finally:
         _ASSUMED.update(before)
+
+
+def gamma(n, u: float = U):
+    """Higham's worst-case γ_n = n·u / (1 − n·u) (Accuracy and Stability of Numerical Algorithms, §3.1): the
+    relative error of n roundings; n an int or a tensor of counts."""
+    return n * u / (1 - n * u)
 
 
 def rounding(n):

@@ -20,6 +20,7 @@ from coopnets.evaluation.completion import (
 )
 from coopnets.evaluation.report import completion_margins, completion_tables
 from coopnets.serving.engine import Engine
+from float32_bound import U64
 
 
 def test_model_methods_match_engine_complete(serving_bundle):
@@ -64,7 +65,7 @@ def test_evaluate_completion_rows_and_examples(serving_bundle):
 # means within 8·U64·S and the mean of the differences within 4·U64·S; the half-width (≤ 1.2·S), if computed
 # in another order, within ~12·U64·S on either side; the ± rounds once more (≤ 2.2·U64·S). In all ≲ 41·U64·S;
 # 100·U64·S leaves margin.
-PAIRED_ROUNDING = 100 * 2.0**-53
+PAIRED_ROUNDING = 100 * U64
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,9 @@ from coopnets.contract.occlusions import (
 )
 from coopnets.evaluation import metrics
 from coopnets.evaluation.baselines import all_baselines
+from float32_bound import U64
 
 SHAPE = (1, 28, 28)
-U64 = 2.0**-53  # float64 unit roundoff: one rounding is off by at most U64 relative
-U32 = 2.0**-24  # float32 unit roundoff
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ from coopnets.trainer.coop import (
     reference_energy,
     train,
 )
+from float32_bound import U64, gamma
+from float32_bound import U as U32
 from torch import nn
 
 TINY = dict(
@@ -39,12 +41,11 @@ TINY = dict(
     amp="none",  # float32: the hand computations below are exact; --amp auto would pick bf16 on some CPUs
 )
 
-U32 = 2.0**-24  # float32 unit roundoff (24 significant bits, round to nearest)
 # lr_factor's absolute error in float64 (u = 2⁻⁵³): cos's argument fl(π)·t is off by <= (2π + 1.1)·u
 # (t's rounding times π, fl(π)'s 1.1u, the product's), which moves cos by as much; cos itself <= 1 ulp (2u),
 # 1 + cos 2u, × ½ exact (halving all that), 1 − floor, its product, + floor, × warm-up and the expected
 # constant u each: <= 11u in all
-SCHEDULE_ATOL = 16 * 2.0**-53
+SCHEDULE_ATOL = 16 * U64
 
 
 def tiny_data(n: int = 12, seed: int = 0) -> np.ndarray:
@@ -131,13 +132,13 @@ def check_logged_statistics(cfg, stats, data, revised, y_draft) -> None:
     (Higham, Eq. 3.5), whatever order the CPU sums in."""
     (y_data, _), (y_rev, _) = data, revised
     chw = y_data[0].numel()
-    gamma = (chw + 8) * 2.0**-24 / (1 - (chw + 8) * 2.0**-24)
+    gamma_n = gamma(chw + 8)
     for logged, (y_, f_) in ((stats.energy_data, data), (stats.energy_revised, revised)):
         half_sq = y_.double().pow(2).sum((1, 2, 3)) / (2 * cfg.s**2)  # (N,)
         want = (half_sq - f_.detach().double()).mean().item()
-        assert abs(logged - want) <= gamma * (half_sq + f_.detach().double().abs()).mean().item()
+        assert abs(logged - want) <= gamma_n * (half_sq + f_.detach().double().abs()).mean().item()
     moved = (y_rev.double() - y_draft.double()).flatten(1).norm(dim=1).mean().item()
-    assert abs(stats.displacement - moved) <= gamma * moved
+    assert abs(stats.displacement - moved) <= gamma_n * moved
 
 
 def check_generator_gradient(cfg, run, g0, x, y, y_rev, stats) -> None:
@@ -156,7 +157,7 @@ def check_generator_gradient(cfg, run, g0, x, y, y_rev, stats) -> None:
     # product), so they differ by at most 2·γ_3 of the value, never more, wherever it is near 0.
     resid = (y_rev - g_out).detach()
     by_hand = -resid / cfg.sigma**2 / 4
-    gamma3 = 3 * 2.0**-24 / (1 - 3 * 2.0**-24)
+    gamma3 = gamma(3)
     assert ((grad_out - by_hand).abs() <= 2 * gamma3 / (1 - gamma3) * by_hand.abs()).all()
     # ... and a small step against the trainer's gradient moves g(X̂) toward the revised images
     # (a step sized to lower the loss by ~1% to first order: Adam's sign steps are too coarse to show it)
@@ -396,9 +397,9 @@ def score_error(desc, y: torch.Tensor, body: tuple[float, float], head: tuple[fl
         n = w[0].numel() + 1
         mag = _affine(layer, x.abs(), w.abs(), b.abs())  # Σ|w·x| + |b|
         x = _affine(layer, x, w, b)
-        err = _affine(layer, err, w.abs(), None) + (u + n * U32 / (1 - n * U32)) * mag + u * x.abs() + tiny
+        err = _affine(layer, err, w.abs(), None) + (u + gamma(n)) * mag + u * x.abs() + tiny
     n = x[0].numel()
-    return err.flatten(1).sum(1) + n * U32 / (1 - n * U32) * x.abs().flatten(1).sum(1)  # the float32 sum
+    return err.flatten(1).sum(1) + gamma(n) * x.abs().flatten(1).sum(1)  # the float32 sum
 
 
 def test_autocast_keeps_the_descriptors_large_outputs_finite():

@@ -12,6 +12,7 @@ import struct
 import tarfile
 
 import coopnets.trainer.data
+import float32_bound
 import numpy as np
 import pytest
 import torch
@@ -169,7 +170,7 @@ def test_to_tensor_maps_to_minus_one_one():
     # float32 (u = 2⁻²⁴): p / 127.5 rounds once (<= u·2) and − 1 once more (<= u·1), so every pixel is within
     # 3u of p / 127.5 − 1; the float64 reference rounds the same two operations, within 3·2⁻⁵³
     exact = torch.arange(256, dtype=torch.float64) / 127.5 - 1
-    assert (t.flatten().double() - exact).abs().max() <= 3 * (2.0**-24 + 2.0**-53)
+    assert (t.flatten().double() - exact).abs().max() <= 3 * (float32_bound.U + float32_bound.U64)
 
 
 def test_the_mnist5k_script_writes_a_class_interleaved_npz_the_loader_reads(tmp_path):

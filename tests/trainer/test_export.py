@@ -196,8 +196,7 @@ def test_masked_pixels_semantics(exported):
     # U = 0 + ½‖z‖², the d squares summed in float32 in some order on each side: each within γ_d·‖z‖² of the
     # exact value (u = 2⁻²⁴, the terms all >= 0; the ½ is exact), so within 2γ_d of each other, relatively
     d = x["z"].shape[1]
-    gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
-    np.testing.assert_allclose(u, 0.5 * (x["z"] ** 2).sum(1), rtol=2 * gamma, atol=0)
+    np.testing.assert_allclose(u, 0.5 * (x["z"] ** 2).sum(1), rtol=2 * float32_bound.gamma(d), atol=0)
 
 
 def test_manifest_and_sha256(exported):

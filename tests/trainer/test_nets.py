@@ -18,9 +18,10 @@ from collections.abc import Callable
 import pytest
 import torch
 from coopnets.trainer.nets import ARCHS, NetSpec, WholeConv2d, WholeConvTranspose2d, build_nets
+from float32_bound import U64, gamma
+from float32_bound import U as U32
 from torch import nn
 
-U32, U64 = 2.0**-24, 2.0**-53  # unit roundoff of float32 and float64 (round to nearest)
 QUANTITIES = ("output", "∂input", "∂weight", "∂bias")
 
 
@@ -42,11 +43,6 @@ def randomized(net: nn.Module, seed: int) -> nn.Module:
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
     return net
-
-
-def gamma(n: torch.Tensor, u: float) -> torch.Tensor:
-    """Higham's γ_n = n·u / (1 − n·u) (Accuracy and Stability of Numerical Algorithms, §3.1)."""
-    return n * u / (1 - n * u)
 
 
 def run_layer(layer: nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor | None]:
